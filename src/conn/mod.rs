@@ -1,0 +1,514 @@
+//! One client connection: the protocol V2 state machine (T2-T37) on top of
+//! a byte stream. Reading and command handling run in the connection's task;
+//! a writer task flushes its output buffer.
+//!
+//! A SUB for a topic owned by another core moves the whole connection there
+//! (its socket fd and unparsed bytes travel over the core ring), so that
+//! delivery, in-flight tracking and timeouts are plain core-local code.
+
+pub mod output;
+pub mod stream;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::os::fd::FromRawFd;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use futures::channel::oneshot;
+use futures_lite::AsyncReadExt;
+use glommio::net::TcpStream;
+use glommio::Task;
+use tracing::Instrument;
+
+use crate::protocol::identify::{apply_identify, ClientSettings};
+use crate::protocol::message::{CLOSE_WAIT, OK};
+use crate::protocol::{
+    decode, ClientError, Command, ConnState, DecodeContext, DecodeError, ErrorCode, MessageId,
+    MAGIC_V2,
+};
+use crate::route::{CoreMsg, Handoff, PublishBatch};
+use crate::runtime::core::Core;
+use crate::shard::{InFlightError, Subscriber};
+use output::{FlushPolicy, OutputBuffer};
+use stream::ByteStream;
+
+const READ_CHUNK: usize = 64 * 1024;
+
+struct Subscription {
+    topic: String,
+    channel: String,
+    subscriber: Rc<Subscriber>,
+}
+
+/// What the read loop does after a command.
+enum Flow {
+    Continue,
+    Close,
+    /// SUB for another core's topic: move there.
+    MoveTo {
+        core: usize,
+        topic: String,
+        channel: String,
+    },
+}
+
+struct Connection<S: ByteStream> {
+    core: Rc<Core>,
+    client_id: u64,
+    remote: SocketAddr,
+    connected_at: SystemTime,
+    reader: S,
+    read_buf: BytesMut,
+    out: Rc<OutputBuffer>,
+    writer: Option<Task<Option<S>>>,
+    settings: ClientSettings,
+    state: ConnState,
+    sub: Option<Subscription>,
+}
+
+/// A new TCP client accepted on this core.
+pub async fn serve(core: Rc<Core>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let remote = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let client_id = core.shared.next_client_id();
+    let settings = ClientSettings::defaults(core.opts(), &remote.ip().to_string());
+    let span = tracing::info_span!("client", id = client_id, remote = %remote, core = core.id);
+    let Some(conn) = Connection::start(
+        core,
+        client_id,
+        remote,
+        SystemTime::now(),
+        stream,
+        settings,
+        BytesMut::new(),
+    ) else {
+        return;
+    };
+    conn.run(true, None).instrument(span).await;
+}
+
+/// A connection moved here from another core at SUB.
+pub async fn resume(core: Rc<Core>, h: Box<Handoff>) {
+    // SAFETY: the sending core duplicated this fd for us and closed its own.
+    let stream = unsafe { TcpStream::from_raw_fd(h.fd) };
+    let h = *h;
+    let span = tracing::info_span!("client", id = h.client_id, remote = %h.remote, core = core.id);
+    let Some(conn) = Connection::start(
+        core,
+        h.client_id,
+        h.remote,
+        h.connected_at,
+        stream,
+        h.settings,
+        h.pending,
+    ) else {
+        return;
+    };
+    conn.run(false, Some((h.topic, h.channel)))
+        .instrument(span)
+        .await;
+}
+
+fn flush_policy(s: &ClientSettings) -> FlushPolicy {
+    FlushPolicy {
+        buffer_size: s.output_buffer_size,
+        timeout: s.output_buffer_timeout,
+        heartbeat: s.heartbeat_interval,
+    }
+}
+
+impl<S: ByteStream> Connection<S> {
+    fn start(
+        core: Rc<Core>,
+        client_id: u64,
+        remote: SocketAddr,
+        connected_at: SystemTime,
+        reader: S,
+        settings: ClientSettings,
+        pending: BytesMut,
+    ) -> Option<Connection<S>> {
+        let write_half = match reader.duplicate() {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot duplicate socket");
+                return None;
+            }
+        };
+        let _ = reader.set_read_timeout(settings.heartbeat_interval.map(|hb| hb * 2));
+        let out = Rc::new(OutputBuffer::new(flush_policy(&settings)));
+        let writer = glommio::spawn_local(writer::run(out.clone(), write_half));
+        core.conns.borrow_mut().insert(client_id, reader.raw_fd());
+        let mut read_buf = pending;
+        read_buf.reserve(READ_CHUNK);
+        Some(Connection {
+            core,
+            client_id,
+            remote,
+            connected_at,
+            reader,
+            read_buf,
+            out,
+            writer: Some(writer),
+            settings,
+            state: ConnState::Init,
+            sub: None,
+        })
+    }
+
+    fn decode_context(&self) -> DecodeContext {
+        let o = self.core.opts();
+        DecodeContext {
+            state: self.state,
+            heartbeats_enabled: self.settings.heartbeat_interval.is_some(),
+            max_msg_size: o.max_msg_size,
+            max_body_size: o.max_body_size,
+            max_rdy_count: o.max_rdy_count,
+            max_req_timeout_ms: o.max_req_timeout.as_millis() as i64,
+        }
+    }
+
+    /// Reads more bytes; false on EOF, error or read deadline (T33).
+    async fn fill(&mut self) -> bool {
+        if self.read_buf.capacity() - self.read_buf.len() < 4096 {
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        let start = self.read_buf.len();
+        let room = self.read_buf.capacity() - start;
+        self.read_buf.resize(start + room, 0);
+        let result = self.reader.read(&mut self.read_buf[start..]).await;
+        tracing::trace!(?result, "read");
+        match result {
+            Ok(n) if n > 0 => {
+                self.read_buf.truncate(start + n);
+                true
+            }
+            Ok(_) => {
+                self.read_buf.truncate(start);
+                false
+            }
+            Err(e) => {
+                self.read_buf.truncate(start);
+                tracing::debug!(error = %e, "read failed");
+                false
+            }
+        }
+    }
+
+    async fn run(mut self, expect_magic: bool, first_sub: Option<(String, String)>) {
+        let flow = self.serve_commands(expect_magic, first_sub).await;
+        match flow {
+            Flow::MoveTo {
+                core,
+                topic,
+                channel,
+            } => self.move_to(core, topic, channel).await,
+            _ => self.close().await,
+        }
+    }
+
+    async fn serve_commands(
+        &mut self,
+        expect_magic: bool,
+        first_sub: Option<(String, String)>,
+    ) -> Flow {
+        if expect_magic {
+            while self.read_buf.len() < MAGIC_V2.len() {
+                if !self.fill().await {
+                    return Flow::Close;
+                }
+            }
+            if &self.read_buf[..4] != MAGIC_V2 {
+                tracing::info!("bad protocol magic");
+                self.out
+                    .push_error(ErrorCode::BadProtocol.as_str().as_bytes());
+                return Flow::Close;
+            }
+            let _ = self.read_buf.split_to(4);
+        }
+        if let Some((topic, channel)) = first_sub {
+            if let Err(e) = self.subscribe_here(topic, channel) {
+                self.out.push_error(e.to_frame_body().as_bytes());
+                return Flow::Close;
+            }
+        }
+        loop {
+            loop {
+                let ctx = self.decode_context();
+                match decode(&mut self.read_buf, &ctx) {
+                    Ok(Some(cmd)) => {
+                        tracing::trace!(command = cmd.name(), "command");
+                        match self.handle(cmd).await {
+                            Ok(Flow::Continue) => {}
+                            Ok(flow) => return flow,
+                            Err(e) => {
+                                tracing::info!(error = %e, "client error");
+                                self.out.push_error(e.to_frame_body().as_bytes());
+                                if e.is_fatal() {
+                                    return Flow::Close;
+                                }
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(DecodeError::Client(e)) => {
+                        tracing::info!(error = %e, "client error");
+                        self.out.push_error(e.to_frame_body().as_bytes());
+                        return Flow::Close;
+                    }
+                    Err(DecodeError::LineTooLong) => {
+                        tracing::info!("command line too long; closing");
+                        return Flow::Close;
+                    }
+                }
+            }
+            if self.out.is_dead() || !self.fill().await {
+                return Flow::Close;
+            }
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) -> Result<Flow, ClientError> {
+        match cmd {
+            Command::Nop => {}
+            Command::Identify(body) => {
+                let resp = apply_identify(&body, self.core.opts(), &mut self.settings)?;
+                self.out.push_response(&resp);
+                self.out.set_policy(flush_policy(&self.settings));
+                let _ = self
+                    .reader
+                    .set_read_timeout(self.settings.heartbeat_interval.map(|hb| hb * 2));
+            }
+            Command::Auth(_) => {
+                return Err(ClientError::new(ErrorCode::AuthDisabled, "AUTH disabled"));
+            }
+            Command::Sub { topic, channel } => {
+                let topic = String::from_utf8_lossy(&topic).into_owned();
+                let channel = String::from_utf8_lossy(&channel).into_owned();
+                let owner = self.core.router.owner(topic.as_bytes());
+                if owner == self.core.id {
+                    self.subscribe_here(topic, channel)?;
+                } else {
+                    return Ok(Flow::MoveTo {
+                        core: owner,
+                        topic,
+                        channel,
+                    });
+                }
+            }
+            Command::Rdy(None) => {}
+            Command::Rdy(Some(count)) => {
+                if let Some(sub) = &self.sub {
+                    sub.subscriber.rdy.set(count);
+                    if !sub.subscriber.is_ready() {
+                        self.out.flush_soon();
+                    }
+                    self.with_channel(|ch| ch.dispatch());
+                }
+            }
+            Command::Fin(id) => {
+                self.in_flight_op(id, "FIN", ErrorCode::FinFailed, |ch, cid| {
+                    ch.finish(cid, &id)
+                })?;
+            }
+            Command::Req {
+                id,
+                timeout_ms,
+                requested_ms,
+            } => {
+                if timeout_ms as u64 != requested_ms {
+                    tracing::info!(
+                        requested_ms,
+                        timeout_ms,
+                        "REQ timeout out of range; clamped"
+                    );
+                }
+                let delay = Duration::from_millis(timeout_ms as u64);
+                self.in_flight_op(id, "REQ", ErrorCode::ReqFailed, |ch, cid| {
+                    ch.requeue(cid, &id, delay)
+                })?;
+            }
+            Command::Touch(id) => {
+                let max = self.core.opts().max_msg_timeout;
+                self.in_flight_op(id, "TOUCH", ErrorCode::TouchFailed, |ch, cid| {
+                    ch.touch(cid, &id, max)
+                })?;
+            }
+            Command::Cls => {
+                if let Some(sub) = &self.sub {
+                    sub.subscriber.rdy.set(0);
+                    sub.subscriber.closing.set(true);
+                }
+                self.state = ConnState::Closing;
+                self.out.push_response(CLOSE_WAIT);
+            }
+            Command::Pub { topic, body } => {
+                self.publish(topic, vec![body], None, "PUB", ErrorCode::PubFailed)
+                    .await?;
+            }
+            Command::Mpub { topic, bodies } => {
+                self.publish(topic, bodies, None, "MPUB", ErrorCode::MpubFailed)
+                    .await?;
+            }
+            Command::Dpub {
+                topic,
+                defer_ms,
+                body,
+            } => {
+                let defer = Some(Duration::from_millis(defer_ms as u64));
+                self.publish(topic, vec![body], defer, "DPUB", ErrorCode::DpubFailed)
+                    .await?;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn with_channel<T>(&self, f: impl FnOnce(&mut crate::shard::Channel) -> T) -> Option<T> {
+        let sub = self.sub.as_ref()?;
+        let mut shard = self.core.shard.borrow_mut();
+        shard.channel_mut(&sub.topic, &sub.channel).map(f)
+    }
+
+    /// FIN / REQ / TOUCH: non-fatal failures (T25-T27).
+    fn in_flight_op(
+        &self,
+        id: MessageId,
+        name: &str,
+        code: ErrorCode,
+        op: impl FnOnce(&mut crate::shard::Channel, u64) -> Result<(), InFlightError>,
+    ) -> Result<(), ClientError> {
+        let client_id = self.client_id;
+        let result = self
+            .with_channel(|ch| {
+                let r = op(ch, client_id);
+                if r.is_ok() {
+                    ch.dispatch();
+                }
+                r
+            })
+            .unwrap_or(Err(InFlightError::NotInFlight));
+        result.map_err(|e| {
+            ClientError::new(
+                code,
+                format!("{name} {} failed {}", id.as_str(), e.as_str()),
+            )
+        })
+    }
+
+    /// PUB/MPUB/DPUB: straight into the shard if this core owns the topic,
+    /// else over the ring to its owner; OK only once the owner took it.
+    async fn publish(
+        &self,
+        topic: Bytes,
+        bodies: Vec<Bytes>,
+        defer: Option<Duration>,
+        name: &str,
+        code: ErrorCode,
+    ) -> Result<(), ClientError> {
+        let owner = self.core.router.owner(&topic);
+        let result = if owner == self.core.id {
+            let topic = String::from_utf8_lossy(&topic);
+            self.core.shard.borrow_mut().publish(&topic, &bodies, defer)
+        } else {
+            let (reply, rx) = oneshot::channel();
+            let batch = PublishBatch {
+                topic,
+                bodies,
+                defer,
+                reply,
+            };
+            self.core.router.send(owner, CoreMsg::Publish(batch)).await;
+            rx.await.unwrap_or_else(|_| Err("exiting".to_string()))
+        };
+        match result {
+            Ok(()) => {
+                self.out.push_response(OK);
+                Ok(())
+            }
+            Err(e) => Err(ClientError::new(code, format!("{name} failed {e}"))),
+        }
+    }
+
+    fn subscribe_here(&mut self, topic: String, channel: String) -> Result<(), ClientError> {
+        let subscriber = Rc::new(Subscriber::new(
+            self.client_id,
+            self.out.clone(),
+            self.settings.msg_timeout,
+            self.settings.sample_rate,
+        ));
+        self.core
+            .shard
+            .borrow_mut()
+            .subscribe(&topic, &channel, subscriber.clone())?;
+        tracing::info!(topic, channel, "subscribed");
+        self.sub = Some(Subscription {
+            topic,
+            channel,
+            subscriber,
+        });
+        self.state = ConnState::Subscribed;
+        self.out.push_response(OK);
+        Ok(())
+    }
+
+    /// Flushes what is pending, then ships the socket to `core`.
+    async fn move_to(mut self, core: usize, topic: String, channel: String) {
+        self.out.close();
+        let write_half = match self.writer.take() {
+            Some(w) => w.await,
+            None => None,
+        };
+        self.core.conns.borrow_mut().remove(&self.client_id);
+        let Some(write_half) = write_half else {
+            return; // the socket failed while flushing
+        };
+        drop(write_half);
+        let fd = match stream::dup_fd(self.reader.raw_fd()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot move connection");
+                return;
+            }
+        };
+        tracing::debug!(to = core, "moving connection to the topic's core");
+        let handoff = Handoff {
+            fd,
+            client_id: self.client_id,
+            remote: self.remote,
+            connected_at: self.connected_at,
+            settings: self.settings.clone(),
+            pending: std::mem::take(&mut self.read_buf),
+            topic,
+            channel,
+        };
+        drop(self.reader);
+        self.core
+            .router
+            .send(core, CoreMsg::Handoff(Box::new(handoff)))
+            .await;
+    }
+
+    async fn close(mut self) {
+        if let Some(sub) = self.sub.take() {
+            sub.subscriber.closing.set(true);
+            self.core
+                .shard
+                .borrow_mut()
+                .unsubscribe(&sub.topic, &sub.channel, self.client_id);
+        }
+        self.out.close();
+        if let Some(w) = self.writer.take() {
+            // Bounded by the write deadline; without heartbeats, cap it.
+            let _ = futures_lite::future::or(w, async {
+                glommio::timer::sleep(Duration::from_secs(5)).await;
+                None
+            })
+            .await;
+        }
+        self.core.conns.borrow_mut().remove(&self.client_id);
+        tracing::info!("connection closed");
+    }
+}

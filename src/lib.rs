@@ -1,0 +1,15 @@
+//! ringsq: a thread-per-core, io_uring drop-in replacement for nsqd.
+//!
+//! The path of a message (see README.md "Architecture"):
+//! `conn` decodes a command with `protocol`, `route` finds the topic's core
+//! and forwards it over an SPSC ring if needed, `shard` (topic → channels)
+//! queues it and delivers it to subscribers whose connections live on the
+//! same core. `runtime` starts the pinned executors; `config` holds nsqd's
+//! flags.
+
+pub mod config;
+pub mod conn;
+pub mod protocol;
+pub mod route;
+pub mod runtime;
+pub mod shard;

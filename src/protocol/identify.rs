@@ -1,0 +1,185 @@
+//! IDENTIFY (T13-T17): the client's JSON, its validation, and the
+//! feature-negotiation answer.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{ClientError, ErrorCode};
+use crate::config::{Options, NSQD_COMPAT_VERSION};
+
+/// The keys nsqd reads; unknown keys are ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct IdentifyRequest {
+    pub client_id: Option<String>,
+    pub hostname: Option<String>,
+    /// Older clients send `short_id`/`long_id` instead of the two above.
+    pub short_id: Option<String>,
+    pub long_id: Option<String>,
+    pub heartbeat_interval: i64,
+    pub output_buffer_size: i64,
+    pub output_buffer_timeout: i64,
+    pub feature_negotiation: bool,
+    pub tls_v1: bool,
+    pub deflate: bool,
+    pub deflate_level: i64,
+    pub snappy: bool,
+    pub sample_rate: i64,
+    pub user_agent: Option<String>,
+    pub msg_timeout: i64,
+}
+
+/// What a connection runs with, after defaults and IDENTIFY.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub client_id: String,
+    pub hostname: String,
+    pub user_agent: String,
+    /// None: heartbeats disabled (`-1`).
+    pub heartbeat_interval: Option<Duration>,
+    pub output_buffer_size: usize,
+    /// Zero: no timed flush.
+    pub output_buffer_timeout: Duration,
+    pub sample_rate: u8,
+    pub msg_timeout: Duration,
+}
+
+impl ClientSettings {
+    /// nsqd's per-client defaults; client_id and hostname are the remote IP.
+    pub fn defaults(opts: &Options, remote_ip: &str) -> ClientSettings {
+        ClientSettings {
+            client_id: remote_ip.to_string(),
+            hostname: remote_ip.to_string(),
+            user_agent: String::new(),
+            // ClientTimeout (60 s, not a flag) / 2
+            heartbeat_interval: Some(Duration::from_secs(30)),
+            output_buffer_size: 16 * 1024,
+            output_buffer_timeout: opts.output_buffer_timeout,
+            sample_rate: 0,
+            msg_timeout: opts.msg_timeout,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct NegotiationResponse<'a> {
+    max_rdy_count: i64,
+    version: &'a str,
+    max_msg_timeout: i64,
+    msg_timeout: i64,
+    tls_v1: bool,
+    deflate: bool,
+    deflate_level: i64,
+    max_deflate_level: i64,
+    snappy: bool,
+    sample_rate: i64,
+    auth_required: bool,
+    output_buffer_size: i64,
+    output_buffer_timeout: i64,
+}
+
+fn bad_body(text: String) -> ClientError {
+    ClientError::new(ErrorCode::BadBody, format!("IDENTIFY {text}"))
+}
+
+fn millis(d: Duration) -> i64 {
+    d.as_millis() as i64
+}
+
+/// Applies an IDENTIFY body to `settings`; returns the response body.
+pub fn apply_identify(
+    body: &[u8],
+    opts: &Options,
+    settings: &mut ClientSettings,
+) -> Result<Vec<u8>, ClientError> {
+    let req: IdentifyRequest = serde_json::from_slice(body)
+        .map_err(|_| ClientError::new(ErrorCode::BadBody, "IDENTIFY failed to decode JSON body"))?;
+
+    // nsqd stores the (possibly empty) strings as sent.
+    settings.client_id = req.client_id.or(req.short_id).unwrap_or_default();
+    settings.hostname = req.hostname.or(req.long_id).unwrap_or_default();
+    settings.user_agent = req.user_agent.unwrap_or_default();
+
+    let max_hb = millis(opts.max_heartbeat_interval);
+    match req.heartbeat_interval {
+        -1 => settings.heartbeat_interval = None,
+        0 => {}
+        ms if (1000..=max_hb).contains(&ms) => {
+            settings.heartbeat_interval = Some(Duration::from_millis(ms as u64))
+        }
+        ms => return Err(bad_body(format!("heartbeat interval ({ms}) is invalid"))),
+    }
+
+    let min_obt = millis(opts.min_output_buffer_timeout);
+    let max_obt = millis(opts.max_output_buffer_timeout);
+    match req.output_buffer_timeout {
+        -1 => settings.output_buffer_timeout = Duration::ZERO,
+        0 => {}
+        ms if (min_obt..=max_obt).contains(&ms) => {
+            settings.output_buffer_timeout = Duration::from_millis(ms as u64)
+        }
+        ms => return Err(bad_body(format!("output buffer timeout ({ms}) is invalid"))),
+    }
+    match req.output_buffer_size {
+        -1 => {
+            settings.output_buffer_size = 1;
+            settings.output_buffer_timeout = Duration::ZERO;
+        }
+        0 => {}
+        n if (64..=opts.max_output_buffer_size).contains(&n) => {
+            settings.output_buffer_size = n as usize
+        }
+        n => return Err(bad_body(format!("output buffer size ({n}) is invalid"))),
+    }
+
+    if !(0..=99).contains(&req.sample_rate) {
+        return Err(bad_body(format!(
+            "sample rate ({}) is invalid",
+            req.sample_rate
+        )));
+    }
+    settings.sample_rate = req.sample_rate as u8;
+
+    let max_mt = millis(opts.max_msg_timeout);
+    match req.msg_timeout {
+        0 => {}
+        ms if (1000..=max_mt).contains(&ms) => {
+            settings.msg_timeout = Duration::from_millis(ms as u64)
+        }
+        ms => return Err(bad_body(format!("msg timeout ({ms}) is invalid"))),
+    }
+
+    if !req.feature_negotiation {
+        return Ok(b"OK".to_vec());
+    }
+
+    // TLS, snappy and deflate are not offered yet: the answer says so and
+    // conforming clients carry on uncompressed in clear text.
+    let deflate = false;
+    let snappy = false;
+    let mut deflate_level = if deflate && req.deflate_level > 0 {
+        req.deflate_level
+    } else {
+        6
+    };
+    deflate_level = deflate_level.min(opts.max_deflate_level);
+
+    let resp = NegotiationResponse {
+        max_rdy_count: opts.max_rdy_count,
+        version: NSQD_COMPAT_VERSION,
+        max_msg_timeout: max_mt,
+        msg_timeout: millis(settings.msg_timeout),
+        tls_v1: false,
+        deflate,
+        deflate_level,
+        max_deflate_level: opts.max_deflate_level,
+        snappy,
+        sample_rate: settings.sample_rate as i64,
+        auth_required: false,
+        output_buffer_size: settings.output_buffer_size as i64,
+        output_buffer_timeout: millis(settings.output_buffer_timeout),
+    };
+    serde_json::to_vec(&resp)
+        .map_err(|e| ClientError::new(ErrorCode::IdentifyFailed, format!("IDENTIFY failed {e}")))
+}

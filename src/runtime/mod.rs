@@ -1,0 +1,263 @@
+//! Start-up and shutdown: one pinned glommio executor per core, memlock and
+//! io_uring checks turned into one-line errors, signals.
+
+pub mod core;
+pub mod event;
+
+use std::panic;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use thiserror::Error;
+
+use crate::config::Options;
+use crate::route::{build_mesh, CoreWaker};
+
+/// glommio's own floor for the soft RLIMIT_MEMLOCK (non-root).
+const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
+const MAX_IO_MEMORY: usize = 10 << 20;
+const MIN_IO_MEMORY: usize = 64 << 10;
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("--cores {wanted} exceeds the {allowed} CPUs this process may run on")]
+    TooManyCores { wanted: usize, allowed: usize },
+    #[error("locked memory limit too low: RLIMIT_MEMLOCK soft limit is {soft_kib} KiB and cannot be raised (hard limit {hard_kib} KiB); ringsqd needs at least 512 KiB: raise it with `ulimit -l` or systemd's LimitMEMLOCK=")]
+    MemLock { soft_kib: u64, hard_kib: u64 },
+    #[error("io_uring is not available on this machine ({0}); ringsqd needs Linux 5.8+ with io_uring enabled (sysctl kernel.io_uring_disabled=0)")]
+    NoIoUring(String),
+    #[error("cannot flock directory {dir} - {err} (possibly in use by another instance of nsqd)")]
+    DataPathLocked { dir: String, err: String },
+    #[error("listen ({addr}) failed - {err}")]
+    Listen { addr: String, err: String },
+    #[error("failed to start core {core}: {err}")]
+    Executor { core: usize, err: String },
+}
+
+/// State every core can see.
+pub struct Shared {
+    pub opts: Arc<Options>,
+    pub node_id: u16,
+    pub shutdown: AtomicBool,
+    pub next_client_id: AtomicU64,
+    pub wakers: Vec<Arc<CoreWaker>>,
+}
+
+impl Shared {
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// The CPUs this process may run on (sched_getaffinity).
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1))
+                .collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Raises RLIMIT_MEMLOCK as far as allowed and picks each executor's
+/// io_memory from what is locked-memory budget.
+fn prepare_memlock(cores: usize) -> Result<usize, StartError> {
+    let want = (cores * 3 * MAX_IO_MEMORY + (16 << 20)) as u64;
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) != 0 {
+            return Ok(MAX_IO_MEMORY);
+        }
+        if is_root() {
+            let target = libc::rlimit {
+                rlim_cur: lim.rlim_cur.max(want),
+                rlim_max: lim.rlim_max.max(want),
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &target) == 0 {
+                return Ok(MAX_IO_MEMORY);
+            }
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) == 0 {
+                lim = raised;
+            }
+        }
+        if is_root() {
+            return Ok(MAX_IO_MEMORY); // CAP_IPC_LOCK: glommio skips its check
+        }
+        if lim.rlim_cur < GLOMMIO_MIN_MEMLOCK {
+            return Err(StartError::MemLock {
+                soft_kib: lim.rlim_cur / 1024,
+                hard_kib: lim.rlim_max / 1024,
+            });
+        }
+        let per_core = (lim.rlim_cur as usize) / (3 * cores);
+        Ok(per_core.clamp(MIN_IO_MEMORY, MAX_IO_MEMORY))
+    }
+}
+
+/// Starts a throw-away executor to find out whether io_uring works; glommio
+/// panics in its thread when it does not.
+fn probe_io_uring(io_memory: usize) -> Result<(), StartError> {
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        if v.trim() == "2" {
+            return Err(StartError::NoIoUring("kernel.io_uring_disabled=2".into()));
+        }
+    }
+    let previous_hook = panic::take_hook();
+    panic::set_hook(Box::new(|_| {}));
+    let result = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(io_memory)
+        .name("ringsq-probe")
+        .spawn(|| async {})
+        .map_err(|e| e.to_string())
+        .and_then(|h| h.join().map_err(|e| e.to_string()));
+    panic::set_hook(previous_hook);
+    result.map_err(StartError::NoIoUring)
+}
+
+/// C6: one broker per data path.
+fn lock_data_path(opts: &Options) -> Result<std::fs::File, StartError> {
+    use std::os::fd::AsRawFd;
+    let dir = opts.effective_data_path();
+    let locked = |err: String| StartError::DataPathLocked {
+        dir: dir.display().to_string(),
+        err,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| locked(e.to_string()))?;
+    let file = std::fs::File::open(&dir).map_err(|e| locked(e.to_string()))?;
+    // SAFETY: flock on an fd we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(locked(std::io::Error::last_os_error().to_string()));
+    }
+    Ok(file)
+}
+
+/// glommio binds every listener with SO_REUSEPORT, which would let a second
+/// broker share the port silently. A plain bind first fails as nsqd would if
+/// anything holds the port; it also resolves port 0 to one port for all cores.
+fn check_listen_address(addr: &str) -> Result<std::net::SocketAddr, StartError> {
+    let listen_err = |err: String| StartError::Listen {
+        addr: addr.to_string(),
+        err,
+    };
+    let probe = std::net::TcpListener::bind(addr).map_err(|e| listen_err(e.to_string()))?;
+    probe.local_addr().map_err(|e| listen_err(e.to_string()))
+}
+
+/// Runs the broker until SIGINT/SIGTERM. Returns once every core stopped.
+pub fn run(opts: Options) -> Result<(), StartError> {
+    let allowed = allowed_cpus();
+    if opts.cores > allowed.len() {
+        return Err(StartError::TooManyCores {
+            wanted: opts.cores,
+            allowed: allowed.len(),
+        });
+    }
+    let io_memory = prepare_memlock(opts.cores)?;
+    probe_io_uring(io_memory)?;
+    let _data_lock = lock_data_path(&opts)?;
+    let tcp_addr = check_listen_address(&opts.tcp_address)?;
+
+    let cores = opts.cores;
+    let node_id = opts.effective_node_id();
+    let (routers, inboxes, wakers) = build_mesh(cores);
+    let shared = Arc::new(Shared {
+        opts: Arc::new(opts),
+        node_id,
+        shutdown: AtomicBool::new(false),
+        next_client_id: AtomicU64::new(0),
+        wakers,
+    });
+
+    let signals =
+        signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]).map_err(|e| {
+            StartError::Executor {
+                core: 0,
+                err: format!("signal handler: {e}"),
+            }
+        })?;
+    let signal_handle = signals.handle();
+
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
+    let mut handles = Vec::new();
+    for (core, (router, inbox)) in routers.into_iter().zip(inboxes).enumerate() {
+        let shared = shared.clone();
+        let ready = ready_tx.clone();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(allowed[core]))
+            .name(&format!("ringsq-core-{core}"))
+            .io_memory(io_memory)
+            .spawn(move || core::run_core(core, shared, router, inbox, tcp_addr, ready))
+            .map_err(|e| StartError::Executor {
+                core,
+                err: e.to_string(),
+            })?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+
+    let mut startup_error = None;
+    for _ in 0..cores {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                startup_error.get_or_insert(e);
+            }
+            Err(_) => {
+                startup_error.get_or_insert(StartError::Executor {
+                    core: 0,
+                    err: "a core stopped during start-up".into(),
+                });
+                break;
+            }
+        }
+    }
+
+    if startup_error.is_none() {
+        tracing::info!(
+            "TCP: listening on {tcp_addr} with {cores} core(s), version {}",
+            crate::config::NSQD_COMPAT_VERSION
+        );
+        let mut signals = signals;
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "shutting down");
+        }
+    }
+    signal_handle.close();
+
+    shared.shutdown.store(true, Ordering::SeqCst);
+    for w in &shared.wakers {
+        w.wake();
+    }
+    for (core, h) in handles.into_iter().enumerate() {
+        if let Err(e) = h.join() {
+            tracing::error!(core, error = %e, "core stopped with an error");
+        }
+    }
+    // Shutdown is quick; give log lines a chance to be written.
+    std::thread::sleep(Duration::from_millis(1));
+    match startup_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

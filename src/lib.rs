@@ -9,7 +9,9 @@
 
 pub mod config;
 pub mod conn;
+pub mod http;
 pub mod protocol;
 pub mod route;
 pub mod runtime;
 pub mod shard;
+pub mod stats;

@@ -6,17 +6,18 @@
 //! (its socket fd and unparsed bytes travel over the core ring), so that
 //! delivery, in-flight tracking and timeouts are plain core-local code.
 
+pub mod info;
 pub mod output;
 pub mod stream;
 pub mod writer;
 
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use futures::channel::oneshot;
 use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 use glommio::Task;
@@ -28,9 +29,10 @@ use crate::protocol::{
     decode, ClientError, Command, ConnState, DecodeContext, DecodeError, ErrorCode, MessageId,
     MAGIC_V2,
 };
-use crate::route::{CoreMsg, Handoff, PublishBatch};
+use crate::route::{CoreMsg, Handoff};
 use crate::runtime::core::Core;
 use crate::shard::{InFlightError, Subscriber};
+use info::ClientInfo;
 use output::{FlushPolicy, OutputBuffer};
 use stream::ByteStream;
 
@@ -57,15 +59,22 @@ enum Flow {
 struct Connection<S: ByteStream> {
     core: Rc<Core>,
     client_id: u64,
-    remote: SocketAddr,
-    connected_at: SystemTime,
+    info: Rc<ClientInfo>,
     reader: S,
     read_buf: BytesMut,
     out: Rc<OutputBuffer>,
     writer: Option<Task<Option<S>>>,
-    settings: ClientSettings,
     state: ConnState,
     sub: Option<Subscription>,
+}
+
+/// Who the connection is, carried along when it moves between cores.
+struct Identity {
+    client_id: u64,
+    remote: SocketAddr,
+    connected_at: SystemTime,
+    settings: ClientSettings,
+    pub_counts: Vec<(String, u64)>,
 }
 
 /// A new TCP client accepted on this core.
@@ -77,15 +86,14 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
     let client_id = core.shared.next_client_id();
     let settings = ClientSettings::defaults(core.opts(), &remote.ip().to_string());
     let span = tracing::info_span!("client", id = client_id, remote = %remote, core = core.id);
-    let Some(conn) = Connection::start(
-        core,
+    let identity = Identity {
         client_id,
         remote,
-        SystemTime::now(),
-        stream,
+        connected_at: SystemTime::now(),
         settings,
-        BytesMut::new(),
-    ) else {
+        pub_counts: Vec::new(),
+    };
+    let Some(conn) = Connection::start(core, identity, stream, BytesMut::new()) else {
         return;
     };
     conn.run(true, None).instrument(span).await;
@@ -97,15 +105,14 @@ pub async fn resume(core: Rc<Core>, h: Box<Handoff>) {
     let stream = unsafe { TcpStream::from_raw_fd(h.fd) };
     let h = *h;
     let span = tracing::info_span!("client", id = h.client_id, remote = %h.remote, core = core.id);
-    let Some(conn) = Connection::start(
-        core,
-        h.client_id,
-        h.remote,
-        h.connected_at,
-        stream,
-        h.settings,
-        h.pending,
-    ) else {
+    let identity = Identity {
+        client_id: h.client_id,
+        remote: h.remote,
+        connected_at: h.connected_at,
+        settings: h.settings,
+        pub_counts: h.pub_counts,
+    };
+    let Some(conn) = Connection::start(core, identity, stream, h.pending) else {
         return;
     };
     conn.run(false, Some((h.topic, h.channel)))
@@ -122,15 +129,7 @@ fn flush_policy(s: &ClientSettings) -> FlushPolicy {
 }
 
 impl<S: ByteStream> Connection<S> {
-    fn start(
-        core: Rc<Core>,
-        client_id: u64,
-        remote: SocketAddr,
-        connected_at: SystemTime,
-        reader: S,
-        settings: ClientSettings,
-        pending: BytesMut,
-    ) -> Option<Connection<S>> {
+    fn start(core: Rc<Core>, id: Identity, reader: S, pending: BytesMut) -> Option<Connection<S>> {
         let write_half = match reader.duplicate() {
             Ok(w) => w,
             Err(e) => {
@@ -138,22 +137,29 @@ impl<S: ByteStream> Connection<S> {
                 return None;
             }
         };
-        let _ = reader.set_read_timeout(settings.heartbeat_interval.map(|hb| hb * 2));
-        let out = Rc::new(OutputBuffer::new(flush_policy(&settings)));
+        let _ = reader.set_read_timeout(id.settings.heartbeat_interval.map(|hb| hb * 2));
+        let out = Rc::new(OutputBuffer::new(flush_policy(&id.settings)));
         let writer = glommio::spawn_local(writer::run(out.clone(), write_half));
-        core.conns.borrow_mut().insert(client_id, reader.raw_fd());
+        let info = Rc::new(ClientInfo {
+            id: id.client_id,
+            remote: id.remote,
+            connected_at: id.connected_at,
+            fd: reader.raw_fd(),
+            settings: RefCell::new(id.settings),
+            state: Cell::new(ConnState::Init),
+            pub_counts: RefCell::new(id.pub_counts),
+        });
+        core.conns.borrow_mut().insert(id.client_id, info.clone());
         let mut read_buf = pending;
         read_buf.reserve(READ_CHUNK);
         Some(Connection {
             core,
-            client_id,
-            remote,
-            connected_at,
+            client_id: id.client_id,
+            info,
             reader,
             read_buf,
             out,
             writer: Some(writer),
-            settings,
             state: ConnState::Init,
             sub: None,
         })
@@ -163,7 +169,7 @@ impl<S: ByteStream> Connection<S> {
         let o = self.core.opts();
         DecodeContext {
             state: self.state,
-            heartbeats_enabled: self.settings.heartbeat_interval.is_some(),
+            heartbeats_enabled: self.info.settings.borrow().heartbeat_interval.is_some(),
             max_msg_size: o.max_msg_size,
             max_body_size: o.max_body_size,
             max_rdy_count: o.max_rdy_count,
@@ -275,12 +281,13 @@ impl<S: ByteStream> Connection<S> {
         match cmd {
             Command::Nop => {}
             Command::Identify(body) => {
-                let resp = apply_identify(&body, self.core.opts(), &mut self.settings)?;
+                let mut settings = self.info.settings.borrow_mut();
+                let resp = apply_identify(&body, self.core.opts(), &mut settings)?;
                 self.out.push_response(&resp);
-                self.out.set_policy(flush_policy(&self.settings));
+                self.out.set_policy(flush_policy(&settings));
                 let _ = self
                     .reader
-                    .set_read_timeout(self.settings.heartbeat_interval.map(|hb| hb * 2));
+                    .set_read_timeout(settings.heartbeat_interval.map(|hb| hb * 2));
             }
             Command::Auth(_) => {
                 return Err(ClientError::new(ErrorCode::AuthDisabled, "AUTH disabled"));
@@ -342,7 +349,7 @@ impl<S: ByteStream> Connection<S> {
                     sub.subscriber.rdy.set(0);
                     sub.subscriber.closing.set(true);
                 }
-                self.state = ConnState::Closing;
+                self.set_state(ConnState::Closing);
                 self.out.push_response(CLOSE_WAIT);
             }
             Command::Pub { topic, body } => {
@@ -408,23 +415,12 @@ impl<S: ByteStream> Connection<S> {
         name: &str,
         code: ErrorCode,
     ) -> Result<(), ClientError> {
-        let owner = self.core.router.owner(&topic);
-        let result = if owner == self.core.id {
-            let topic = String::from_utf8_lossy(&topic);
-            self.core.shard.borrow_mut().publish(&topic, &bodies, defer)
-        } else {
-            let (reply, rx) = oneshot::channel();
-            let batch = PublishBatch {
-                topic,
-                bodies,
-                defer,
-                reply,
-            };
-            self.core.router.send(owner, CoreMsg::Publish(batch)).await;
-            rx.await.unwrap_or_else(|_| Err("exiting".to_string()))
-        };
+        let count = bodies.len() as u64;
+        let topic_name = String::from_utf8_lossy(&topic).into_owned();
+        let result = self.core.publish(topic, bodies, defer).await;
         match result {
             Ok(()) => {
+                self.info.add_published(&topic_name, count);
                 self.out.push_response(OK);
                 Ok(())
             }
@@ -433,11 +429,15 @@ impl<S: ByteStream> Connection<S> {
     }
 
     fn subscribe_here(&mut self, topic: String, channel: String) -> Result<(), ClientError> {
+        let (msg_timeout, sample_rate) = {
+            let s = self.info.settings.borrow();
+            (s.msg_timeout, s.sample_rate)
+        };
         let subscriber = Rc::new(Subscriber::new(
-            self.client_id,
+            self.info.clone(),
             self.out.clone(),
-            self.settings.msg_timeout,
-            self.settings.sample_rate,
+            msg_timeout,
+            sample_rate,
         ));
         self.core
             .shard
@@ -449,9 +449,14 @@ impl<S: ByteStream> Connection<S> {
             channel,
             subscriber,
         });
-        self.state = ConnState::Subscribed;
+        self.set_state(ConnState::Subscribed);
         self.out.push_response(OK);
         Ok(())
+    }
+
+    fn set_state(&mut self, state: ConnState) {
+        self.state = state;
+        self.info.state.set(state);
     }
 
     /// Flushes what is pending, then ships the socket to `core`.
@@ -477,9 +482,10 @@ impl<S: ByteStream> Connection<S> {
         let handoff = Handoff {
             fd,
             client_id: self.client_id,
-            remote: self.remote,
-            connected_at: self.connected_at,
-            settings: self.settings.clone(),
+            remote: self.info.remote,
+            connected_at: self.info.connected_at,
+            settings: self.info.settings.borrow().clone(),
+            pub_counts: self.info.pub_counts.borrow().clone(),
             pending: std::mem::take(&mut self.read_buf),
             topic,
             channel,

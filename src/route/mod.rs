@@ -20,6 +20,8 @@ use ringbuf::traits::{Consumer, Observer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 
 use crate::protocol::identify::ClientSettings;
+use crate::shard::AdminError;
+use crate::stats::{CoreStats, StatsFilter};
 
 /// Items in flight between two cores; capacity per ring.
 const RING_CAPACITY: usize = 4096;
@@ -48,15 +50,60 @@ pub struct Handoff {
     pub remote: std::net::SocketAddr,
     pub connected_at: std::time::SystemTime,
     pub settings: ClientSettings,
+    pub pub_counts: Vec<(String, u64)>,
     /// Bytes read from the socket but not yet parsed.
     pub pending: BytesMut,
     pub topic: String,
     pub channel: String,
 }
 
+/// Operator actions (HTTP API), run on the core that owns the topic, and
+/// /stats, run on every core.
+#[derive(Debug, Clone)]
+pub enum AdminOp {
+    Stats(StatsFilter),
+    CreateTopic(String),
+    DeleteTopic(String),
+    EmptyTopic(String),
+    PauseTopic(String, bool),
+    CreateChannel(String, String),
+    DeleteChannel(String, String),
+    EmptyChannel(String, String),
+    PauseChannel(String, String, bool),
+}
+
+impl AdminOp {
+    /// The topic whose core must run this; None for every core.
+    pub fn topic(&self) -> Option<&str> {
+        match self {
+            AdminOp::Stats(_) => None,
+            AdminOp::CreateTopic(t)
+            | AdminOp::DeleteTopic(t)
+            | AdminOp::EmptyTopic(t)
+            | AdminOp::PauseTopic(t, _)
+            | AdminOp::CreateChannel(t, _)
+            | AdminOp::DeleteChannel(t, _)
+            | AdminOp::EmptyChannel(t, _)
+            | AdminOp::PauseChannel(t, _, _) => Some(t),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum AdminReply {
+    Done(Result<(), AdminError>),
+    Stats(CoreStats),
+}
+
+pub struct AdminRequest {
+    pub op: AdminOp,
+    pub reply: oneshot::Sender<AdminReply>,
+}
+
 pub enum CoreMsg {
     Publish(PublishBatch),
     Handoff(Box<Handoff>),
+    Admin(AdminRequest),
 }
 
 /// Wakes a parked core from any thread, only when it sleeps.

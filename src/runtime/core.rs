@@ -4,7 +4,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -16,8 +15,13 @@ use glommio::net::TcpListener;
 use super::event::LocalEvent;
 use super::{Shared, StartError};
 use crate::conn;
-use crate::route::{CoreMsg, Inbox, Router};
+use crate::conn::info::ClientInfo;
+use crate::route::{AdminOp, AdminReply, AdminRequest, CoreMsg, Inbox, PublishBatch, Router};
+use crate::shard::AdminError;
 use crate::shard::Shard;
+use crate::stats::{CoreStats, StatsFilter};
+use bytes::Bytes;
+use futures::channel::oneshot;
 
 /// How often in-flight timeouts and deferred messages are checked (nsqd's
 /// QueueScanInterval).
@@ -31,14 +35,108 @@ pub struct Core {
     pub shared: Arc<Shared>,
     pub shard: RefCell<Shard>,
     pub router: Router,
-    /// Live connections' fds, to shut them down on exit.
-    pub conns: RefCell<HashMap<u64, RawFd>>,
+    /// Live connections, for /stats, forced disconnects and shutdown.
+    pub conns: RefCell<HashMap<u64, Rc<ClientInfo>>>,
     pub stopping: LocalEvent,
 }
 
 impl Core {
     pub fn opts(&self) -> &crate::config::Options {
         &self.shared.opts
+    }
+
+    /// Publishes on the topic's owning core; Ok once the owner took the
+    /// batch. The error text follows "PUB failed " in nsqd's answers.
+    pub async fn publish(
+        &self,
+        topic: Bytes,
+        bodies: Vec<Bytes>,
+        defer: Option<Duration>,
+    ) -> Result<(), String> {
+        let owner = self.router.owner(&topic);
+        if owner == self.id {
+            let name = String::from_utf8_lossy(&topic);
+            return self.shard.borrow_mut().publish(&name, &bodies, defer);
+        }
+        let (reply, rx) = oneshot::channel();
+        let batch = PublishBatch {
+            topic,
+            bodies,
+            defer,
+            reply,
+        };
+        self.router.send(owner, CoreMsg::Publish(batch)).await;
+        rx.await.unwrap_or_else(|_| Err("exiting".to_string()))
+    }
+
+    /// Runs an admin operation here, on this core's shard.
+    pub fn execute_admin(&self, op: AdminOp) -> AdminReply {
+        let mut shard = self.shard.borrow_mut();
+        let done = match op {
+            AdminOp::Stats(filter) => {
+                let topics = shard.stats(&filter);
+                let producers = if filter.include_clients {
+                    self.conns
+                        .borrow()
+                        .values()
+                        .filter(|c| c.is_producer())
+                        .map(|c| c.stats(filter.topic.as_deref()))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                return AdminReply::Stats(CoreStats { topics, producers });
+            }
+            AdminOp::CreateTopic(t) => {
+                shard.create_topic(&t);
+                Ok(())
+            }
+            AdminOp::DeleteTopic(t) => shard.delete_topic(&t),
+            AdminOp::EmptyTopic(t) => shard.empty_topic(&t),
+            AdminOp::PauseTopic(t, p) => shard.pause_topic(&t, p),
+            AdminOp::CreateChannel(t, c) => shard.create_channel(&t, &c),
+            AdminOp::DeleteChannel(t, c) => shard.delete_channel(&t, &c),
+            AdminOp::EmptyChannel(t, c) => shard.empty_channel(&t, &c),
+            AdminOp::PauseChannel(t, c, p) => shard.pause_channel(&t, &c, p),
+        };
+        AdminReply::Done(done)
+    }
+
+    /// Runs an admin operation on core `core` (here or over the ring).
+    pub async fn admin_on(&self, core: usize, op: AdminOp) -> AdminReply {
+        if core == self.id {
+            return self.execute_admin(op);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.router
+            .send(core, CoreMsg::Admin(AdminRequest { op, reply }))
+            .await;
+        rx.await
+            .unwrap_or(AdminReply::Done(Err(AdminError::TopicNotFound)))
+    }
+
+    /// A topic or channel operation, on the topic's owning core.
+    pub async fn admin(&self, op: AdminOp) -> Result<(), AdminError> {
+        let owner = self.router.owner(op.topic().unwrap_or_default().as_bytes());
+        match self.admin_on(owner, op).await {
+            AdminReply::Done(r) => r,
+            AdminReply::Stats(_) => Ok(()),
+        }
+    }
+
+    /// /stats over every core: topics merged and sorted by name.
+    pub async fn stats(&self, filter: StatsFilter) -> CoreStats {
+        let mut all = CoreStats::default();
+        for core in 0..self.router.cores {
+            if let AdminReply::Stats(part) =
+                self.admin_on(core, AdminOp::Stats(filter.clone())).await
+            {
+                all.topics.extend(part.topics);
+                all.producers.extend(part.producers);
+            }
+        }
+        all.topics.sort_by(|a, b| a.topic_name.cmp(&b.topic_name));
+        all
     }
 }
 
@@ -48,16 +146,29 @@ pub async fn run_core(
     router: Router,
     inbox: Inbox,
     tcp_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     ready: mpsc::Sender<Result<(), StartError>>,
 ) {
     let opts = shared.opts.clone();
+    let listen_error = |addr: SocketAddr, err: String| StartError::Listen {
+        addr: addr.to_string(),
+        err,
+    };
     let listener = match TcpListener::bind(tcp_addr) {
         Ok(l) => l,
         Err(e) => {
-            let _ = ready.send(Err(StartError::Listen {
-                addr: tcp_addr.to_string(),
-                err: e.to_string(),
-            }));
+            let _ = ready.send(Err(listen_error(tcp_addr, e.to_string())));
+            return;
+        }
+    };
+    let http_listener = match http_addr.map(crate::http::bind) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            let _ = ready.send(Err(listen_error(
+                http_addr.unwrap_or(tcp_addr),
+                e.to_string(),
+            )));
             return;
         }
     };
@@ -78,6 +189,8 @@ pub async fn run_core(
 
     let inbox_task = glommio::spawn_local(inbox_loop(core.clone(), inbox));
     let timer_task = glommio::spawn_local(timer_loop(core.clone()));
+    let http_task =
+        http_listener.map(|l| glommio::spawn_local(crate::http::serve(core.clone(), l)));
 
     loop {
         let accepted = future::or(async { Some(listener.accept().await) }, async {
@@ -99,18 +212,17 @@ pub async fn run_core(
     drop(listener);
 
     // Close every client (D10 order: listener, then clients).
-    for (_, fd) in core.conns.borrow().iter() {
-        // SAFETY: shutdown on an fd a live connection owns; it only
-        // makes its pending reads return EOF.
-        unsafe {
-            libc::shutdown(*fd, libc::SHUT_RDWR);
-        }
+    for info in core.conns.borrow().values() {
+        info.disconnect();
     }
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     while !core.conns.borrow().is_empty() && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     timer_task.await;
+    if let Some(t) = http_task {
+        t.await;
+    }
     inbox_task.await;
 }
 
@@ -139,6 +251,9 @@ async fn inbox_loop(core: Rc<Core>, mut inbox: Inbox) {
                 }
                 CoreMsg::Handoff(h) => {
                     glommio::spawn_local(conn::resume(core.clone(), h)).detach();
+                }
+                CoreMsg::Admin(req) => {
+                    let _ = req.reply.send(core.execute_admin(req.op));
                 }
             }
         }

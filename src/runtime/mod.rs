@@ -40,6 +40,13 @@ pub enum StartError {
 pub struct Shared {
     pub opts: Arc<Options>,
     pub node_id: u16,
+    pub start_time: std::time::SystemTime,
+    pub tcp_port: u16,
+    /// None when HTTP is disabled (`--http-address=""`).
+    pub http_port: Option<u16>,
+    /// Changed at run time through PUT /config (H21).
+    pub lookupd_addresses: std::sync::Mutex<Vec<String>>,
+    pub log_level: std::sync::Mutex<String>,
     pub shutdown: AtomicBool,
     pub next_client_id: AtomicU64,
     pub wakers: Vec<Arc<CoreWaker>>,
@@ -178,13 +185,23 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     probe_io_uring(io_memory)?;
     let _data_lock = lock_data_path(&opts)?;
     let tcp_addr = check_listen_address(&opts.tcp_address)?;
+    let http_addr = if opts.http_address.is_empty() {
+        None
+    } else {
+        Some(check_listen_address(&opts.http_address)?)
+    };
 
     let cores = opts.cores;
     let node_id = opts.effective_node_id();
     let (routers, inboxes, wakers) = build_mesh(cores);
     let shared = Arc::new(Shared {
-        opts: Arc::new(opts),
         node_id,
+        start_time: std::time::SystemTime::now(),
+        tcp_port: tcp_addr.port(),
+        http_port: http_addr.map(|a| a.port()),
+        lookupd_addresses: std::sync::Mutex::new(opts.lookupd_tcp_address.clone()),
+        log_level: std::sync::Mutex::new(opts.log_level.to_ascii_lowercase()),
+        opts: Arc::new(opts),
         shutdown: AtomicBool::new(false),
         next_client_id: AtomicU64::new(0),
         wakers,
@@ -207,7 +224,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         let handle = LocalExecutorBuilder::new(Placement::Fixed(allowed[core]))
             .name(&format!("ringsq-core-{core}"))
             .io_memory(io_memory)
-            .spawn(move || core::run_core(core, shared, router, inbox, tcp_addr, ready))
+            .spawn(move || core::run_core(core, shared, router, inbox, tcp_addr, http_addr, ready))
             .map_err(|e| StartError::Executor {
                 core,
                 err: e.to_string(),
@@ -238,6 +255,9 @@ pub fn run(opts: Options) -> Result<(), StartError> {
             "TCP: listening on {tcp_addr} with {cores} core(s), version {}",
             crate::config::NSQD_COMPAT_VERSION
         );
+        if let Some(http) = http_addr {
+            tracing::info!("HTTP: listening on {http}");
+        }
         let mut signals = signals;
         if let Some(sig) = signals.forever().next() {
             tracing::info!(signal = sig, "shutting down");

@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 
 use super::queue::{BackendError, MessageQueue};
+use crate::conn::info::ClientInfo;
 use crate::conn::output::OutputBuffer;
 use crate::protocol::{Message, MessageId};
 
 /// A consumer connection as its channel sees it.
 pub struct Subscriber {
     pub client_id: u64,
+    pub info: Rc<ClientInfo>,
     pub out: Rc<OutputBuffer>,
     /// RDY: messages are sent while in_flight < rdy (a window, T24).
     pub rdy: Cell<i64>,
@@ -31,13 +33,14 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn new(
-        client_id: u64,
+        info: Rc<ClientInfo>,
         out: Rc<OutputBuffer>,
         msg_timeout: Duration,
         sample_rate: u8,
     ) -> Self {
         Subscriber {
-            client_id,
+            client_id: info.id,
+            info,
             out,
             rdy: Cell::new(0),
             in_flight: Cell::new(0),

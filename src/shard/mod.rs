@@ -16,6 +16,7 @@ pub use channel::{Channel, InFlightError, Subscriber};
 pub use topic::Topic;
 
 use crate::protocol::{ClientError, ErrorCode};
+use crate::stats::{ChannelStats, E2eLatency, StatsFilter, TopicStats};
 
 pub struct Shard {
     pub core: usize,
@@ -128,5 +129,177 @@ impl Shard {
                 }
             }
         }
+    }
+}
+
+/// Why an admin operation (HTTP API) failed; the HTTP layer maps these to
+/// nsqd's status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("TOPIC_NOT_FOUND")]
+    TopicNotFound,
+    #[error("CHANNEL_NOT_FOUND")]
+    ChannelNotFound,
+}
+
+impl Shard {
+    pub fn create_topic(&mut self, name: &str) {
+        self.get_or_create_topic(name);
+    }
+
+    /// Q13: channels go, their consumers are disconnected.
+    pub fn delete_topic(&mut self, name: &str) -> Result<(), AdminError> {
+        let topic = self.topics.remove(name).ok_or(AdminError::TopicNotFound)?;
+        for channel in topic.channels.values() {
+            for sub in &channel.subscribers {
+                sub.info.disconnect();
+            }
+        }
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    /// Q11: drops the messages held at the topic; channels keep theirs.
+    pub fn empty_topic(&mut self, name: &str) -> Result<(), AdminError> {
+        self.topics
+            .get_mut(name)
+            .ok_or(AdminError::TopicNotFound)?
+            .empty();
+        Ok(())
+    }
+
+    /// Q9: a paused topic holds messages instead of copying them to channels.
+    pub fn pause_topic(&mut self, name: &str, paused: bool) -> Result<(), AdminError> {
+        let topic = self.topics.get_mut(name).ok_or(AdminError::TopicNotFound)?;
+        topic.paused = paused;
+        if !paused {
+            topic.pump_held();
+        }
+        Ok(())
+    }
+
+    /// H18: the topic must exist.
+    pub fn create_channel(&mut self, topic: &str, channel: &str) -> Result<(), AdminError> {
+        self.topics
+            .get_mut(topic)
+            .ok_or(AdminError::TopicNotFound)?
+            .get_or_create_channel(channel);
+        Ok(())
+    }
+
+    fn topic_channel(&mut self, topic: &str, channel: &str) -> Result<&mut Channel, AdminError> {
+        self.topics
+            .get_mut(topic)
+            .ok_or(AdminError::TopicNotFound)?
+            .channels
+            .get_mut(channel)
+            .ok_or(AdminError::ChannelNotFound)
+    }
+
+    /// Q13: its consumers are disconnected.
+    pub fn delete_channel(&mut self, topic_name: &str, channel: &str) -> Result<(), AdminError> {
+        self.topic_channel(topic_name, channel)?;
+        let topic = self
+            .topics
+            .get_mut(topic_name)
+            .ok_or(AdminError::TopicNotFound)?;
+        if let Some(ch) = topic.channels.remove(channel) {
+            for sub in &ch.subscribers {
+                sub.info.disconnect();
+            }
+        }
+        if topic.ephemeral && topic.channels.is_empty() {
+            self.topics.remove(topic_name);
+        }
+        tracing::info!(topic = topic_name, channel, "deleted channel");
+        Ok(())
+    }
+
+    pub fn empty_channel(&mut self, topic: &str, channel: &str) -> Result<(), AdminError> {
+        self.topic_channel(topic, channel)?.empty();
+        Ok(())
+    }
+
+    /// Q10: consumers of a paused channel get nothing; in-flight stays.
+    pub fn pause_channel(
+        &mut self,
+        topic: &str,
+        channel: &str,
+        paused: bool,
+    ) -> Result<(), AdminError> {
+        let ch = self.topic_channel(topic, channel)?;
+        ch.paused = paused;
+        if paused {
+            for sub in &ch.subscribers {
+                sub.out.flush_soon();
+            }
+        } else {
+            ch.dispatch();
+        }
+        Ok(())
+    }
+
+    /// This shard's part of /stats, topics and channels sorted by name.
+    pub fn stats(&self, filter: &StatsFilter) -> Vec<TopicStats> {
+        let mut names: Vec<&String> = match &filter.topic {
+            Some(t) => self.topics.keys().filter(|k| *k == t).collect(),
+            None => self.topics.keys().collect(),
+        };
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let topic = &self.topics[name];
+            let channels: Vec<ChannelStats> = topic
+                .channels
+                .values()
+                .filter(|c| filter.channel.as_ref().is_none_or(|f| *f == c.name))
+                .map(|c| channel_stats(c, name, filter.include_clients))
+                .collect();
+            if filter.channel.is_some() && channels.is_empty() {
+                continue; // nsqd skips topics without the filtered channel
+            }
+            out.push(TopicStats {
+                topic_name: topic.name.clone(),
+                channels,
+                depth: topic.depth() as i64,
+                backend_depth: topic.backend_depth() as i64,
+                message_count: topic.message_count,
+                message_bytes: topic.message_bytes,
+                paused: topic.paused,
+                e2e_processing_latency: E2eLatency::default(),
+            });
+        }
+        out
+    }
+}
+
+fn channel_stats(c: &Channel, topic: &str, include_clients: bool) -> ChannelStats {
+    let clients = include_clients.then(|| {
+        c.subscribers
+            .iter()
+            .map(|s| {
+                let mut st = s.info.stats(Some(topic));
+                st.ready_count = s.rdy.get();
+                st.in_flight_count = s.in_flight.get();
+                st.message_count = s.message_count.get();
+                st.finish_count = s.finish_count.get();
+                st.requeue_count = s.requeue_count.get();
+                st
+            })
+            .collect()
+    });
+    ChannelStats {
+        channel_name: c.name.clone(),
+        depth: c.depth() as i64,
+        backend_depth: c.backend_depth() as i64,
+        in_flight_count: c.in_flight_count() as i64,
+        deferred_count: c.deferred_count() as i64,
+        message_count: c.message_count,
+        requeue_count: c.requeue_count,
+        timeout_count: c.timeout_count,
+        client_count: c.subscribers.len() as i64,
+        clients,
+        paused: c.paused,
+        e2e_processing_latency: E2eLatency::default(),
     }
 }

@@ -107,6 +107,11 @@ impl Topic {
         self.dispatch_all();
     }
 
+    /// Q11: drops what the topic holds (channels keep theirs).
+    pub fn empty(&mut self) {
+        self.queue.clear();
+    }
+
     pub fn dispatch_all(&mut self) {
         for channel in self.channels.values_mut() {
             channel.dispatch();

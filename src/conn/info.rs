@@ -1,0 +1,92 @@
+//! What the rest of the core knows about a connection: identity, state and
+//! counters for /stats, and its socket for shutdown and forced disconnects.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::protocol::identify::ClientSettings;
+use crate::protocol::ConnState;
+use crate::stats::{ClientStats, PubCount};
+
+pub struct ClientInfo {
+    pub id: u64,
+    pub remote: SocketAddr,
+    pub connected_at: SystemTime,
+    pub fd: RawFd,
+    pub settings: RefCell<ClientSettings>,
+    pub state: Cell<ConnState>,
+    /// Messages published per topic (T37), in first-publish order.
+    pub pub_counts: RefCell<Vec<(String, u64)>>,
+}
+
+impl ClientInfo {
+    pub fn add_published(&self, topic: &str, n: u64) {
+        let mut counts = self.pub_counts.borrow_mut();
+        match counts.iter_mut().find(|(t, _)| t == topic) {
+            Some((_, c)) => *c += n,
+            None => counts.push((topic.to_string(), n)),
+        }
+    }
+
+    pub fn is_producer(&self) -> bool {
+        !self.pub_counts.borrow().is_empty()
+    }
+
+    /// Closes the socket under the connection: its task sees EOF and cleans up.
+    pub fn disconnect(&self) {
+        // SAFETY: shutdown on the connection's own, still open socket.
+        unsafe {
+            libc::shutdown(self.fd, libc::SHUT_RDWR);
+        }
+    }
+
+    /// nsqd's client stats; `topic` filters pub_counts and, as nsqd does,
+    /// only one topic is listed (X1).
+    pub fn stats(&self, topic: Option<&str>) -> ClientStats {
+        let s = self.settings.borrow();
+        let pub_counts = self
+            .pub_counts
+            .borrow()
+            .iter()
+            .filter(|(t, _)| topic.is_none_or(|f| f == t))
+            .take(1)
+            .map(|(t, c)| PubCount {
+                topic: t.clone(),
+                count: *c,
+            })
+            .collect();
+        ClientStats {
+            client_id: s.client_id.clone(),
+            hostname: s.hostname.clone(),
+            version: "V2",
+            remote_address: self.remote.to_string(),
+            state: match self.state.get() {
+                ConnState::Init => 0,
+                ConnState::Subscribed => 3,
+                ConnState::Closing => 4,
+            },
+            ready_count: 0,
+            in_flight_count: 0,
+            message_count: 0,
+            finish_count: 0,
+            requeue_count: 0,
+            connect_ts: self
+                .connected_at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+            sample_rate: s.sample_rate as i32,
+            deflate: false,
+            snappy: false,
+            user_agent: s.user_agent.clone(),
+            pub_counts,
+            tls: false,
+            tls_cipher_suite: String::new(),
+            tls_version: String::new(),
+            tls_negotiated_protocol: String::new(),
+            tls_negotiated_protocol_is_mutual: false,
+        }
+    }
+}

@@ -1,0 +1,739 @@
+//! Every route of nsqd 1.3.0's HTTP API (H2-H22), with its status codes.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+use serde::Serialize;
+
+use super::reply::{self, ApiError, Reply};
+use crate::config::NSQD_COMPAT_VERSION;
+use crate::protocol::names::is_valid_name;
+use crate::route::AdminOp;
+use crate::runtime::core::Core;
+use crate::shard::AdminError;
+use crate::stats::{ClientStats, StatsFilter, TopicStats};
+
+/// The query string as nsqd's `url.ParseQuery` sees it.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    /// Go rejects bad %-escapes and `;` separators: 400 INVALID_REQUEST.
+    fn parse(raw: Option<&str>) -> Result<Query, ApiError> {
+        let raw = raw.unwrap_or("");
+        let bytes = raw.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b';' => return Err(ApiError(400, "INVALID_REQUEST")),
+                b'%' => {
+                    let hex = |b: Option<&u8>| b.is_some_and(|c| c.is_ascii_hexdigit());
+                    if !hex(bytes.get(i + 1)) || !hex(bytes.get(i + 2)) {
+                        return Err(ApiError(400, "INVALID_REQUEST"));
+                    }
+                    i += 3;
+                    continue;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        Ok(Query(
+            form_urlencoded::parse(bytes)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        ))
+    }
+
+    /// The first value of `key`, like Go's `Values.Get` / `values[key][0]`.
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// nsqd's `boolParams`: true/1/false/0.
+fn bool_param(v: Option<&str>) -> Option<bool> {
+    match v? {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+fn not_found_or(e: AdminError) -> Reply {
+    match e {
+        AdminError::TopicNotFound => reply::error(404, "TOPIC_NOT_FOUND"),
+        AdminError::ChannelNotFound => reply::error(404, "CHANNEL_NOT_FOUND"),
+    }
+}
+
+/// Reads the body, at most `limit` bytes; None if it is longer.
+async fn read_body(body: Incoming, limit: usize) -> Result<Option<Bytes>, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(Some(collected.to_bytes())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Ok(None),
+        Err(_) => Err(ApiError(500, "INTERNAL_ERROR")),
+    }
+}
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(hyper::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+pub async fn handle(core: Rc<Core>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let reply = route(&core, req, &path, &method).await;
+    tracing::debug!(status = reply.status().as_u16(), %method, path, "http");
+    Ok(reply)
+}
+
+async fn route(core: &Rc<Core>, req: Request<Incoming>, path: &str, method: &Method) -> Reply {
+    let get = method == Method::GET || method == Method::HEAD;
+    let post = method == Method::POST;
+    let put = method == Method::PUT;
+    let allowed = match path {
+        "/ping"
+        | "/info"
+        | "/stats"
+        | "/debug/pprof/"
+        | "/debug/pprof/cmdline"
+        | "/debug/pprof/profile"
+        | "/debug/pprof/heap"
+        | "/debug/pprof/goroutine"
+        | "/debug/pprof/block"
+        | "/debug/pprof/threadcreate" => get,
+        "/debug/pprof/symbol" => get || post,
+        "/pub" | "/mpub" | "/topic/create" | "/topic/delete" | "/topic/empty" | "/topic/pause"
+        | "/topic/unpause" | "/channel/create" | "/channel/delete" | "/channel/empty"
+        | "/channel/pause" | "/channel/unpause" | "/debug/freememory" => post,
+        "/debug/setblockrate" => put,
+        p if p.starts_with("/config/") && p.len() > "/config/".len() && !p[8..].contains('/') => {
+            get || put
+        }
+        _ => return reply::error(404, "NOT_FOUND"),
+    };
+    if !allowed {
+        return reply::error(405, "METHOD_NOT_ALLOWED");
+    }
+    let query = match Query::parse(req.uri().query()) {
+        Ok(q) => q,
+        Err(e) => return e.reply(),
+    };
+    match path {
+        "/ping" => ping(core),
+        "/info" => info(core),
+        "/stats" => stats(core, &query).await,
+        "/pub" => publish(core, req, &query).await,
+        "/mpub" => mpublish(core, req, &query).await,
+        "/topic/create" => match topic_arg(&query, "INVALID_TOPIC") {
+            Ok(t) => admin(core, AdminOp::CreateTopic(t)).await,
+            Err(e) => e.reply(),
+        },
+        "/topic/delete" => match query.get("topic") {
+            None => reply::error(400, "MISSING_ARG_TOPIC"),
+            Some(t) => admin(core, AdminOp::DeleteTopic(t.to_string())).await,
+        },
+        "/topic/empty" => match topic_arg(&query, "INVALID_TOPIC") {
+            Ok(t) => admin(core, AdminOp::EmptyTopic(t)).await,
+            Err(e) => e.reply(),
+        },
+        "/topic/pause" | "/topic/unpause" => match query.get("topic") {
+            None => reply::error(400, "MISSING_ARG_TOPIC"),
+            Some(t) => {
+                let op = AdminOp::PauseTopic(t.to_string(), path == "/topic/pause");
+                admin(core, op).await
+            }
+        },
+        "/channel/create" | "/channel/delete" | "/channel/empty" | "/channel/pause"
+        | "/channel/unpause" => {
+            let (t, c) = match topic_channel_args(&query) {
+                Ok(tc) => tc,
+                Err(e) => return e.reply(),
+            };
+            let op = match path {
+                "/channel/create" => AdminOp::CreateChannel(t, c),
+                "/channel/delete" => AdminOp::DeleteChannel(t, c),
+                "/channel/empty" => AdminOp::EmptyChannel(t, c),
+                _ => AdminOp::PauseChannel(t, c, path == "/channel/pause"),
+            };
+            admin(core, op).await
+        }
+        "/debug/setblockrate" => match query.get("rate").map(str::parse::<i64>) {
+            Some(Ok(_)) => reply::plain(200, ""),
+            _ => reply::plain(400, "invalid block rate"),
+        },
+        "/debug/freememory" => reply::plain(200, ""),
+        p if p.starts_with("/debug/pprof") => reply::plain(
+            200,
+            "ringsq is a Rust process: profile it with `perf record -g -p <pid>` (see perf/README.md)\n",
+        ),
+        p => config(core, req, &p["/config/".len()..], put).await,
+    }
+}
+
+fn topic_arg(query: &Query, invalid: &'static str) -> Result<String, ApiError> {
+    let t = query
+        .get("topic")
+        .ok_or(ApiError(400, "MISSING_ARG_TOPIC"))?;
+    if !is_valid_name(t.as_bytes()) {
+        return Err(ApiError(400, invalid));
+    }
+    Ok(t.to_string())
+}
+
+/// nsqd's `GetTopicChannelArgs` (H18, H19).
+fn topic_channel_args(query: &Query) -> Result<(String, String), ApiError> {
+    let t = topic_arg(query, "INVALID_ARG_TOPIC")?;
+    let c = query
+        .get("channel")
+        .ok_or(ApiError(400, "MISSING_ARG_CHANNEL"))?;
+    if !is_valid_name(c.as_bytes()) {
+        return Err(ApiError(400, "INVALID_ARG_CHANNEL"));
+    }
+    Ok((t, c.to_string()))
+}
+
+async fn admin(core: &Rc<Core>, op: AdminOp) -> Reply {
+    match core.admin(op).await {
+        Ok(()) => reply::ok_empty(),
+        Err(e) => not_found_or(e),
+    }
+}
+
+fn ping(_core: &Rc<Core>) -> Reply {
+    reply::plain(200, "OK")
+}
+
+fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn hostname() -> String {
+    hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct Info {
+    version: &'static str,
+    broadcast_address: String,
+    hostname: String,
+    http_port: i64,
+    tcp_port: i64,
+    start_time: i64,
+    max_heartbeat_interval: i64,
+    max_output_buffer_size: i64,
+    max_output_buffer_timeout: i64,
+    max_deflate_level: i64,
+}
+
+fn info(core: &Rc<Core>) -> Reply {
+    let o = core.opts();
+    let host = hostname();
+    reply::ok_json(&Info {
+        version: NSQD_COMPAT_VERSION,
+        broadcast_address: o.broadcast_address.clone().unwrap_or_else(|| host.clone()),
+        hostname: host,
+        http_port: core.shared.http_port.map(i64::from).unwrap_or(-1),
+        tcp_port: i64::from(core.shared.tcp_port),
+        start_time: unix_secs(core.shared.start_time),
+        max_heartbeat_interval: o.max_heartbeat_interval.as_nanos() as i64,
+        max_output_buffer_size: o.max_output_buffer_size,
+        max_output_buffer_timeout: o.max_output_buffer_timeout.as_nanos() as i64,
+        max_deflate_level: o.max_deflate_level,
+    })
+}
+
+/// H6: POST /pub?topic=T[&defer=ms]
+async fn publish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Reply {
+    let max = core.opts().max_msg_size.max(0) as u64;
+    if content_length(&req).is_some_and(|n| n > max) {
+        return reply::error(413, "MSG_TOO_BIG");
+    }
+    let body = match read_body(req.into_body(), max as usize).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return reply::error(413, "MSG_TOO_BIG"),
+        Err(e) => return e.reply(),
+    };
+    if body.is_empty() {
+        return reply::error(400, "MSG_EMPTY");
+    }
+    let topic = match topic_arg(query, "INVALID_TOPIC") {
+        Ok(t) => t,
+        Err(e) => return e.reply(),
+    };
+    let defer = match query.get("defer") {
+        None => None,
+        Some(d) => {
+            let max_ms = core.opts().max_req_timeout.as_millis() as i64;
+            match d.parse::<i64>() {
+                Ok(ms) if (0..=max_ms).contains(&ms) => Some(Duration::from_millis(ms as u64)),
+                _ => return reply::error(400, "INVALID_DEFER"),
+            }
+        }
+    };
+    match core.publish(Bytes::from(topic), vec![body], defer).await {
+        Ok(()) => reply::ok_text("OK"),
+        Err(_) => reply::error(503, "EXITING"),
+    }
+}
+
+/// H7: POST /mpub?topic=T[&binary=true]
+async fn mpublish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Reply {
+    let max_body = core.opts().max_body_size.max(0) as u64;
+    let max_msg = core.opts().max_msg_size;
+    if content_length(&req).is_some_and(|n| n > max_body) {
+        return reply::error(413, "BODY_TOO_BIG");
+    }
+    let topic = match topic_arg(query, "INVALID_TOPIC") {
+        Ok(t) => t,
+        Err(e) => return e.reply(),
+    };
+    let binary = match query.get("binary") {
+        None => false,
+        Some(v) => bool_param(Some(v)).unwrap_or_else(|| {
+            tracing::warn!(value = v, "deprecated value used for /mpub binary param");
+            true
+        }),
+    };
+    let body = match read_body(req.into_body(), max_body as usize).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return reply::error(413, "BODY_TOO_BIG"),
+        Err(e) => return e.reply(),
+    };
+    let bodies = if binary {
+        match split_binary_mpub(&body, max_msg, max_body as i64) {
+            Ok(b) => b,
+            Err(code) => return reply::error(413, code),
+        }
+    } else {
+        let mut bodies = Vec::new();
+        for line in body.split(|&b| b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            if line.len() as i64 > max_msg {
+                return reply::error(413, "MSG_TOO_BIG");
+            }
+            bodies.push(body.slice_ref(line));
+        }
+        bodies
+    };
+    match core.publish(Bytes::from(topic), bodies, None).await {
+        Ok(()) => reply::ok_text("OK"),
+        Err(_) => reply::error(503, "EXITING"),
+    }
+}
+
+/// `[4B count]([4B size][data])*`; errors are the TCP codes without `E_`.
+fn split_binary_mpub(
+    body: &Bytes,
+    max_msg: i64,
+    max_body: i64,
+) -> Result<Vec<Bytes>, &'static str> {
+    let read = |at: usize| -> Option<i32> {
+        body.get(at..at + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let count = read(0).ok_or("BAD_BODY")?;
+    if count <= 0 || i64::from(count) > (max_body - 4) / 5 {
+        return Err("BAD_BODY");
+    }
+    let mut out = Vec::with_capacity(count as usize);
+    let mut pos = 4;
+    for _ in 0..count {
+        let size = read(pos).ok_or("BAD_MESSAGE")?;
+        if size <= 0 || i64::from(size) > max_msg {
+            return Err("BAD_MESSAGE");
+        }
+        let start = pos + 4;
+        let end = start + size as usize;
+        if end > body.len() {
+            return Err("BAD_MESSAGE");
+        }
+        out.push(body.slice(start..end));
+        pos = end;
+    }
+    Ok(out)
+}
+
+#[derive(Serialize)]
+struct MemoryStats {
+    heap_objects: u64,
+    heap_idle_bytes: u64,
+    heap_in_use_bytes: u64,
+    heap_released_bytes: u64,
+    gc_pause_usec_100: u64,
+    gc_pause_usec_99: u64,
+    gc_pause_usec_95: u64,
+    next_gc_bytes: u64,
+    gc_total_runs: u32,
+}
+
+/// H12: a Rust process has no GC; the heap figures are the resident set.
+fn memory_stats() -> MemoryStats {
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * 4096)
+        .unwrap_or(0);
+    MemoryStats {
+        heap_objects: 0,
+        heap_idle_bytes: 0,
+        heap_in_use_bytes: rss,
+        heap_released_bytes: 0,
+        gc_pause_usec_100: 0,
+        gc_pause_usec_99: 0,
+        gc_pause_usec_95: 0,
+        next_gc_bytes: 0,
+        gc_total_runs: 0,
+    }
+}
+
+#[derive(Serialize)]
+struct StatsDoc {
+    version: &'static str,
+    health: &'static str,
+    start_time: i64,
+    topics: Option<Vec<TopicStats>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory: Option<MemoryStats>,
+    producers: Option<Vec<ClientStats>>,
+}
+
+/// H8-H13: GET /stats
+async fn stats(core: &Rc<Core>, query: &Query) -> Reply {
+    let json = query.get("format") == Some("json");
+    let topic = query
+        .get("topic")
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    let channel = query
+        .get("channel")
+        .filter(|c| !c.is_empty())
+        .map(str::to_string);
+    let include_clients = bool_param(query.get("include_clients")).unwrap_or(true);
+    let include_mem = bool_param(query.get("include_mem")).unwrap_or(true);
+    let filtered = topic.is_some();
+    let all = core
+        .stats(StatsFilter {
+            topic,
+            channel,
+            include_clients,
+        })
+        .await;
+    // X3: a topic filter that matches nothing gives null topics and producers.
+    let miss = filtered && all.topics.is_empty();
+    let doc = StatsDoc {
+        version: NSQD_COMPAT_VERSION,
+        health: "OK",
+        start_time: unix_secs(core.shared.start_time),
+        topics: (!miss).then_some(all.topics),
+        memory: include_mem.then(memory_stats),
+        producers: (!miss && include_clients && !all.producers.is_empty()).then_some(all.producers),
+    };
+    if json {
+        reply::ok_json(&doc)
+    } else {
+        reply::ok_text(stats_text(&doc, core.shared.start_time))
+    }
+}
+
+fn go_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn client_line(c: &ClientStats) -> String {
+    let connected = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64 - c.connect_ts)
+        .unwrap_or(0)
+        .max(0);
+    let port = c.remote_address.rsplit(':').next().unwrap_or("");
+    let id = format!("{}:{} {}", c.hostname, port, c.user_agent);
+    let since = go_duration(Duration::from_secs(connected as u64));
+    if !c.pub_counts.is_empty() {
+        let total: u64 = c.pub_counts.iter().map(|p| p.count).sum();
+        let topics: Vec<String> = c
+            .pub_counts
+            .iter()
+            .map(|p| format!("{}={}", p.topic, p.count))
+            .collect();
+        return format!(
+            "[{} {:<21}] msgs: {:<8} topics: {} connected: {}",
+            c.version,
+            id,
+            total,
+            topics.join(","),
+            since
+        );
+    }
+    format!(
+        "[{} {:<21}] state: {} inflt: {:<4} rdy: {:<4} fin: {:<8} re-q: {:<8} msgs: {:<8} connected: {}",
+        c.version,
+        id,
+        c.state,
+        c.in_flight_count,
+        c.ready_count,
+        c.finish_count,
+        c.requeue_count,
+        c.message_count,
+        since
+    )
+}
+
+/// H13: the text format.
+fn stats_text(doc: &StatsDoc, start: SystemTime) -> String {
+    let mut w = String::new();
+    let uptime = SystemTime::now().duration_since(start).unwrap_or_default();
+    let _ = writeln!(
+        w,
+        "nsqd v{} (built w/ringsq {})",
+        doc.version,
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = writeln!(w, "start_time {}", rfc3339(start));
+    let _ = writeln!(w, "uptime {}", go_duration(uptime));
+    let _ = writeln!(w, "\nHealth: {}", doc.health);
+    if let Some(m) = &doc.memory {
+        let _ = writeln!(w, "\nMemory:");
+        for (k, v) in [
+            ("heap_objects", m.heap_objects),
+            ("heap_idle_bytes", m.heap_idle_bytes),
+            ("heap_in_use_bytes", m.heap_in_use_bytes),
+            ("heap_released_bytes", m.heap_released_bytes),
+            ("gc_pause_usec_100", m.gc_pause_usec_100),
+            ("gc_pause_usec_99", m.gc_pause_usec_99),
+            ("gc_pause_usec_95", m.gc_pause_usec_95),
+            ("next_gc_bytes", m.next_gc_bytes),
+            ("gc_total_runs", u64::from(m.gc_total_runs)),
+        ] {
+            let _ = writeln!(w, "   {k:<25}\t{v}");
+        }
+    }
+    let topics: &[TopicStats] = doc.topics.as_deref().unwrap_or(&[]);
+    if topics.is_empty() {
+        let _ = writeln!(w, "\nTopics: None");
+    } else {
+        let _ = write!(w, "\nTopics:");
+    }
+    for t in topics {
+        let prefix = if t.paused { "*P " } else { "   " };
+        let _ = writeln!(
+            w,
+            "\n{prefix}[{:<15}] depth: {:<5} be-depth: {:<5} msgs: {:<8} e2e%: ",
+            t.topic_name, t.depth, t.backend_depth, t.message_count
+        );
+        for c in &t.channels {
+            let prefix = if c.paused { "   *P " } else { "      " };
+            let _ = writeln!(
+                w,
+                "{prefix}[{:<25}] depth: {:<5} be-depth: {:<5} inflt: {:<4} def: {:<4} re-q: {:<5} timeout: {:<5} msgs: {:<8} e2e%: ",
+                c.channel_name,
+                c.depth,
+                c.backend_depth,
+                c.in_flight_count,
+                c.deferred_count,
+                c.requeue_count,
+                c.timeout_count,
+                c.message_count
+            );
+            for client in c.clients.as_deref().unwrap_or(&[]) {
+                let _ = writeln!(w, "        {}", client_line(client));
+            }
+        }
+    }
+    match doc.producers.as_deref() {
+        None | Some([]) => {
+            let _ = writeln!(w, "\nProducers: None");
+        }
+        Some(producers) => {
+            let _ = writeln!(w, "\nProducers:");
+            for p in producers {
+                let _ = writeln!(w, "   {}", client_line(p));
+            }
+        }
+    }
+    w
+}
+
+/// RFC 3339 in UTC, as Go's time.RFC3339 prints it.
+fn rfc3339(t: SystemTime) -> String {
+    let secs = unix_secs(t);
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// H20, H21: GET/PUT /config/:opt
+async fn config(core: &Rc<Core>, req: Request<Incoming>, opt: &str, put: bool) -> Reply {
+    if put {
+        let max = core.opts().max_msg_size.max(0) as usize;
+        let body = match read_body(req.into_body(), max).await {
+            Ok(Some(b)) if !b.is_empty() => b,
+            Ok(_) => return reply::error(413, "INVALID_VALUE"),
+            Err(e) => return e.reply(),
+        };
+        match opt {
+            "nsqlookupd_tcp_addresses" => match serde_json::from_slice::<Vec<String>>(&body) {
+                Ok(addrs) => {
+                    *core
+                        .shared
+                        .lookupd_addresses
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = addrs
+                }
+                Err(_) => return reply::error(400, "INVALID_VALUE"),
+            },
+            "log_level" => {
+                let level = String::from_utf8_lossy(&body).to_ascii_lowercase();
+                if !matches!(
+                    level.as_str(),
+                    "debug" | "info" | "warn" | "error" | "fatal"
+                ) {
+                    return reply::error(400, "INVALID_VALUE");
+                }
+                *core
+                    .shared
+                    .log_level
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = level;
+            }
+            _ => return reply::error(400, "INVALID_OPTION"),
+        }
+    }
+    match config_value(core, opt) {
+        Some(ConfigValue::Text(s)) => reply::ok_text(s),
+        Some(ConfigValue::Json(v)) => reply::ok_json(&v),
+        None => reply::error(400, "INVALID_OPTION"),
+    }
+}
+
+enum ConfigValue {
+    Text(String),
+    Json(serde_json::Value),
+}
+
+/// An option by its config-file name, as nsqd's `getOptByCfgName` returns
+/// it: strings raw, everything else JSON (durations in nanoseconds).
+fn config_value(core: &Rc<Core>, name: &str) -> Option<ConfigValue> {
+    use serde_json::json;
+    let o = core.opts();
+    let ns = |d: Duration| json!(d.as_nanos() as u64);
+    let text = |s: &str| Some(ConfigValue::Text(s.to_string()));
+    let v = match name {
+        "log_level" => {
+            let level = core
+                .shared
+                .log_level
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            return Some(ConfigValue::Text(level));
+        }
+        "log_prefix" => return text(&o.log_prefix),
+        "id" => json!(o.effective_node_id()),
+        "https_address" => return text(&o.https_address),
+        "http_address" => return text(&o.http_address),
+        "tcp_address" => return text(&o.tcp_address),
+        "auth_http_addresses" => json!(o.auth_http_address),
+        "broadcast_address" => {
+            return Some(ConfigValue::Text(
+                o.broadcast_address.clone().unwrap_or_else(hostname),
+            ))
+        }
+        "broadcast_tcp_port" => json!(o.broadcast_tcp_port),
+        "broadcast_http_port" => json!(o.broadcast_http_port),
+        "nsqlookupd_tcp_addresses" => {
+            json!(*core
+                .shared
+                .lookupd_addresses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()))
+        }
+        "http_client_connect_timeout" => ns(o.http_client_connect_timeout),
+        "http_client_request_timeout" => ns(o.http_client_request_timeout),
+        "data_path" => return text(&o.data_path),
+        "mem_queue_size" => json!(o.mem_queue_size),
+        "max_bytes_per_file" => json!(o.max_bytes_per_file),
+        "sync_every" => json!(o.sync_every),
+        "sync_timeout" => ns(o.sync_timeout),
+        "queue_scan_worker_pool_max" => json!(o.queue_scan_worker_pool_max),
+        "queue_scan_selection_count" => json!(o.queue_scan_selection_count),
+        "msg_timeout" => ns(o.msg_timeout),
+        "max_msg_timeout" => ns(o.max_msg_timeout),
+        "max_msg_size" => json!(o.max_msg_size),
+        "max_req_timeout" => ns(o.max_req_timeout),
+        "max_body_size" => json!(o.max_body_size),
+        "max_heartbeat_interval" => ns(o.max_heartbeat_interval),
+        "max_rdy_count" => json!(o.max_rdy_count),
+        "max_output_buffer_size" => json!(o.max_output_buffer_size),
+        "max_output_buffer_timeout" => ns(o.max_output_buffer_timeout),
+        "min_output_buffer_timeout" => ns(o.min_output_buffer_timeout),
+        "output_buffer_timeout" => ns(o.output_buffer_timeout),
+        "max_channel_consumers" => json!(o.max_channel_consumers),
+        "statsd_address" => return text(&o.statsd_address),
+        "statsd_prefix" => return text(&o.statsd_prefix),
+        "statsd_interval" => ns(o.statsd_interval),
+        "statsd_mem_stats" => json!(o.statsd_mem_stats),
+        "statsd_udp_packet_size" => json!(o.statsd_udp_packet_size),
+        "statsd_exclude_ephemeral" => json!(o.statsd_exclude_ephemeral),
+        "e2e_processing_latency_window_time" => ns(o.e2e_processing_latency_window_time),
+        "e2e_processing_latency_percentiles" => json!(o.e2e_processing_latency_percentile),
+        "tls_cert" => return text(&o.tls_cert),
+        "tls_key" => return text(&o.tls_key),
+        "tls_client_auth_policy" => return text(&o.tls_client_auth_policy),
+        "tls_root_ca_file" => return text(&o.tls_root_ca_file),
+        "tls_required" => json!(match o.tls_required.as_str() {
+            "true" => 1,
+            "tcp-https" => 2,
+            _ => 0,
+        }),
+        "tls_min_version" => json!(0x0301),
+        "deflate" => json!(o.deflate),
+        "max_deflate_level" => json!(o.max_deflate_level),
+        "snappy" => json!(o.snappy),
+        _ => return None,
+    };
+    Some(ConfigValue::Json(v))
+}

@@ -1,0 +1,118 @@
+"""Process behaviour: flags, config file, start-up errors, signals (C1-C6)."""
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import BIN, Broker, Wire, free_port
+
+
+def run(args, timeout=10):
+    return subprocess.run([BIN, *args], capture_output=True, timeout=timeout)
+
+
+def test_version_prints_nsqd_compatible_string():
+    """--version prints a semver-parsable nsqd version and exits 0."""
+    r = run(["--version"])
+    assert r.returncode == 0
+    assert r.stdout.decode().startswith("nsqd v1.3.0 (built w/ringsq ")
+
+
+def test_unknown_flag_fails():
+    r = run(["--no-such-flag=1"])
+    assert r.returncode != 0
+
+
+def test_too_many_cores_is_a_one_line_error():
+    """Start-up errors are one line and exit code 1, never a panic."""
+    r = run([f"--tcp-address=127.0.0.1:{free_port()}", "--cores=4096", f"--data-path={tempfile.mkdtemp()}"])
+    assert r.returncode == 1
+    err = r.stderr.decode().strip()
+    assert len(err.splitlines()) == 1, err
+    assert "--cores 4096 exceeds" in err
+    assert "panicked" not in err
+
+
+def test_bad_node_id_rejected():
+    """C2: node-id must be in [0,1024)."""
+    r = run(["--node-id=1024"])
+    assert r.returncode == 1
+    assert b"node-id" in r.stderr
+
+
+def test_data_path_lock(broker_factory):
+    """C6: a second instance on the same data path exits with nsqd's message."""
+    b = broker_factory()
+    r = run([f"--tcp-address=127.0.0.1:{free_port()}", f"--data-path={b.data_dir}"])
+    assert r.returncode == 1
+    err = r.stderr.decode()
+    assert f"cannot flock directory {b.data_dir}" in err
+    assert "(possibly in use by another instance of nsqd)" in err
+
+
+def test_port_in_use_fails_instead_of_sharing(broker_factory):
+    """SO_REUSEPORT must not let a second broker share a port silently."""
+    b = broker_factory()
+    r = run([f"--tcp-address={b.tcp_address}", f"--data-path={tempfile.mkdtemp()}"])
+    assert r.returncode == 1
+    assert b"listen" in r.stderr
+
+
+def test_go_style_flags_and_config_file(tmp_path):
+    """C1: single-dash flags, TOML config, command line wins over the file."""
+    port = free_port()
+    cfg = tmp_path / "nsqd.cfg"
+    cfg.write_text(
+        'tcp_address = "127.0.0.1:1"\n'
+        "max_rdy_count = 50\n"
+        'msg_timeout = "5s"\n'
+    )
+    proc = subprocess.Popen(
+        [BIN, f"-config={cfg}", f"-tcp-address=127.0.0.1:{port}", f"-data-path={tmp_path}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None
+                time.sleep(0.05)
+        w = Wire(f"127.0.0.1:{port}")
+        w.cmd("IDENTIFY", b'{"feature_negotiation":true}')
+        ftype, data = w.read_frame()
+        assert ftype == 0
+        assert b'"max_rdy_count":50' in data
+        assert b'"msg_timeout":5000' in data
+        w.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_shuts_down_cleanly_with_clients_connected(sig):
+    """C4: SIGINT/SIGTERM close listeners and clients, then exit 0."""
+    b = Broker(cores=2)
+    clients = [Wire(b.tcp_address) for _ in range(6)]
+    for i, c in enumerate(clients):
+        c.cmd(f"PUB t{i}", b"x")
+        assert c.read_frame() == (0, b"OK")
+    sub = Wire(b.tcp_address)
+    sub.cmd("SUB t0 ch")
+    assert sub.read_frame() == (0, b"OK")
+    start = time.time()
+    b.proc.send_signal(sig)
+    assert b.proc.wait(timeout=10) == 0
+    assert time.time() - start < 6
+    for c in clients + [sub]:
+        assert c.is_closed(timeout=2)
+    b.stop()

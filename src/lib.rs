@@ -10,6 +10,7 @@
 pub mod config;
 pub mod conn;
 pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod route;
 pub mod runtime;

@@ -36,10 +36,25 @@ pub struct ClientStats {
     pub tls_negotiated_protocol_is_mutual: bool,
 }
 
+/// A float as Go's encoding/json prints it: whole numbers without `.0`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GoFloat(pub f64);
+
+impl Serialize for GoFloat {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let v = self.0;
+        if v.fract() == 0.0 && v.abs() < 1e15 {
+            s.serialize_i64(v as i64)
+        } else {
+            s.serialize_f64(v)
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Percentile {
-    pub quantile: f64,
-    pub value: i64,
+    pub quantile: GoFloat,
+    pub value: GoFloat,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -83,6 +98,8 @@ pub struct TopicStats {
 pub struct CoreStats {
     pub topics: Vec<TopicStats>,
     pub producers: Vec<ClientStats>,
+    /// Per-core figures for /metrics (one entry per core).
+    pub cores: Vec<crate::metrics::CoreSnapshot>,
 }
 
 /// Which part of the stats to gather.

@@ -479,6 +479,7 @@ impl<S: ByteStream> Connection<S> {
             }
         };
         tracing::debug!(to = core, "moving connection to the topic's core");
+        crate::metrics::CoreCounters::add(&self.core.counters.handoffs_out, 1);
         let handoff = Handoff {
             fd,
             client_id: self.client_id,

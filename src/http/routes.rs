@@ -109,6 +109,7 @@ async fn route(core: &Rc<Core>, req: Request<Incoming>, path: &str, method: &Met
         "/ping"
         | "/info"
         | "/stats"
+        | "/metrics"
         | "/debug/pprof/"
         | "/debug/pprof/cmdline"
         | "/debug/pprof/profile"
@@ -137,6 +138,7 @@ async fn route(core: &Rc<Core>, req: Request<Incoming>, path: &str, method: &Met
         "/ping" => ping(core),
         "/info" => info(core),
         "/stats" => stats(core, &query).await,
+        "/metrics" => metrics(core).await,
         "/pub" => publish(core, req, &query).await,
         "/mpub" => mpublish(core, req, &query).await,
         "/topic/create" => match topic_arg(&query, "INVALID_TOPIC") {
@@ -389,11 +391,7 @@ struct MemoryStats {
 
 /// H12: a Rust process has no GC; the heap figures are the resident set.
 fn memory_stats() -> MemoryStats {
-    let rss = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|pages| pages * 4096)
-        .unwrap_or(0);
+    let rss = crate::metrics::resident_bytes();
     MemoryStats {
         heap_objects: 0,
         heap_idle_bytes: 0,
@@ -416,6 +414,21 @@ struct StatsDoc {
     #[serde(skip_serializing_if = "Option::is_none")]
     memory: Option<MemoryStats>,
     producers: Option<Vec<ClientStats>>,
+}
+
+/// Beyond nsqd (its issue #732): Prometheus text.
+async fn metrics(core: &Rc<Core>) -> Reply {
+    let all = core
+        .stats(StatsFilter {
+            include_clients: false,
+            ..StatsFilter::default()
+        })
+        .await;
+    let body = crate::metrics::prometheus::render(&all, crate::metrics::resident_bytes());
+    hyper::Response::builder()
+        .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        .body(http_body_util::Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| reply::error(500, "INTERNAL_ERROR"))
 }
 
 /// H8-H13: GET /stats

@@ -179,6 +179,17 @@ pub fn build_mesh(cores: usize) -> (Vec<Router>, Vec<Inbox>, Vec<Arc<CoreWaker>>
 }
 
 impl Router {
+    /// Items waiting in this core's outgoing rings, and their capacity.
+    pub fn occupancy(&self) -> (u64, u64) {
+        let mut used = 0;
+        let mut cap = 0;
+        for p in self.producers.iter().flatten() {
+            used += p.borrow().occupied_len() as u64;
+            cap += RING_CAPACITY as u64;
+        }
+        (used, cap)
+    }
+
     pub fn owner(&self, topic: &[u8]) -> usize {
         owner_core(topic, self.cores)
     }

@@ -16,9 +16,10 @@ use super::event::LocalEvent;
 use super::{Shared, StartError};
 use crate::conn;
 use crate::conn::info::ClientInfo;
+use crate::metrics::CoreCounters;
 use crate::route::{AdminOp, AdminReply, AdminRequest, CoreMsg, Inbox, PublishBatch, Router};
 use crate::shard::AdminError;
-use crate::shard::Shard;
+use crate::shard::{Shard, ShardConfig};
 use crate::stats::{CoreStats, StatsFilter};
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -38,6 +39,7 @@ pub struct Core {
     /// Live connections, for /stats, forced disconnects and shutdown.
     pub conns: RefCell<HashMap<u64, Rc<ClientInfo>>>,
     pub stopping: LocalEvent,
+    pub counters: CoreCounters,
 }
 
 impl Core {
@@ -58,6 +60,8 @@ impl Core {
             let name = String::from_utf8_lossy(&topic);
             return self.shard.borrow_mut().publish(&name, &bodies, defer);
         }
+        CoreCounters::add(&self.counters.forwarded_batches, 1);
+        CoreCounters::add(&self.counters.forwarded_messages, bodies.len() as u64);
         let (reply, rx) = oneshot::channel();
         let batch = PublishBatch {
             topic,
@@ -85,7 +89,14 @@ impl Core {
                 } else {
                     Vec::new()
                 };
-                return AdminReply::Stats(CoreStats { topics, producers });
+                let mut snapshot = self.counters.snapshot(self.id);
+                (snapshot.ring_occupancy, snapshot.ring_capacity) = self.router.occupancy();
+                snapshot.connections = self.conns.borrow().len() as u64;
+                return AdminReply::Stats(CoreStats {
+                    topics,
+                    producers,
+                    cores: vec![snapshot],
+                });
             }
             AdminOp::CreateTopic(t) => {
                 shard.create_topic(&t);
@@ -133,6 +144,7 @@ impl Core {
             {
                 all.topics.extend(part.topics);
                 all.producers.extend(part.producers);
+                all.cores.extend(part.cores);
             }
         }
         all.topics.sort_by(|a, b| a.topic_name.cmp(&b.topic_name));
@@ -176,14 +188,13 @@ pub async fn run_core(
         id,
         shard: RefCell::new(Shard::new(
             id,
-            shared.node_id,
-            opts.mem_queue_size as usize,
-            opts.max_channel_consumers.max(0) as usize,
+            ShardConfig::from_options(&opts, shared.node_id),
         )),
         shared,
         router,
         conns: RefCell::new(HashMap::new()),
         stopping: LocalEvent::default(),
+        counters: CoreCounters::default(),
     });
     let _ = ready.send(Ok(()));
 
@@ -191,6 +202,8 @@ pub async fn run_core(
     let timer_task = glommio::spawn_local(timer_loop(core.clone()));
     let http_task =
         http_listener.map(|l| glommio::spawn_local(crate::http::serve(core.clone(), l)));
+    let statsd_task =
+        (id == 0).then(|| glommio::spawn_local(crate::metrics::statsd::run(core.clone())));
 
     loop {
         let accepted = future::or(async { Some(listener.accept().await) }, async {
@@ -223,6 +236,9 @@ pub async fn run_core(
     if let Some(t) = http_task {
         t.await;
     }
+    if let Some(t) = statsd_task {
+        t.await;
+    }
     inbox_task.await;
 }
 
@@ -244,12 +260,15 @@ async fn inbox_loop(core: Rc<Core>, mut inbox: Inbox) {
         for msg in batch.drain(..) {
             match msg {
                 CoreMsg::Publish(p) => {
+                    CoreCounters::add(&core.counters.received_batches, 1);
+                    CoreCounters::add(&core.counters.received_messages, p.bodies.len() as u64);
                     // Names were validated by the sender: ASCII.
                     let topic = String::from_utf8_lossy(&p.topic);
                     let result = core.shard.borrow_mut().publish(&topic, &p.bodies, p.defer);
                     let _ = p.reply.send(result);
                 }
                 CoreMsg::Handoff(h) => {
+                    CoreCounters::add(&core.counters.handoffs_in, 1);
                     glommio::spawn_local(conn::resume(core.clone(), h)).detach();
                 }
                 CoreMsg::Admin(req) => {

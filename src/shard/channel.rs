@@ -13,6 +13,7 @@ use rustc_hash::FxHashMap;
 use super::queue::{BackendError, MessageQueue};
 use crate::conn::info::ClientInfo;
 use crate::conn::output::OutputBuffer;
+use crate::metrics::e2e::{E2eConfig, E2eWindow};
 use crate::protocol::{Message, MessageId};
 
 /// A consumer connection as its channel sees it.
@@ -129,12 +130,15 @@ pub struct Channel {
     pub message_count: u64,
     pub requeue_count: u64,
     pub timeout_count: u64,
+    /// Publish-to-FIN latency, when percentiles are configured (Q19).
+    pub e2e: Option<E2eWindow>,
 }
 
 impl Channel {
-    pub fn new(name: String, mem_queue_size: usize) -> Channel {
+    pub fn new(name: String, mem_queue_size: usize, e2e: Option<&E2eConfig>) -> Channel {
         let ephemeral = crate::protocol::names::is_ephemeral(&name);
         Channel {
+            e2e: e2e.map(E2eWindow::new),
             name,
             ephemeral,
             paused: false,
@@ -214,7 +218,11 @@ impl Channel {
     }
 
     pub fn finish(&mut self, client_id: u64, id: &MessageId) -> Result<(), InFlightError> {
-        self.take_in_flight(client_id, id)?;
+        let f = self.take_in_flight(client_id, id)?;
+        if let Some(e2e) = &mut self.e2e {
+            let latency = crate::protocol::message::now_nanos() - f.msg.timestamp;
+            e2e.record(latency.max(0) as u64);
+        }
         if let Some(sub) = self.subscriber(client_id) {
             sub.message_done();
             sub.finish_count.set(sub.finish_count.get() + 1);

@@ -15,29 +15,45 @@ use bytes::Bytes;
 pub use channel::{Channel, InFlightError, Subscriber};
 pub use topic::Topic;
 
+use crate::metrics::e2e::{result_of, E2eConfig, E2eWindow};
 use crate::protocol::{ClientError, ErrorCode};
 use crate::stats::{ChannelStats, E2eLatency, StatsFilter, TopicStats};
 
+/// The flags a shard's topics and channels are built with.
+#[derive(Debug, Clone, Default)]
+pub struct ShardConfig {
+    pub node_id: u16,
+    pub mem_queue_size: usize,
+    /// 0: unlimited.
+    pub max_channel_consumers: usize,
+    pub e2e: Option<E2eConfig>,
+}
+
+impl ShardConfig {
+    pub fn from_options(o: &crate::config::Options, node_id: u16) -> ShardConfig {
+        ShardConfig {
+            node_id,
+            mem_queue_size: o.mem_queue_size.max(0) as usize,
+            max_channel_consumers: o.max_channel_consumers.max(0) as usize,
+            e2e: (!o.e2e_processing_latency_percentile.is_empty()).then(|| E2eConfig {
+                percentiles: o.e2e_processing_latency_percentile.clone(),
+                window: o.e2e_processing_latency_window_time,
+            }),
+        }
+    }
+}
+
 pub struct Shard {
     pub core: usize,
-    node_id: u16,
-    mem_queue_size: usize,
-    max_channel_consumers: usize,
+    config: ShardConfig,
     pub topics: HashMap<String, Topic>,
 }
 
 impl Shard {
-    pub fn new(
-        core: usize,
-        node_id: u16,
-        mem_queue_size: usize,
-        max_channel_consumers: usize,
-    ) -> Shard {
+    pub fn new(core: usize, config: ShardConfig) -> Shard {
         Shard {
             core,
-            node_id,
-            mem_queue_size,
-            max_channel_consumers,
+            config,
             topics: HashMap::new(),
         }
     }
@@ -47,7 +63,12 @@ impl Shard {
             tracing::info!(topic = name, core = self.core, "new topic");
             self.topics.insert(
                 name.to_string(),
-                Topic::new(name.to_string(), self.node_id, self.mem_queue_size),
+                Topic::new(
+                    name.to_string(),
+                    self.config.node_id,
+                    self.config.mem_queue_size,
+                    self.config.e2e.clone(),
+                ),
             );
         }
         self.topics
@@ -75,7 +96,7 @@ impl Shard {
         channel: &str,
         sub: Rc<Subscriber>,
     ) -> Result<(), ClientError> {
-        let max = self.max_channel_consumers;
+        let max = self.config.max_channel_consumers;
         let ch = self
             .get_or_create_topic(topic)
             .get_or_create_channel(channel);
@@ -266,7 +287,7 @@ impl Shard {
                 message_count: topic.message_count,
                 message_bytes: topic.message_bytes,
                 paused: topic.paused,
-                e2e_processing_latency: E2eLatency::default(),
+                e2e_processing_latency: topic_e2e(topic),
             });
         }
         out
@@ -300,6 +321,24 @@ fn channel_stats(c: &Channel, topic: &str, include_clients: bool) -> ChannelStat
         client_count: c.subscribers.len() as i64,
         clients,
         paused: c.paused,
-        e2e_processing_latency: E2eLatency::default(),
+        e2e_processing_latency: c.e2e.as_ref().map(|e| e.result()).unwrap_or_default(),
     }
+}
+
+/// A topic's e2e latency merges its channels'; null without channels.
+fn topic_e2e(topic: &Topic) -> E2eLatency {
+    let mut windows = topic
+        .channels
+        .values()
+        .filter_map(|c| c.e2e.as_ref())
+        .peekable();
+    let Some(first) = windows.peek() else {
+        return E2eLatency::default();
+    };
+    let percentiles = first.percentiles().to_vec();
+    let mut all = E2eWindow::empty_histogram();
+    for w in windows {
+        w.merge_into(&mut all);
+    }
+    result_of(&all, &percentiles)
 }

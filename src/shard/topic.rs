@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::channel::Channel;
 use super::queue::{BackendError, MessageQueue};
+use crate::metrics::e2e::E2eConfig;
 use crate::protocol::message::{now_nanos, IdGenerator};
 use crate::protocol::names::is_ephemeral;
 use crate::protocol::Message;
@@ -23,12 +24,13 @@ pub struct Topic {
     queue: MessageQueue,
     ids: IdGenerator,
     mem_queue_size: usize,
+    e2e: Option<E2eConfig>,
     pub message_count: u64,
     pub message_bytes: u64,
 }
 
 impl Topic {
-    pub fn new(name: String, node_id: u16, mem_queue_size: usize) -> Topic {
+    pub fn new(name: String, node_id: u16, mem_queue_size: usize, e2e: Option<E2eConfig>) -> Topic {
         let ephemeral = is_ephemeral(&name);
         Topic {
             name,
@@ -38,6 +40,7 @@ impl Topic {
             queue: MessageQueue::new(mem_queue_size, ephemeral),
             ids: IdGenerator::new(node_id),
             mem_queue_size,
+            e2e,
             message_count: 0,
             message_bytes: 0,
         }
@@ -123,7 +126,7 @@ impl Topic {
             tracing::info!(topic = %self.name, channel = name, "new channel");
             self.channels.insert(
                 name.to_string(),
-                Channel::new(name.to_string(), self.mem_queue_size),
+                Channel::new(name.to_string(), self.mem_queue_size, self.e2e.as_ref()),
             );
             self.pump_held();
         }

@@ -23,6 +23,7 @@ use glommio::net::TcpStream;
 use glommio::Task;
 use tracing::Instrument;
 
+use crate::protocol::codec::decode_eof;
 use crate::protocol::identify::{apply_identify, ClientSettings};
 use crate::protocol::message::{CLOSE_WAIT, OK};
 use crate::protocol::{
@@ -237,7 +238,7 @@ impl<S: ByteStream> Connection<S> {
         }
         if let Some((topic, channel)) = first_sub {
             if let Err(e) = self.subscribe_here(topic, channel) {
-                self.out.push_error(e.to_frame_body().as_bytes());
+                self.out.push_error(&e.to_frame_body());
                 return Flow::Close;
             }
         }
@@ -252,7 +253,7 @@ impl<S: ByteStream> Connection<S> {
                             Ok(flow) => return flow,
                             Err(e) => {
                                 tracing::info!(error = %e, "client error");
-                                self.out.push_error(e.to_frame_body().as_bytes());
+                                self.out.push_error(&e.to_frame_body());
                                 if e.is_fatal() {
                                     return Flow::Close;
                                 }
@@ -262,7 +263,7 @@ impl<S: ByteStream> Connection<S> {
                     Ok(None) => break,
                     Err(DecodeError::Client(e)) => {
                         tracing::info!(error = %e, "client error");
-                        self.out.push_error(e.to_frame_body().as_bytes());
+                        self.out.push_error(&e.to_frame_body());
                         return Flow::Close;
                     }
                     Err(DecodeError::LineTooLong) => {
@@ -271,7 +272,16 @@ impl<S: ByteStream> Connection<S> {
                     }
                 }
             }
-            if self.out.is_dead() || !self.fill().await {
+            if self.out.is_dead() {
+                return Flow::Close;
+            }
+            if !self.fill().await {
+                // Closed (or timed out) in the middle of a command: nsqd
+                // answers with the read failure (T4).
+                if let Some(e) = decode_eof(&self.read_buf, &self.decode_context()) {
+                    tracing::info!(error = %e, "client error");
+                    self.out.push_error(&e.to_frame_body());
+                }
                 return Flow::Close;
             }
         }

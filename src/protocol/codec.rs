@@ -127,8 +127,11 @@ fn parse_base10(raw: &[u8]) -> Option<u64> {
     Some(n)
 }
 
-fn lossy(raw: &[u8]) -> String {
-    String::from_utf8_lossy(raw).into_owned()
+/// `E_INVALID <prefix><raw bytes>`: nsqd's `%s` of a client's bytes.
+fn invalid_raw(prefix: &str, raw: &[u8]) -> DecodeError {
+    let mut text = prefix.as_bytes().to_vec();
+    text.extend_from_slice(raw);
+    ClientError::invalid(text).into()
 }
 
 fn read_i32(buf: &[u8], at: usize) -> Option<i32> {
@@ -151,20 +154,61 @@ enum Parsed {
     Dpub(Range<usize>, i64, Range<usize>),
 }
 
+/// What nsqd answers when the client closes in the middle of a body.
+struct Truncated {
+    code: ErrorCode,
+    size: &'static str,
+    body: &'static str,
+}
+
+const IDENTIFY_TRUNCATED: Truncated = Truncated {
+    code: ErrorCode::BadBody,
+    size: "IDENTIFY failed to read body size",
+    body: "IDENTIFY failed to read body",
+};
+const AUTH_TRUNCATED: Truncated = Truncated {
+    code: ErrorCode::BadBody,
+    size: "AUTH failed to read body size",
+    body: "AUTH failed to read body",
+};
+const PUB_TRUNCATED: Truncated = Truncated {
+    code: ErrorCode::BadMessage,
+    size: "PUB failed to read message body size",
+    body: "PUB failed to read message body",
+};
+const DPUB_TRUNCATED: Truncated = Truncated {
+    code: ErrorCode::BadMessage,
+    size: "DPUB failed to read message body size",
+    body: "DPUB failed to read message body",
+};
+
+/// The client closed before the rest: nsqd's "failed to read" error.
+fn cut_short(eof: bool, code: ErrorCode, text: &str) -> Result<(), DecodeError> {
+    if eof {
+        Err(err(code, text.to_string()))
+    } else {
+        Ok(())
+    }
+}
+
 /// Reads a `[4B len][body]` that starts at `at`, after the length checks
 /// `check(len)`; returns the body range, or None if incomplete.
 fn sized_body(
     buf: &[u8],
     at: usize,
+    eof: bool,
+    trunc: &Truncated,
     check: impl FnOnce(i32) -> Result<(), DecodeError>,
 ) -> Result<Option<Range<usize>>, DecodeError> {
     let Some(len) = read_i32(buf, at) else {
+        cut_short(eof, trunc.code, trunc.size)?;
         return Ok(None);
     };
     check(len)?;
     let start = at + 4;
     let end = start + len as usize;
     if buf.len() < end {
+        cut_short(eof, trunc.code, trunc.body)?;
         return Ok(None);
     }
     Ok(Some(start..end))
@@ -186,7 +230,7 @@ pub fn decode(buf: &mut BytesMut, ctx: &DecodeContext) -> Result<Option<Command>
         line_end -= 1;
     }
     let body_at = nl + 1;
-    let Some((parsed, consumed)) = parse(&buf[..], line_end, body_at, ctx)? else {
+    let Some((parsed, consumed)) = parse(&buf[..], line_end, body_at, ctx, false)? else {
         return Ok(None);
     };
     let frame: Bytes = buf.split_to(consumed).freeze();
@@ -215,6 +259,21 @@ pub fn decode(buf: &mut BytesMut, ctx: &DecodeContext) -> Result<Option<Command>
     }))
 }
 
+/// The client closed its side with `buf` holding the start of a command
+/// that `decode` found incomplete: the error nsqd sends then, if any. A line
+/// without its newline gets none (nsqd closes without a frame).
+pub fn decode_eof(buf: &[u8], ctx: &DecodeContext) -> Option<ClientError> {
+    let nl = memchr::memchr(b'\n', buf)?;
+    let mut line_end = nl;
+    if line_end > 0 && buf[line_end - 1] == b'\r' {
+        line_end -= 1;
+    }
+    match parse(buf, line_end, nl + 1, ctx, true) {
+        Err(DecodeError::Client(e)) => Some(e),
+        _ => None,
+    }
+}
+
 /// Splits the line on single spaces (nsqd's `bytes.Split`), as ranges.
 fn split_params(buf: &[u8], line_end: usize) -> Vec<Range<usize>> {
     let mut params = Vec::with_capacity(4);
@@ -234,6 +293,7 @@ fn parse(
     line_end: usize,
     body_at: usize,
     ctx: &DecodeContext,
+    eof: bool,
 ) -> Result<Option<(Parsed, usize)>, DecodeError> {
     let params = split_params(buf, line_end);
     let p = |i: usize| &buf[params[i].clone()];
@@ -246,7 +306,7 @@ fn parse(
                 return Err(invalid("cannot IDENTIFY in current state".into()));
             }
             let max = ctx.max_body_size;
-            let body = sized_body(buf, body_at, |len| {
+            let body = sized_body(buf, body_at, eof, &IDENTIFY_TRUNCATED, |len| {
                 if len as i64 > max {
                     Err(err(
                         ErrorCode::BadBody,
@@ -274,7 +334,7 @@ fn parse(
                 return Err(invalid("AUTH invalid number of parameters".into()));
             }
             let max = ctx.max_body_size;
-            let body = sized_body(buf, body_at, |len| {
+            let body = sized_body(buf, body_at, eof, &AUTH_TRUNCATED, |len| {
                 if len as i64 > max {
                     Err(err(
                         ErrorCode::BadBody,
@@ -331,12 +391,7 @@ fn parse(
             let count = if params.len() > 1 {
                 match parse_base10(p(1)) {
                     Some(n) => n as i64,
-                    None => {
-                        return Err(invalid(format!(
-                            "RDY could not parse count {}",
-                            lossy(p(1))
-                        )))
-                    }
+                    None => return Err(invalid_raw("RDY could not parse count ", p(1))),
                 }
             } else {
                 1
@@ -367,10 +422,7 @@ fn parse(
             }
             let id = message_id(p(1))?;
             let Some(requested_ms) = parse_base10(p(2)) else {
-                return Err(invalid(format!(
-                    "REQ could not parse timeout {}",
-                    lossy(p(2))
-                )));
+                return Err(invalid_raw("REQ could not parse timeout ", p(2)));
             };
             let timeout_ms =
                 (requested_ms.min(i64::MAX as u64) as i64).clamp(0, ctx.max_req_timeout_ms);
@@ -407,7 +459,7 @@ fn parse(
                 ));
             }
             let max = ctx.max_msg_size;
-            let body = sized_body(buf, body_at, |len| {
+            let body = sized_body(buf, body_at, eof, &PUB_TRUNCATED, |len| {
                 if len <= 0 {
                     Err(err(
                         ErrorCode::BadMessage,
@@ -441,7 +493,7 @@ fn parse(
                     ),
                 ));
             }
-            parse_mpub(buf, body_at, ctx)
+            parse_mpub(buf, body_at, ctx, eof)
                 .map(|r| r.map(|(bodies, end)| (Parsed::Mpub(params[1].clone(), bodies), end)))
         }
         b"DPUB" => {
@@ -455,10 +507,7 @@ fn parse(
                 ));
             }
             let Some(defer_ms) = parse_base10(p(2)) else {
-                return Err(invalid(format!(
-                    "DPUB could not parse timeout {}",
-                    lossy(p(2))
-                )));
+                return Err(invalid_raw("DPUB could not parse timeout ", p(2)));
             };
             // Go multiplies into a Duration (int64 ns): huge values wrap negative.
             let defer_ns = (defer_ms as i64).wrapping_mul(1_000_000);
@@ -469,7 +518,7 @@ fn parse(
                 )));
             }
             let max = ctx.max_msg_size;
-            let body = sized_body(buf, body_at, |len| {
+            let body = sized_body(buf, body_at, eof, &DPUB_TRUNCATED, |len| {
                 if len <= 0 {
                     Err(err(
                         ErrorCode::BadMessage,
@@ -489,7 +538,11 @@ fn parse(
                 (Parsed::Dpub(params[1].clone(), defer_ms as i64, b), end)
             }))
         }
-        other => Err(invalid(format!("invalid command {}", lossy(other)))),
+        other => {
+            let mut text = b"invalid command ".to_vec();
+            text.extend_from_slice(other);
+            Err(ClientError::invalid(text).into())
+        }
     }
 }
 
@@ -502,8 +555,10 @@ fn parse_mpub(
     buf: &[u8],
     at: usize,
     ctx: &DecodeContext,
+    eof: bool,
 ) -> Result<Option<MpubBodies>, DecodeError> {
     let Some(body_len) = read_i32(buf, at) else {
+        cut_short(eof, ErrorCode::BadBody, "MPUB failed to read body size")?;
         return Ok(None);
     };
     if body_len <= 0 {
@@ -519,6 +574,7 @@ fn parse_mpub(
         ));
     }
     let Some(count) = read_i32(buf, at + 4) else {
+        cut_short(eof, ErrorCode::BadBody, "MPUB failed to read message count")?;
         return Ok(None);
     };
     let max_messages = (ctx.max_body_size - 4) / 5;
@@ -532,6 +588,11 @@ fn parse_mpub(
     let mut pos = at + 8;
     for i in 0..count {
         let Some(size) = read_i32(buf, pos) else {
+            cut_short(
+                eof,
+                ErrorCode::BadMessage,
+                &format!("MPUB failed to read message({i}) body size"),
+            )?;
             return Ok(None);
         };
         if size <= 0 {
@@ -549,6 +610,11 @@ fn parse_mpub(
         let start = pos + 4;
         let end = start + size as usize;
         if buf.len() < end {
+            cut_short(
+                eof,
+                ErrorCode::BadMessage,
+                "MPUB failed to read message body",
+            )?;
             return Ok(None);
         }
         bodies.push(start..end);

@@ -62,22 +62,25 @@ impl ErrorCode {
 
 /// An error a client caused: sent as an error frame `"<CODE> <text>"`,
 /// then the connection is closed if the code is fatal.
+///
+/// The text is bytes: nsqd echoes what the client sent (an unknown command
+/// name, say) byte for byte, valid UTF-8 or not.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
-#[error("{} {text}", code.as_str())]
+#[error("{} {}", code.as_str(), String::from_utf8_lossy(text))]
 pub struct ClientError {
     pub code: ErrorCode,
-    pub text: String,
+    pub text: Vec<u8>,
 }
 
 impl ClientError {
-    pub fn new(code: ErrorCode, text: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, text: impl Into<Vec<u8>>) -> Self {
         ClientError {
             code,
             text: text.into(),
         }
     }
 
-    pub fn invalid(text: impl Into<String>) -> Self {
+    pub fn invalid(text: impl Into<Vec<u8>>) -> Self {
         Self::new(ErrorCode::Invalid, text)
     }
 
@@ -85,8 +88,13 @@ impl ClientError {
         self.code.is_fatal()
     }
 
-    /// The error frame's body.
-    pub fn to_frame_body(&self) -> String {
-        self.to_string()
+    /// The error frame's body: `<CODE> <text>`.
+    pub fn to_frame_body(&self) -> Vec<u8> {
+        let code = self.code.as_str().as_bytes();
+        let mut body = Vec::with_capacity(code.len() + 1 + self.text.len());
+        body.extend_from_slice(code);
+        body.push(b' ');
+        body.extend_from_slice(&self.text);
+        body
     }
 }

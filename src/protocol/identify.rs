@@ -154,6 +154,12 @@ pub fn apply_identify(
         return Ok(b"OK".to_vec());
     }
 
+    if opts.deflate && req.deflate && opts.snappy && req.snappy {
+        return Err(ClientError::new(
+            ErrorCode::IdentifyFailed,
+            "cannot enable both deflate and snappy compression",
+        ));
+    }
     // TLS, snappy and deflate are not offered yet: the answer says so and
     // conforming clients carry on uncompressed in clear text.
     let deflate = false;

@@ -5,6 +5,7 @@ Every test gets a fresh broker and a fresh data path; nothing is mocked.
 """
 
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -60,7 +61,8 @@ class Broker:
         raise RuntimeError(f"ringsqd did not listen in {timeout}s: {self.log()}")
 
     def log(self):
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         with open(self.log_path, "rb") as f:
             return f.read().decode(errors="replace")
 
@@ -77,6 +79,9 @@ class Broker:
                 self.proc.wait()
         self._log.close()
 
+    def cleanup(self):
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
 
 @pytest.fixture
 def broker_factory():
@@ -89,11 +94,15 @@ def broker_factory():
         return b
 
     yield make
+    dead = []
     for b in started:
         alive = b.alive()
         b.stop()
-        # The broker must never die on input: a crash in any test is a failure.
-        assert alive, f"ringsqd died during the test: {b.log()}"
+        if not alive:
+            dead.append(b.log())
+        b.cleanup()
+    # The broker must never die on input: a crash in any test is a failure.
+    assert not dead, f"ringsqd died during the test: {dead}"
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ pub struct ClientInfo {
     pub state: Cell<ConnState>,
     /// Messages published per topic (T37), in first-publish order.
     pub pub_counts: RefCell<Vec<(String, u64)>>,
+    pub deflate: Cell<bool>,
+    pub snappy: Cell<bool>,
 }
 
 impl ClientInfo {
@@ -78,8 +80,8 @@ impl ClientInfo {
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0),
             sample_rate: s.sample_rate as i32,
-            deflate: false,
-            snappy: false,
+            deflate: self.deflate.get(),
+            snappy: self.snappy.get(),
             user_agent: s.user_agent.clone(),
             pub_counts,
             tls: false,

@@ -6,6 +6,7 @@
 //! (its socket fd and unparsed bytes travel over the core ring), so that
 //! delivery, in-flight tracking and timeouts are plain core-local code.
 
+pub mod compress;
 pub mod info;
 pub mod output;
 pub mod stream;
@@ -24,7 +25,7 @@ use glommio::Task;
 use tracing::Instrument;
 
 use crate::protocol::codec::decode_eof;
-use crate::protocol::identify::{apply_identify, ClientSettings};
+use crate::protocol::identify::{apply_identify, ClientSettings, StreamCompression};
 use crate::protocol::message::{CLOSE_WAIT, OK};
 use crate::protocol::{
     decode, ClientError, Command, ConnState, DecodeContext, DecodeError, ErrorCode, MessageId,
@@ -33,11 +34,16 @@ use crate::protocol::{
 use crate::route::{CoreMsg, Handoff};
 use crate::runtime::core::Core;
 use crate::shard::{InFlightError, Subscriber};
+use compress::{Decoder, Encoder};
 use info::ClientInfo;
 use output::{FlushPolicy, OutputBuffer};
-use stream::ByteStream;
+use stream::{ByteStream, ReadHalf};
+use writer::WriterParts;
 
-const READ_CHUNK: usize = 64 * 1024;
+/// Reads start small (idle connections cost little) and grow while a
+/// client sends faster than one read takes in.
+const MIN_READ_CHUNK: usize = 4 * 1024;
+const MAX_READ_CHUNK: usize = 256 * 1024;
 
 struct Subscription {
     topic: String,
@@ -61,10 +67,16 @@ struct Connection<S: ByteStream> {
     core: Rc<Core>,
     client_id: u64,
     info: Rc<ClientInfo>,
-    reader: S,
+    reader: ReadHalf<S>,
+    /// Plain protocol bytes not parsed yet.
     read_buf: BytesMut,
+    /// How much to read at once: grows while reads fill it, shrinks back
+    /// when they do not, so idle connections stay small.
+    read_chunk: usize,
+    /// Set once IDENTIFY turned on snappy or deflate.
+    decoder: Option<Decoder>,
     out: Rc<OutputBuffer>,
-    writer: Option<Task<Option<S>>>,
+    writer: Option<Task<Option<WriterParts<S>>>>,
     state: ConnState,
     sub: Option<Subscription>,
 }
@@ -76,6 +88,8 @@ struct Identity {
     connected_at: SystemTime,
     settings: ClientSettings,
     pub_counts: Vec<(String, u64)>,
+    decoder: Option<Decoder>,
+    encoder: Option<Encoder>,
 }
 
 /// A new TCP client accepted on this core.
@@ -93,6 +107,8 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
         connected_at: SystemTime::now(),
         settings,
         pub_counts: Vec::new(),
+        decoder: None,
+        encoder: None,
     };
     let Some(conn) = Connection::start(core, identity, stream, BytesMut::new()) else {
         return;
@@ -112,6 +128,8 @@ pub async fn resume(core: Rc<Core>, h: Box<Handoff>) {
         connected_at: h.connected_at,
         settings: h.settings,
         pub_counts: h.pub_counts,
+        decoder: h.decoder,
+        encoder: h.encoder,
     };
     let Some(conn) = Connection::start(core, identity, stream, h.pending) else {
         return;
@@ -130,17 +148,11 @@ fn flush_policy(s: &ClientSettings) -> FlushPolicy {
 }
 
 impl<S: ByteStream> Connection<S> {
-    fn start(core: Rc<Core>, id: Identity, reader: S, pending: BytesMut) -> Option<Connection<S>> {
-        let write_half = match reader.duplicate() {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot duplicate socket");
-                return None;
-            }
-        };
-        let _ = reader.set_read_timeout(id.settings.heartbeat_interval.map(|hb| hb * 2));
+    fn start(core: Rc<Core>, id: Identity, stream: S, pending: BytesMut) -> Option<Connection<S>> {
+        let _ = stream.set_read_timeout(id.settings.heartbeat_interval.map(|hb| hb * 2));
+        let (reader, write_half) = stream::split(stream);
         let out = Rc::new(OutputBuffer::new(flush_policy(&id.settings)));
-        let writer = glommio::spawn_local(writer::run(out.clone(), write_half));
+        let writer = glommio::spawn_local(writer::run(out.clone(), write_half, id.encoder));
         let info = Rc::new(ClientInfo {
             id: id.client_id,
             remote: id.remote,
@@ -149,16 +161,18 @@ impl<S: ByteStream> Connection<S> {
             settings: RefCell::new(id.settings),
             state: Cell::new(ConnState::Init),
             pub_counts: RefCell::new(id.pub_counts),
+            deflate: Cell::new(matches!(id.decoder, Some(Decoder::Deflate(_)))),
+            snappy: Cell::new(matches!(id.decoder, Some(Decoder::Snappy(_)))),
         });
         core.conns.borrow_mut().insert(id.client_id, info.clone());
-        let mut read_buf = pending;
-        read_buf.reserve(READ_CHUNK);
         Some(Connection {
             core,
             client_id: id.client_id,
             info,
             reader,
-            read_buf,
+            read_buf: pending,
+            read_chunk: MIN_READ_CHUNK,
+            decoder: id.decoder,
             out,
             writer: Some(writer),
             state: ConnState::Init,
@@ -180,29 +194,41 @@ impl<S: ByteStream> Connection<S> {
 
     /// Reads more bytes; false on EOF, error or read deadline (T33).
     async fn fill(&mut self) -> bool {
-        if self.read_buf.capacity() - self.read_buf.len() < 4096 {
-            self.read_buf.reserve(READ_CHUNK);
-        }
-        let start = self.read_buf.len();
-        let room = self.read_buf.capacity() - start;
-        self.read_buf.resize(start + room, 0);
-        let result = self.reader.read(&mut self.read_buf[start..]).await;
-        tracing::trace!(?result, "read");
-        match result {
-            Ok(n) if n > 0 => {
-                self.read_buf.truncate(start + n);
-                true
-            }
-            Ok(_) => {
-                self.read_buf.truncate(start);
-                false
-            }
-            Err(e) => {
-                self.read_buf.truncate(start);
+        let chunk = self.read_chunk;
+        let mut raw = match self.decoder {
+            None => std::mem::take(&mut self.read_buf),
+            Some(_) => BytesMut::new(),
+        };
+        raw.reserve(chunk);
+        let start = raw.len();
+        let room = raw.capacity() - start;
+        raw.resize(start + room, 0);
+        let result = self.reader.read(&mut raw[start..]).await;
+        let n = match result {
+            Ok(n) => n,
+            Err(ref e) => {
                 tracing::debug!(error = %e, "read failed");
-                false
+                0
+            }
+        };
+        raw.truncate(start + n);
+        self.read_chunk = if n == room {
+            (chunk * 2).min(MAX_READ_CHUNK)
+        } else if n < chunk / 4 {
+            (chunk / 2).max(MIN_READ_CHUNK)
+        } else {
+            chunk
+        };
+        match &mut self.decoder {
+            None => self.read_buf = raw,
+            Some(dec) => {
+                if let Err(e) = dec.decode(&raw, &mut self.read_buf) {
+                    tracing::info!(error = %e, "bad compressed stream; closing");
+                    return false;
+                }
             }
         }
+        n > 0
     }
 
     async fn run(mut self, expect_magic: bool, first_sub: Option<(String, String)>) {
@@ -291,13 +317,19 @@ impl<S: ByteStream> Connection<S> {
         match cmd {
             Command::Nop => {}
             Command::Identify(body) => {
-                let mut settings = self.info.settings.borrow_mut();
-                let resp = apply_identify(&body, self.core.opts(), &mut settings)?;
-                self.out.push_response(&resp);
-                self.out.set_policy(flush_policy(&settings));
-                let _ = self
-                    .reader
-                    .set_read_timeout(settings.heartbeat_interval.map(|hb| hb * 2));
+                let outcome = {
+                    let mut settings = self.info.settings.borrow_mut();
+                    let outcome = apply_identify(&body, self.core.opts(), &mut settings)?;
+                    self.out.set_policy(flush_policy(&settings));
+                    let _ = self
+                        .reader
+                        .set_read_timeout(settings.heartbeat_interval.map(|hb| hb * 2));
+                    outcome
+                };
+                self.out.push_response(&outcome.response);
+                if let Some(c) = outcome.compression {
+                    self.start_compression(c)?;
+                }
             }
             Command::Auth(_) => {
                 return Err(ClientError::new(ErrorCode::AuthDisabled, "AUTH disabled"));
@@ -381,6 +413,28 @@ impl<S: ByteStream> Connection<S> {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// T19: the IDENTIFY answer went out in clear; everything after it is
+    /// compressed both ways, starting with a compressed `OK`.
+    fn start_compression(&mut self, c: StreamCompression) -> Result<(), ClientError> {
+        let (encoder, mut decoder) = match c {
+            StreamCompression::Deflate { level } => (Encoder::deflate(level), Decoder::deflate()),
+            StreamCompression::Snappy => (Encoder::snappy(), Decoder::snappy()),
+        };
+        // Bytes already read past the IDENTIFY are compressed too.
+        let pending = std::mem::take(&mut self.read_buf);
+        decoder.decode(&pending, &mut self.read_buf).map_err(|e| {
+            ClientError::new(ErrorCode::IdentifyFailed, format!("IDENTIFY failed {e}"))
+        })?;
+        self.decoder = Some(decoder);
+        self.out.start_compression(encoder);
+        self.out.push_response(OK);
+        match c {
+            StreamCompression::Deflate { .. } => self.info.deflate.set(true),
+            StreamCompression::Snappy => self.info.snappy.set(true),
+        }
+        Ok(())
     }
 
     fn with_channel<T>(&self, f: impl FnOnce(&mut crate::shard::Channel) -> T) -> Option<T> {
@@ -472,12 +526,12 @@ impl<S: ByteStream> Connection<S> {
     /// Flushes what is pending, then ships the socket to `core`.
     async fn move_to(mut self, core: usize, topic: String, channel: String) {
         self.out.close();
-        let write_half = match self.writer.take() {
+        let parts = match self.writer.take() {
             Some(w) => w.await,
             None => None,
         };
         self.core.conns.borrow_mut().remove(&self.client_id);
-        let Some(write_half) = write_half else {
+        let Some((write_half, encoder)) = parts else {
             return; // the socket failed while flushing
         };
         drop(write_half);
@@ -498,10 +552,12 @@ impl<S: ByteStream> Connection<S> {
             settings: self.info.settings.borrow().clone(),
             pub_counts: self.info.pub_counts.borrow().clone(),
             pending: std::mem::take(&mut self.read_buf),
+            decoder: self.decoder.take(),
+            encoder,
             topic,
             channel,
         };
-        drop(self.reader);
+        // The duplicate travels; this core's fd closes with the stream.
         self.core
             .router
             .send(core, CoreMsg::Handoff(Box::new(handoff)))

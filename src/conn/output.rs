@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
+use super::compress::Encoder;
 use crate::protocol::message::{
     put_frame, put_message_frame, FRAME_TYPE_ERROR, FRAME_TYPE_RESPONSE,
 };
@@ -35,6 +36,9 @@ pub struct OutputBuffer {
     policy: Cell<Option<FlushPolicy>>,
     /// The writer must re-read the policy (IDENTIFY changed it).
     policy_changed: Cell<bool>,
+    /// Compression starts at this offset of `buf` (after the IDENTIFY
+    /// answer, which goes out in clear).
+    switch: RefCell<Option<(usize, Encoder)>>,
 }
 
 impl OutputBuffer {
@@ -153,11 +157,21 @@ impl OutputBuffer {
         Some(since + self.policy().timeout)
     }
 
-    /// Swaps the buffered bytes into `spare` (empty) for writing.
-    pub fn take_into(&self, spare: &mut Vec<u8>) {
+    /// Everything written from now on is compressed with `encoder`.
+    pub fn start_compression(&self, encoder: Encoder) {
+        let at = self.buf.borrow().len();
+        *self.switch.borrow_mut() = Some((at, encoder));
+        self.urgent.set(true);
+        self.wake();
+    }
+
+    /// Swaps the buffered bytes into `spare` (empty) for writing; returns a
+    /// compression switch that falls inside them.
+    pub fn take_into(&self, spare: &mut Vec<u8>) -> Option<(usize, Encoder)> {
         debug_assert!(spare.is_empty());
         std::mem::swap(&mut *self.buf.borrow_mut(), spare);
         self.urgent.set(false);
         self.buffered_since.set(None);
+        self.switch.borrow_mut().take()
     }
 }

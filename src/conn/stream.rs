@@ -1,9 +1,16 @@
 //! The byte stream under a connection. The connection is generic over it so
-//! that TLS and compression (a later issue) wrap it without touching the
-//! command handlers.
+//! that TLS (a later issue) wraps it without touching the command handlers.
+//!
+//! One socket, one fd: the reading task and the writer task share the stream
+//! through `split`, each borrowing it only for the length of one poll
+//! (glommio keeps separate read and write readiness sources and timeouts).
 
+use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -12,8 +19,6 @@ use glommio::net::TcpStream;
 pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Sized + 'static {
     /// The socket, for shutdown and for moving the connection between cores.
     fn raw_fd(&self) -> RawFd;
-    /// A second handle on the same socket, for the writer task.
-    fn duplicate(&self) -> io::Result<Self>;
     fn set_read_timeout(&self, dur: Option<Duration>) -> io::Result<()>;
     fn set_write_timeout(&self, dur: Option<Duration>) -> io::Result<()>;
 }
@@ -34,17 +39,90 @@ impl ByteStream for TcpStream {
         self.as_raw_fd()
     }
 
-    fn duplicate(&self) -> io::Result<Self> {
-        let fd = dup_fd(self.as_raw_fd())?;
-        // SAFETY: `fd` is a fresh, owned duplicate of a connected TCP socket.
-        Ok(unsafe { TcpStream::from_raw_fd(fd) })
-    }
-
     fn set_read_timeout(&self, dur: Option<Duration>) -> io::Result<()> {
         TcpStream::set_read_timeout(self, dur).map_err(|e| io::Error::other(e.to_string()))
     }
 
     fn set_write_timeout(&self, dur: Option<Duration>) -> io::Result<()> {
         TcpStream::set_write_timeout(self, dur).map_err(|e| io::Error::other(e.to_string()))
+    }
+}
+
+/// The reading side of a split stream.
+pub struct ReadHalf<S>(Rc<RefCell<S>>);
+/// The writing side of a split stream.
+pub struct WriteHalf<S>(Rc<RefCell<S>>);
+
+pub fn split<S: ByteStream>(stream: S) -> (ReadHalf<S>, WriteHalf<S>) {
+    let shared = Rc::new(RefCell::new(stream));
+    (ReadHalf(shared.clone()), WriteHalf(shared))
+}
+
+fn busy() -> io::Error {
+    io::Error::other("stream borrowed by the other half")
+}
+
+impl<S: ByteStream> ReadHalf<S> {
+    pub fn raw_fd(&self) -> RawFd {
+        self.0.borrow().raw_fd()
+    }
+
+    pub fn set_read_timeout(&self, dur: Option<Duration>) -> io::Result<()> {
+        self.0.borrow().set_read_timeout(dur)
+    }
+
+    /// The whole stream back, once the write half has been dropped.
+    pub fn into_inner(self) -> Option<S> {
+        Rc::try_unwrap(self.0).ok().map(RefCell::into_inner)
+    }
+}
+
+impl<S: ByteStream> WriteHalf<S> {
+    pub fn raw_fd(&self) -> RawFd {
+        self.0.borrow().raw_fd()
+    }
+
+    pub fn set_write_timeout(&self, dur: Option<Duration>) -> io::Result<()> {
+        self.0.borrow().set_write_timeout(dur)
+    }
+}
+
+impl<S: ByteStream> AsyncRead for ReadHalf<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.0.try_borrow_mut() {
+            Ok(mut s) => Pin::new(&mut *s).poll_read(cx, buf),
+            Err(_) => Poll::Ready(Err(busy())),
+        }
+    }
+}
+
+impl<S: ByteStream> AsyncWrite for WriteHalf<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.0.try_borrow_mut() {
+            Ok(mut s) => Pin::new(&mut *s).poll_write(cx, buf),
+            Err(_) => Poll::Ready(Err(busy())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.0.try_borrow_mut() {
+            Ok(mut s) => Pin::new(&mut *s).poll_flush(cx),
+            Err(_) => Poll::Ready(Err(busy())),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.0.try_borrow_mut() {
+            Ok(mut s) => Pin::new(&mut *s).poll_close(cx),
+            Err(_) => Poll::Ready(Err(busy())),
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The writer task: flushes a connection's output buffer to its socket
-//! under the flush policy (T34), and sends heartbeats (T33).
+//! under the flush policy (T34), compressing it once IDENTIFY turned
+//! compression on (T19), and sends heartbeats (T33).
 
 use std::future::poll_fn;
 use std::rc::Rc;
@@ -8,8 +9,9 @@ use std::time::Instant;
 
 use futures_lite::{future, AsyncWriteExt};
 
+use super::compress::Encoder;
 use super::output::OutputBuffer;
-use super::stream::ByteStream;
+use super::stream::{ByteStream, WriteHalf};
 use crate::protocol::message::HEARTBEAT;
 
 /// Resolves on the next wake-up of the output buffer.
@@ -27,10 +29,36 @@ async fn notified(out: &OutputBuffer) {
     .await
 }
 
-/// Runs until the buffer is closed and drained (returns the stream, so a
-/// moving connection can hand it over) or the socket fails (None).
-pub async fn run<S: ByteStream>(out: Rc<OutputBuffer>, mut stream: S) -> Option<S> {
-    let mut spare: Vec<u8> = Vec::with_capacity(16 * 1024);
+/// What a writer hands back when it stops cleanly: the stream half and the
+/// compressor state, so a moving connection keeps both.
+pub type WriterParts<S> = (WriteHalf<S>, Option<Encoder>);
+
+/// Writes `plain` (compressed if an encoder is set); Err on socket failure.
+async fn send<S: ByteStream>(
+    stream: &mut WriteHalf<S>,
+    encoder: &mut Option<Encoder>,
+    plain: &[u8],
+    scratch: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    match encoder {
+        None => stream.write_all(plain).await,
+        Some(enc) => {
+            scratch.clear();
+            enc.encode(plain, scratch).map_err(std::io::Error::other)?;
+            stream.write_all(scratch).await
+        }
+    }
+}
+
+/// Runs until the buffer is closed and drained (Some) or the socket fails
+/// (None).
+pub async fn run<S: ByteStream>(
+    out: Rc<OutputBuffer>,
+    mut stream: WriteHalf<S>,
+    mut encoder: Option<Encoder>,
+) -> Option<WriterParts<S>> {
+    let mut spare: Vec<u8> = Vec::new();
+    let mut scratch: Vec<u8> = Vec::new();
     let mut policy = out.policy();
     let _ = stream.set_write_timeout(policy.heartbeat);
     let mut next_heartbeat = policy.heartbeat.map(|hb| Instant::now() + hb);
@@ -50,9 +78,25 @@ pub async fn run<S: ByteStream>(out: Rc<OutputBuffer>, mut stream: S) -> Option<
         }
         let due = out.flush_due(now);
         if due.is_some_and(|d| d <= now) {
-            out.take_into(&mut spare);
-            let written = stream.write_all(&spare).await;
+            let written = match out.take_into(&mut spare) {
+                // The IDENTIFY answer goes in clear, the rest compressed.
+                Some((at, enc)) => {
+                    let at = at.min(spare.len());
+                    let clear = send(&mut stream, &mut encoder, &spare[..at], &mut scratch).await;
+                    encoder = Some(enc);
+                    match clear {
+                        Ok(()) => send(&mut stream, &mut encoder, &spare[at..], &mut scratch).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                None => send(&mut stream, &mut encoder, &spare, &mut scratch).await,
+            };
             spare.clear();
+            // Idle connections should not keep a large buffer around.
+            if spare.capacity() > 256 * 1024 {
+                spare = Vec::new();
+                scratch = Vec::new();
+            }
             if let Err(e) = written {
                 tracing::debug!(error = %e, "write failed; closing");
                 out.mark_dead();
@@ -66,7 +110,7 @@ pub async fn run<S: ByteStream>(out: Rc<OutputBuffer>, mut stream: S) -> Option<
         }
         if out.is_closing() && out.is_empty() {
             let _ = stream.flush().await;
-            return Some(stream);
+            return Some((stream, encoder));
         }
         let wake_at = [due, next_heartbeat].into_iter().flatten().min();
         match wake_at {

@@ -90,5 +90,5 @@ pub async fn serve(core: Rc<Core>, listener: TcpListener) {
 
 /// Binds this core's HTTP listener.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).map_err(|e| std::io::Error::other(e.to_string()))
+    crate::runtime::listen::bind(addr)
 }

@@ -87,12 +87,27 @@ fn millis(d: Duration) -> i64 {
     d.as_millis() as i64
 }
 
-/// Applies an IDENTIFY body to `settings`; returns the response body.
+/// The stream compression IDENTIFY turned on (T19).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamCompression {
+    Deflate { level: u32 },
+    Snappy,
+}
+
+/// What IDENTIFY answers, and what the connection must switch on after the
+/// answer has gone out in clear.
+#[derive(Debug)]
+pub struct IdentifyOutcome {
+    pub response: Vec<u8>,
+    pub compression: Option<StreamCompression>,
+}
+
+/// Applies an IDENTIFY body to `settings`.
 pub fn apply_identify(
     body: &[u8],
     opts: &Options,
     settings: &mut ClientSettings,
-) -> Result<Vec<u8>, ClientError> {
+) -> Result<IdentifyOutcome, ClientError> {
     let req: IdentifyRequest = serde_json::from_slice(body)
         .map_err(|_| ClientError::new(ErrorCode::BadBody, "IDENTIFY failed to decode JSON body"))?;
 
@@ -151,19 +166,20 @@ pub fn apply_identify(
     }
 
     if !req.feature_negotiation {
-        return Ok(b"OK".to_vec());
+        return Ok(IdentifyOutcome {
+            response: b"OK".to_vec(),
+            compression: None,
+        });
     }
 
-    if opts.deflate && req.deflate && opts.snappy && req.snappy {
+    let deflate = opts.deflate && req.deflate;
+    let snappy = opts.snappy && req.snappy;
+    if deflate && snappy {
         return Err(ClientError::new(
             ErrorCode::IdentifyFailed,
             "cannot enable both deflate and snappy compression",
         ));
     }
-    // TLS, snappy and deflate are not offered yet: the answer says so and
-    // conforming clients carry on uncompressed in clear text.
-    let deflate = false;
-    let snappy = false;
     let mut deflate_level = if deflate && req.deflate_level > 0 {
         req.deflate_level
     } else {
@@ -186,6 +202,19 @@ pub fn apply_identify(
         output_buffer_size: settings.output_buffer_size as i64,
         output_buffer_timeout: millis(settings.output_buffer_timeout),
     };
-    serde_json::to_vec(&resp)
-        .map_err(|e| ClientError::new(ErrorCode::IdentifyFailed, format!("IDENTIFY failed {e}")))
+    let response = serde_json::to_vec(&resp)
+        .map_err(|e| ClientError::new(ErrorCode::IdentifyFailed, format!("IDENTIFY failed {e}")))?;
+    let compression = if deflate {
+        Some(StreamCompression::Deflate {
+            level: deflate_level.clamp(1, 9) as u32,
+        })
+    } else if snappy {
+        Some(StreamCompression::Snappy)
+    } else {
+        None
+    };
+    Ok(IdentifyOutcome {
+        response,
+        compression,
+    })
 }

@@ -51,6 +51,9 @@ pub struct Handoff {
     pub connected_at: std::time::SystemTime,
     pub settings: ClientSettings,
     pub pub_counts: Vec<(String, u64)>,
+    /// Compression state, both ways, if IDENTIFY turned it on.
+    pub decoder: Option<crate::conn::compress::Decoder>,
+    pub encoder: Option<crate::conn::compress::Encoder>,
     /// Bytes read from the socket but not yet parsed.
     pub pending: BytesMut,
     pub topic: String,

@@ -10,7 +10,6 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use glommio::net::TcpListener;
 
 use super::event::LocalEvent;
 use super::{Shared, StartError};
@@ -166,7 +165,7 @@ pub async fn run_core(
         addr: addr.to_string(),
         err,
     };
-    let listener = match TcpListener::bind(tcp_addr) {
+    let listener = match super::listen::bind(tcp_addr) {
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(listen_error(tcp_addr, e.to_string())));

@@ -3,6 +3,7 @@
 
 pub mod core;
 pub mod event;
+pub mod listen;
 
 use std::panic;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

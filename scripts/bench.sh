@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# Compare nsqd-compatible brokers with nsq-load (scripts/loadgen), A/B/A/B.
+#
+#   scripts/bench.sh --broker ringsqd=target/release/ringsqd --broker nsqd=/path/to/nsqd \
+#                    [--runs 3] [--scenario pub-100B --scenario drain-2M ...] [--duration 5s]
+#
+# For every scenario and run, each broker in turn is started fresh on loopback
+# (--tcp-address/--http-address/--data-path=TMP/--mem-queue-size), loaded by nsq-load with
+# --server-pid, and stopped. Prints per scenario the median msgs/s of each broker and the
+# ratio to the first broker; raw JSON lines (one per run) go to --out.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ALL_SCENARIOS=(pub-100B pub-1KiB pub-single drain-2M pubsub-100B topics-1000 idle-10k)
+
+usage() {
+    cat <<EOF
+usage: $0 --broker NAME=PATH [--broker NAME=PATH ...] [options]
+
+options:
+  --broker NAME=PATH     broker binary (nsqd-compatible flags); the first one is the baseline
+  --runs N               runs per scenario and broker, interleaved A/B/A/B (default 3)
+  --scenario NAME        scenario to run (repeatable or comma-separated; default: all)
+  --duration D           load duration of the timed scenarios (default 10s), e.g. 5s
+  --backlog N            backlog of drain-2M (default 2000000)
+  --idle-conns N         idle connections of idle-10k (default 10000)
+  --mem-queue-size N     broker --mem-queue-size (default 1000000)
+  --broker-arg ARG       extra argument for every broker (repeatable)
+  --port P               first TCP port (HTTP = P+1; default 24650)
+  --out FILE             raw JSON lines (default: \$TMPDIR/ringsq-bench-<time>.jsonl)
+  --loadgen PATH         nsq-load binary (default: build scripts/loadgen in release mode)
+  --progress             show nsq-load's live progress line
+  --list                 list the scenarios and exit
+
+scenarios:
+  pub-100B     MPUB x200, 4 connections, 100 B, topic with one channel (messages queue up)
+  pub-1KiB     the same with 1024 B bodies
+  pub-single   PUB (one message per command, wait for OK), 4 connections, 100 B
+  drain-2M     backlog of 2,000,000 x 100 B on a topic with one channel, then 4 consumers
+               (RDY 2500) drain it; msgs/s = backlog / time from RDY to the last message
+  pubsub-100B  1 topic, 2 channels x 4 consumers, 4 MPUB publishers, 100 B (exactly-once checked)
+  topics-1000  1000 topics with one channel each, 4 MPUB publishers cycling over them
+  idle-10k     10,000 idle connections (IDENTIFY only) plus the pub-100B load; reports the
+               broker's RSS per idle connection
+EOF
+}
+
+BROKERS=()
+RUNS=3
+SCENARIOS=()
+DURATION=10s
+BACKLOG=2000000
+IDLE=10000
+MEMQ=1000000
+BROKER_ARGS=()
+PORT=24650
+OUT=""
+LOADGEN=""
+PROGRESS=0
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --broker) BROKERS+=("$2"); shift 2 ;;
+        --broker=*) BROKERS+=("${1#*=}"); shift ;;
+        --runs) RUNS="$2"; shift 2 ;;
+        --scenario) IFS=, read -r -a s <<<"$2"; SCENARIOS+=("${s[@]}"); shift 2 ;;
+        --duration) DURATION="$2"; shift 2 ;;
+        --backlog) BACKLOG="$2"; shift 2 ;;
+        --idle-conns) IDLE="$2"; shift 2 ;;
+        --mem-queue-size) MEMQ="$2"; shift 2 ;;
+        --broker-arg) BROKER_ARGS+=("$2"); shift 2 ;;
+        --port) PORT="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        --loadgen) LOADGEN="$2"; shift 2 ;;
+        --progress) PROGRESS=1; shift ;;
+        --list) printf '%s\n' "${ALL_SCENARIOS[@]}"; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+[[ ${#BROKERS[@]} -gt 0 ]] || { usage >&2; exit 2; }
+[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=("${ALL_SCENARIOS[@]}")
+command -v jq >/dev/null || { echo "bench.sh needs jq (apt-get install jq)" >&2; exit 2; }
+
+NAMES=(); PATHS=()
+for b in "${BROKERS[@]}"; do
+    [[ "$b" == *=* ]] || { echo "--broker wants NAME=PATH, got $b" >&2; exit 2; }
+    n="${b%%=*}"; p="${b#*=}"
+    [[ -x "$p" ]] || { echo "broker $n: $p is not executable" >&2; exit 2; }
+    NAMES+=("$n"); PATHS+=("$(cd "$(dirname "$p")" && pwd)/$(basename "$p")")
+done
+
+if [[ -z "$LOADGEN" ]]; then
+    echo "building nsq-load ..." >&2
+    cargo build --quiet --release --manifest-path "$SCRIPT_DIR/loadgen/Cargo.toml" >&2
+    LOADGEN="$SCRIPT_DIR/loadgen/target/release/nsq-load"
+fi
+[[ -x "$LOADGEN" ]] || { echo "nsq-load not found at $LOADGEN" >&2; exit 2; }
+
+STAMP="$(date +%Y%m%d-%H%M%S)"
+[[ -n "$OUT" ]] || OUT="${TMPDIR:-/tmp}/ringsq-bench-$STAMP.jsonl"
+: >"$OUT"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/ringsq-bench.XXXXXX")"
+
+# 10,000 idle connections need file descriptors on both sides.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+scenario_args() {
+    local common=(--mode mpub --batch 200 --size 100 --pub-conns 4 --channels 1)
+    case "$1" in
+        pub-100B)    echo "${common[@]} --duration $DURATION" ;;
+        pub-1KiB)    echo "--mode mpub --batch 200 --size 1024 --pub-conns 4 --channels 1 --duration $DURATION" ;;
+        pub-single)  echo "--mode pub --size 100 --pub-conns 4 --channels 1 --duration $DURATION" ;;
+        drain-2M)    echo "${common[@]} --backlog $BACKLOG --sub-conns 4 --rdy 2500" ;;
+        pubsub-100B) echo "--mode mpub --batch 200 --size 100 --pub-conns 4 --channels 2 --sub-conns 8 --rdy 2500 --duration $DURATION" ;;
+        topics-1000) echo "${common[@]} --topics 1000 --duration $DURATION" ;;
+        idle-10k)    echo "${common[@]} --idle-conns $IDLE --duration $DURATION" ;;
+        *) return 1 ;;
+    esac
+}
+for s in "${SCENARIOS[@]}"; do
+    scenario_args "$s" >/dev/null || { echo "unknown scenario $s (try --list)" >&2; exit 2; }
+done
+
+BPID=""
+cleanup() {
+    if [[ -n "$BPID" ]] && kill -0 "$BPID" 2>/dev/null; then
+        kill -KILL "$BPID" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+
+start_broker() { # path tcp_port http_port data_dir log
+    "$1" --tcp-address="127.0.0.1:$2" --http-address="127.0.0.1:$3" --data-path="$4" \
+        --mem-queue-size="$MEMQ" ${BROKER_ARGS[@]+"${BROKER_ARGS[@]}"} >"$5" 2>&1 &
+    BPID=$!
+    local i
+    for i in $(seq 1 200); do # 10 s
+        if listening "$2"; then return 0; fi
+        kill -0 "$BPID" 2>/dev/null || { echo "broker exited at start, see $5" >&2; BPID=""; return 1; }
+        sleep 0.05
+    done
+    echo "broker did not listen on $2 within 10 s, see $5" >&2
+    return 1
+}
+
+stop_broker() {
+    [[ -n "$BPID" ]] || return 0
+    kill -TERM "$BPID" 2>/dev/null || true
+    local i
+    for i in $(seq 1 300); do # 30 s: nsqd writes its memory queues to disk on exit
+        kill -0 "$BPID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$BPID" 2>/dev/null; then
+        echo "broker $BPID did not exit within 30 s of SIGTERM; killing" >&2
+        kill -KILL "$BPID" 2>/dev/null || true
+    fi
+    wait "$BPID" 2>/dev/null || true
+    BPID=""
+}
+
+port_slot=0
+echo "results: $OUT" >&2
+for scen in "${SCENARIOS[@]}"; do
+    read -r -a sargs <<<"$(scenario_args "$scen")"
+    for run in $(seq 1 "$RUNS"); do
+        for bi in "${!NAMES[@]}"; do
+            name="${NAMES[$bi]}"; path="${PATHS[$bi]}"
+            tcp=$((PORT + 2 * (port_slot % 50))); http=$((tcp + 1)); port_slot=$((port_slot + 1))
+            data="$WORK/data-$scen-$name-$run"; log="$WORK/$scen-$name-$run.log"
+            mkdir -p "$data"
+            echo "=== $scen  run $run/$RUNS  $name (127.0.0.1:$tcp)" >&2
+            rec=""
+            loadgen_err="broker did not start"
+            if start_broker "$path" "$tcp" "$http" "$data" "$log"; then
+                extra=(--quiet)
+                [[ $PROGRESS == 1 ]] && extra=()
+                set +e
+                errf="$WORK/$scen-$name-$run.nsq-load.txt"
+                json="$(timeout 1800 "$LOADGEN" "${sargs[@]}" --tcp-address "127.0.0.1:$tcp" \
+                    --http-address "127.0.0.1:$http" --server-pid "$BPID" --json --label "$scen" \
+                    "${extra[@]}" 2> >(tee "$errf" >&2))"
+                rc=$?
+                set -e
+                sleep 0.1 # let tee finish
+                loadgen_err="$(grep '^nsq-load:' "$errf" 2>/dev/null | tail -1 || true)"
+                stop_broker
+                if [[ -n "$json" ]] && jq -e . >/dev/null 2>&1 <<<"$json"; then
+                    rec="$(jq -c --arg b "$name" --arg s "$scen" --argjson r "$run" --argjson rc "$rc" \
+                        '. + {broker: $b, scenario: $s, run: $r, exit_code: $rc}' <<<"$json")"
+                else
+                    echo "nsq-load failed (exit $rc); broker log: $log" >&2
+                fi
+            fi
+            stop_broker
+            [[ -n "$rec" ]] || rec="$(jq -nc --arg b "$name" --arg s "$scen" --argjson r "$run" \
+                --arg e "$loadgen_err" '{broker: $b, scenario: $s, run: $r, failed: true, ok: false, msgs_per_s: null, error: $e}')"
+            echo "$rec" >>"$OUT"
+            rm -rf "$data"
+        done
+    done
+done
+
+# ---- summary: median per scenario and broker, ratio to the first broker
+names_json="$(printf '%s\n' "${NAMES[@]}" | jq -R . | jq -sc .)"
+scen_json="$(printf '%s\n' "${SCENARIOS[@]}" | jq -R . | jq -sc .)"
+SUMMARY="${OUT%.jsonl}.summary.txt"
+jq -rs --argjson names "$names_json" --argjson scens "$scen_json" '
+  def median: map(select(. != null)) | sort | if length == 0 then null
+      elif length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  def k: if . == null then "-" else (. / 1000 | floor | tostring) + "k" end;
+  def f0: if . == null then "-" else (. | round | tostring) end;
+  def us: if . == null then "-" elif . >= 1e6 then ((. / 1e5 | round) / 10 | tostring) + "ms"
+      else ((. / 1e3 | round) | tostring) + "us" end;
+  . as $all
+  | (["scenario", "broker", "ok/runs", "msgs/s (median)", "ratio", "MiB/s", "consumed msgs/s",
+      "e2e p99", "pub RTT p99", "broker CPU%", "errors", "notes"] | @tsv),
+    ($scens[] as $s
+     | ([$all[] | select(.scenario == $s and .broker == $names[0]) | .msgs_per_s] | median) as $base
+     | $names[] as $b
+     | [$all[] | select(.scenario == $s and .broker == $b)] as $r
+     | ($r | map(.msgs_per_s) | median) as $m
+     | [ $s, $b,
+         "\($r | map(select(.ok == true)) | length)/\($r | length)",
+         ($m | k),
+         (if $m != null and $base != null and $base > 0 then ($m / $base * 100 | round / 100 | tostring) else "-" end),
+         (if $s == "drain-2M" then ($r | map(.consumed.mib_per_s) | median) else ($r | map(.published.mib_per_s) | median) end | f0),
+         (if ($r | map(.config.sub_conns // 0) | max // 0) > 0 then ($r | map(if $s == "drain-2M" then .consumed.msgs_per_s else .consumed.msgs_per_s_during_publish end) | median | k) else "-" end),
+         ($r | map(.consumed.e2e.p99_ns) | median | us),
+         ($r | map(.published.rtt.p99_ns) | median | us),
+         ($r | map(.server.cpu_pct) | median | f0),
+         ($r | map(.errors.total // 0) | add // 0 | tostring),
+         ([ (if ($r | map(select(.failed == true)) | length) > 0
+             then "\($r | map(select(.failed == true)) | length) failed: \($r | map(select(.failed == true) | .error) | first)"
+             else empty end),
+            (if $s == "idle-10k" and ($r | map(.idle.rss_bytes_per_conn) | median) != null
+             then "RSS/idle conn " + ($r | map(.idle.rss_bytes_per_conn) | median | f0) + " B" else empty end)
+          ] | if length == 0 then "-" else join("; ") end)
+       ] | @tsv)
+' "$OUT" | column -t -s $'\t' | tee "$SUMMARY"
+echo >&2
+echo "raw results: $OUT" >&2
+echo "summary:     $SUMMARY" >&2
+echo "broker logs: $WORK" >&2

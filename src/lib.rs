@@ -10,9 +10,11 @@
 pub mod config;
 pub mod conn;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod route;
 pub mod runtime;
 pub mod shard;
 pub mod stats;
+pub mod storage;

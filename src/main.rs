@@ -3,22 +3,6 @@
 use std::process::ExitCode;
 
 use ringsq::config::{ConfigError, Options, NSQD_COMPAT_VERSION};
-use tracing_subscriber::EnvFilter;
-
-fn init_logging(level: &str) {
-    let level = match level.to_ascii_lowercase().as_str() {
-        "debug" => "debug",
-        "warn" | "warning" => "warn",
-        "error" | "fatal" => "error",
-        _ => "info",
-    };
-    let filter = EnvFilter::try_from_env("RINGSQ_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let _ = tracing_log::LogTracer::init();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
 
 fn main() -> ExitCode {
     let opts = match Options::from_env() {
@@ -43,7 +27,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_logging(&opts.log_level);
+    ringsq::logging::init(&opts.log_level);
     match ringsq::runtime::run(opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -210,8 +210,17 @@ fn topic_channel_args(query: &Query) -> Result<(String, String), ApiError> {
 }
 
 async fn admin(core: &Rc<Core>, op: AdminOp) -> Reply {
+    // H17, H19: pause and unpause are in nsqd.dat before the answer.
+    let persist = matches!(op, AdminOp::PauseTopic(..) | AdminOp::PauseChannel(..));
     match core.admin(op).await {
-        Ok(()) => reply::ok_empty(),
+        Ok(()) => {
+            if persist {
+                if let Err(e) = core.persist_metadata().await {
+                    tracing::error!(error = %e, "failed to persist metadata");
+                }
+            }
+            reply::ok_empty()
+        }
         Err(e) => not_found_or(e),
     }
 }
@@ -444,7 +453,8 @@ async fn stats(core: &Rc<Core>, query: &Query) -> Reply {
         .map(str::to_string);
     let include_clients = bool_param(query.get("include_clients")).unwrap_or(true);
     let include_mem = bool_param(query.get("include_mem")).unwrap_or(true);
-    let filtered = topic.is_some();
+    let topic_filter = topic.clone();
+    let channel_filtered = channel.is_some();
     let all = core
         .stats(StatsFilter {
             topic,
@@ -452,8 +462,22 @@ async fn stats(core: &Rc<Core>, query: &Query) -> Reply {
             include_clients,
         })
         .await;
-    // X3: a topic filter that matches nothing gives null topics and producers.
-    let miss = filtered && all.topics.is_empty();
+    // X3: a topic filter that matches no topic gives null topics and
+    // producers; a channel filter that matches nothing gives [].
+    let miss = match &topic_filter {
+        None => false,
+        Some(_) if !all.topics.is_empty() => false,
+        Some(t) if channel_filtered => core
+            .stats(StatsFilter {
+                topic: Some(t.clone()),
+                channel: None,
+                include_clients: false,
+            })
+            .await
+            .topics
+            .is_empty(),
+        Some(_) => true,
+    };
     let doc = StatsDoc {
         version: NSQD_COMPAT_VERSION,
         health: "OK",
@@ -640,10 +664,7 @@ async fn config(core: &Rc<Core>, req: Request<Incoming>, opt: &str, put: bool) -
             },
             "log_level" => {
                 let level = String::from_utf8_lossy(&body).to_ascii_lowercase();
-                if !matches!(
-                    level.as_str(),
-                    "debug" | "info" | "warn" | "error" | "fatal"
-                ) {
+                if !crate::logging::set_level(&level) {
                     return reply::error(400, "INVALID_VALUE");
                 }
                 *core
@@ -675,6 +696,7 @@ fn config_value(core: &Rc<Core>, name: &str) -> Option<ConfigValue> {
     let ns = |d: Duration| json!(d.as_nanos() as u64);
     let text = |s: &str| Some(ConfigValue::Text(s.to_string()));
     let v = match name {
+        // nsqd's log level is a number (lg.LogLevel: debug 1 ... fatal 5).
         "log_level" => {
             let level = core
                 .shared
@@ -682,7 +704,7 @@ fn config_value(core: &Rc<Core>, name: &str) -> Option<ConfigValue> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            return Some(ConfigValue::Text(level));
+            json!(crate::logging::level_number(&level).unwrap_or(2))
         }
         "log_prefix" => return text(&o.log_prefix),
         "id" => json!(o.effective_node_id()),

@@ -65,6 +65,8 @@ pub struct Handoff {
 #[derive(Debug, Clone)]
 pub enum AdminOp {
     Stats(StatsFilter),
+    /// This core's topics and channels for nsqd.dat.
+    Metadata,
     CreateTopic(String),
     DeleteTopic(String),
     EmptyTopic(String),
@@ -79,7 +81,7 @@ impl AdminOp {
     /// The topic whose core must run this; None for every core.
     pub fn topic(&self) -> Option<&str> {
         match self {
-            AdminOp::Stats(_) => None,
+            AdminOp::Stats(_) | AdminOp::Metadata => None,
             AdminOp::CreateTopic(t)
             | AdminOp::DeleteTopic(t)
             | AdminOp::EmptyTopic(t)
@@ -96,6 +98,7 @@ impl AdminOp {
 pub enum AdminReply {
     Done(Result<(), AdminError>),
     Stats(CoreStats),
+    Metadata(Vec<crate::storage::metadata::TopicMeta>),
 }
 
 pub struct AdminRequest {

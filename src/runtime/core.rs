@@ -20,12 +20,15 @@ use crate::route::{AdminOp, AdminReply, AdminRequest, CoreMsg, Inbox, PublishBat
 use crate::shard::AdminError;
 use crate::shard::{Shard, ShardConfig};
 use crate::stats::{CoreStats, StatsFilter};
+use crate::storage::metadata::{self, MetadataError, TopicMeta};
 use bytes::Bytes;
 use futures::channel::oneshot;
 
 /// How often in-flight timeouts and deferred messages are checked (nsqd's
 /// QueueScanInterval).
 const TIMER_TICK: Duration = Duration::from_millis(100);
+/// How soon a created or deleted topic reaches nsqd.dat.
+const METADATA_CHECK: Duration = Duration::from_millis(100);
 /// How long shutdown waits for connections to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -76,6 +79,7 @@ impl Core {
     pub fn execute_admin(&self, op: AdminOp) -> AdminReply {
         let mut shard = self.shard.borrow_mut();
         let done = match op {
+            AdminOp::Metadata => return AdminReply::Metadata(shard.metadata()),
             AdminOp::Stats(filter) => {
                 let topics = shard.stats(&filter);
                 let producers = if filter.include_clients {
@@ -130,8 +134,19 @@ impl Core {
         let owner = self.router.owner(op.topic().unwrap_or_default().as_bytes());
         match self.admin_on(owner, op).await {
             AdminReply::Done(r) => r,
-            AdminReply::Stats(_) => Ok(()),
+            AdminReply::Stats(_) | AdminReply::Metadata(_) => Ok(()),
         }
+    }
+
+    /// Writes nsqd.dat from every core's topics (D1, D2).
+    pub async fn persist_metadata(&self) -> Result<(), MetadataError> {
+        let mut topics = Vec::new();
+        for core in 0..self.router.cores {
+            if let AdminReply::Metadata(part) = self.admin_on(core, AdminOp::Metadata).await {
+                topics.extend(part);
+            }
+        }
+        metadata::persist(&self.shared.data_path, &topics)
     }
 
     /// /stats over every core: topics merged and sorted by name.
@@ -151,15 +166,31 @@ impl Core {
     }
 }
 
-pub async fn run_core(
-    id: usize,
-    shared: Arc<Shared>,
-    router: Router,
-    inbox: Inbox,
-    tcp_addr: SocketAddr,
-    http_addr: Option<SocketAddr>,
-    ready: mpsc::Sender<Result<(), StartError>>,
-) {
+/// Everything a core starts with.
+pub struct CoreSetup {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub router: Router,
+    pub inbox: Inbox,
+    pub tcp_addr: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
+    /// The topics of nsqd.dat that this core owns.
+    pub restore: Vec<TopicMeta>,
+    /// Told once the listeners are bound (or failed).
+    pub ready: mpsc::Sender<Result<(), StartError>>,
+}
+
+pub async fn run_core(setup: CoreSetup) {
+    let CoreSetup {
+        id,
+        shared,
+        router,
+        inbox,
+        tcp_addr,
+        http_addr,
+        restore,
+        ready,
+    } = setup;
     let opts = shared.opts.clone();
     let listen_error = |addr: SocketAddr, err: String| StartError::Listen {
         addr: addr.to_string(),
@@ -187,7 +218,7 @@ pub async fn run_core(
         id,
         shard: RefCell::new(Shard::new(
             id,
-            ShardConfig::from_options(&opts, shared.node_id),
+            ShardConfig::from_options(&opts, shared.node_id, shared.metadata_dirty.clone()),
         )),
         shared,
         router,
@@ -195,12 +226,14 @@ pub async fn run_core(
         stopping: LocalEvent::default(),
         counters: CoreCounters::default(),
     });
+    core.shard.borrow_mut().restore(&restore);
     let _ = ready.send(Ok(()));
 
     let inbox_task = glommio::spawn_local(inbox_loop(core.clone(), inbox));
     let timer_task = glommio::spawn_local(timer_loop(core.clone()));
     let http_task =
         http_listener.map(|l| glommio::spawn_local(crate::http::serve(core.clone(), l)));
+    let metadata_task = (id == 0).then(|| glommio::spawn_local(metadata_loop(core.clone())));
     let statsd_task =
         (id == 0).then(|| glommio::spawn_local(crate::metrics::statsd::run(core.clone())));
 
@@ -238,6 +271,14 @@ pub async fn run_core(
     if let Some(t) = statsd_task {
         t.await;
     }
+    if let Some(t) = metadata_task {
+        t.await;
+    }
+    core.shared
+        .exit_metadata
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(core.shard.borrow().metadata());
     inbox_task.await;
 }
 
@@ -276,6 +317,18 @@ async fn inbox_loop(core: Rc<Core>, mut inbox: Inbox) {
             }
         }
         glommio::yield_if_needed().await;
+    }
+}
+
+/// D2: rewrites nsqd.dat when a topic or channel came or went (core 0).
+async fn metadata_loop(core: Rc<Core>) {
+    while !core.stopping.is_set() {
+        future::or(glommio::timer::sleep(METADATA_CHECK), core.stopping.wait()).await;
+        if core.shared.metadata_dirty.swap(false, Ordering::AcqRel) && !core.stopping.is_set() {
+            if let Err(e) = core.persist_metadata().await {
+                tracing::error!(error = %e, "failed to persist metadata");
+            }
+        }
     }
 }
 

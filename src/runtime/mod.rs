@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::config::Options;
 use crate::route::{build_mesh, CoreWaker};
+use crate::storage::metadata::{self, TopicMeta};
 
 /// glommio's own floor for the soft RLIMIT_MEMLOCK (non-root).
 const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
@@ -33,6 +34,8 @@ pub enum StartError {
     DataPathLocked { dir: String, err: String },
     #[error("listen ({addr}) failed - {err}")]
     Listen { addr: String, err: String },
+    #[error("{0}")]
+    Metadata(String),
     #[error("failed to start core {core}: {err}")]
     Executor { core: usize, err: String },
 }
@@ -48,6 +51,11 @@ pub struct Shared {
     /// Changed at run time through PUT /config (H21).
     pub lookupd_addresses: std::sync::Mutex<Vec<String>>,
     pub log_level: std::sync::Mutex<String>,
+    pub data_path: std::path::PathBuf,
+    /// Set by any core when nsqd.dat must be rewritten; core 0 writes it.
+    pub metadata_dirty: Arc<AtomicBool>,
+    /// Each core's topics as it stops; written to nsqd.dat at exit (D10).
+    pub exit_metadata: std::sync::Mutex<Vec<TopicMeta>>,
     pub shutdown: AtomicBool,
     pub next_client_id: AtomicU64,
     pub wakers: Vec<Arc<CoreWaker>>,
@@ -185,6 +193,8 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     let io_memory = prepare_memlock(opts.cores)?;
     probe_io_uring(io_memory)?;
     let _data_lock = lock_data_path(&opts)?;
+    let data_path = opts.effective_data_path();
+    let restored = metadata::load(&data_path).map_err(|e| StartError::Metadata(e.to_string()))?;
     let tcp_addr = check_listen_address(&opts.tcp_address)?;
     let http_addr = if opts.http_address.is_empty() {
         None
@@ -202,6 +212,10 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         http_port: http_addr.map(|a| a.port()),
         lookupd_addresses: std::sync::Mutex::new(opts.lookupd_tcp_address.clone()),
         log_level: std::sync::Mutex::new(opts.log_level.to_ascii_lowercase()),
+        data_path: data_path.clone(),
+        // C3: nsqd persists the metadata right after loading it.
+        metadata_dirty: Arc::new(AtomicBool::new(true)),
+        exit_metadata: std::sync::Mutex::new(Vec::new()),
         opts: Arc::new(opts),
         shutdown: AtomicBool::new(false),
         next_client_id: AtomicU64::new(0),
@@ -219,13 +233,33 @@ pub fn run(opts: Options) -> Result<(), StartError> {
 
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
     let mut handles = Vec::new();
-    for (core, (router, inbox)) in routers.into_iter().zip(inboxes).enumerate() {
+    let mut restore_per_core: Vec<Vec<TopicMeta>> = vec![Vec::new(); cores];
+    for t in restored {
+        restore_per_core[crate::route::owner_core(t.name.as_bytes(), cores)].push(t);
+    }
+    for ((core, (router, inbox)), restore) in routers
+        .into_iter()
+        .zip(inboxes)
+        .enumerate()
+        .zip(restore_per_core)
+    {
         let shared = shared.clone();
         let ready = ready_tx.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(allowed[core]))
             .name(&format!("ringsq-core-{core}"))
             .io_memory(io_memory)
-            .spawn(move || core::run_core(core, shared, router, inbox, tcp_addr, http_addr, ready))
+            .spawn(move || {
+                core::run_core(core::CoreSetup {
+                    id: core,
+                    shared,
+                    router,
+                    inbox,
+                    tcp_addr,
+                    http_addr,
+                    restore,
+                    ready,
+                })
+            })
             .map_err(|e| StartError::Executor {
                 core,
                 err: e.to_string(),
@@ -273,6 +307,17 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     for (core, h) in handles.into_iter().enumerate() {
         if let Err(e) = h.join() {
             tracing::error!(core, error = %e, "core stopped with an error");
+        }
+    }
+    if startup_error.is_none() {
+        let topics = std::mem::take(
+            &mut *shared
+                .exit_metadata
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if let Err(e) = metadata::persist(&data_path, &topics) {
+            tracing::error!(error = %e, "failed to persist metadata at exit");
         }
     }
     // Shutdown is quick; give log lines a chance to be written.

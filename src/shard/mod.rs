@@ -8,6 +8,8 @@ pub mod topic;
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,6 +20,7 @@ pub use topic::Topic;
 use crate::metrics::e2e::{result_of, E2eConfig, E2eWindow};
 use crate::protocol::{ClientError, ErrorCode};
 use crate::stats::{ChannelStats, E2eLatency, StatsFilter, TopicStats};
+use crate::storage::metadata::{ChannelMeta, TopicMeta};
 
 /// The flags a shard's topics and channels are built with.
 #[derive(Debug, Clone, Default)]
@@ -27,11 +30,18 @@ pub struct ShardConfig {
     /// 0: unlimited.
     pub max_channel_consumers: usize,
     pub e2e: Option<E2eConfig>,
+    /// Set when a topic or channel that belongs in nsqd.dat comes or goes.
+    pub metadata_dirty: Arc<AtomicBool>,
 }
 
 impl ShardConfig {
-    pub fn from_options(o: &crate::config::Options, node_id: u16) -> ShardConfig {
+    pub fn from_options(
+        o: &crate::config::Options,
+        node_id: u16,
+        metadata_dirty: Arc<AtomicBool>,
+    ) -> ShardConfig {
         ShardConfig {
+            metadata_dirty,
             node_id,
             mem_queue_size: o.mem_queue_size.max(0) as usize,
             max_channel_consumers: o.max_channel_consumers.max(0) as usize,
@@ -39,6 +49,16 @@ impl ShardConfig {
                 percentiles: o.e2e_processing_latency_percentile.clone(),
                 window: o.e2e_processing_latency_window_time,
             }),
+        }
+    }
+}
+
+impl ShardConfig {
+    /// D2: creating or deleting a non-ephemeral topic or channel rewrites
+    /// the metadata file (soon, from core 0).
+    pub fn metadata_changed(&self, name: &str) {
+        if !crate::protocol::names::is_ephemeral(name) {
+            self.metadata_dirty.store(true, Ordering::Release);
         }
     }
 }
@@ -61,15 +81,9 @@ impl Shard {
     pub fn get_or_create_topic(&mut self, name: &str) -> &mut Topic {
         if !self.topics.contains_key(name) {
             tracing::info!(topic = name, core = self.core, "new topic");
-            self.topics.insert(
-                name.to_string(),
-                Topic::new(
-                    name.to_string(),
-                    self.config.node_id,
-                    self.config.mem_queue_size,
-                    self.config.e2e.clone(),
-                ),
-            );
+            self.topics
+                .insert(name.to_string(), Topic::new(name.to_string(), &self.config));
+            self.config.metadata_changed(name);
         }
         self.topics
             .get_mut(name)
@@ -171,6 +185,7 @@ impl Shard {
     /// Q13: channels go, their consumers are disconnected.
     pub fn delete_topic(&mut self, name: &str) -> Result<(), AdminError> {
         let topic = self.topics.remove(name).ok_or(AdminError::TopicNotFound)?;
+        self.config.metadata_changed(name);
         for channel in topic.channels.values() {
             for sub in &channel.subscribers {
                 sub.info.disconnect();
@@ -224,6 +239,7 @@ impl Shard {
             .topics
             .get_mut(topic_name)
             .ok_or(AdminError::TopicNotFound)?;
+        self.config.metadata_changed(channel);
         if let Some(ch) = topic.channels.remove(channel) {
             for sub in &ch.subscribers {
                 sub.info.disconnect();
@@ -258,6 +274,40 @@ impl Shard {
             ch.dispatch();
         }
         Ok(())
+    }
+
+    /// This shard's part of nsqd.dat.
+    pub fn metadata(&self) -> Vec<TopicMeta> {
+        self.topics
+            .values()
+            .filter(|t| !t.ephemeral)
+            .map(|t| TopicMeta {
+                name: t.name.clone(),
+                paused: t.paused,
+                channels: t
+                    .channels
+                    .values()
+                    .filter(|c| !c.ephemeral)
+                    .map(|c| ChannelMeta {
+                        name: c.name.clone(),
+                        paused: c.paused,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Creates what nsqd.dat lists (C3: all channels exist before the topic
+    /// starts pumping, so held messages reach every one of them).
+    pub fn restore(&mut self, topics: &[TopicMeta]) {
+        for meta in topics {
+            let topic = self.get_or_create_topic(&meta.name);
+            topic.paused = true;
+            for c in &meta.channels {
+                topic.get_or_create_channel(&c.name).paused = c.paused;
+            }
+            topic.paused = meta.paused;
+        }
     }
 
     /// This shard's part of /stats, topics and channels sorted by name.

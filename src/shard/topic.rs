@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::channel::Channel;
 use super::queue::{BackendError, MessageQueue};
-use crate::metrics::e2e::E2eConfig;
+use super::ShardConfig;
 use crate::protocol::message::{now_nanos, IdGenerator};
 use crate::protocol::names::is_ephemeral;
 use crate::protocol::Message;
@@ -23,24 +23,22 @@ pub struct Topic {
     /// Messages waiting for a first channel or for unpause.
     queue: MessageQueue,
     ids: IdGenerator,
-    mem_queue_size: usize,
-    e2e: Option<E2eConfig>,
+    config: ShardConfig,
     pub message_count: u64,
     pub message_bytes: u64,
 }
 
 impl Topic {
-    pub fn new(name: String, node_id: u16, mem_queue_size: usize, e2e: Option<E2eConfig>) -> Topic {
+    pub fn new(name: String, config: &ShardConfig) -> Topic {
         let ephemeral = is_ephemeral(&name);
         Topic {
             name,
             ephemeral,
             paused: false,
             channels: BTreeMap::new(),
-            queue: MessageQueue::new(mem_queue_size, ephemeral),
-            ids: IdGenerator::new(node_id),
-            mem_queue_size,
-            e2e,
+            queue: MessageQueue::new(config.mem_queue_size, ephemeral),
+            ids: IdGenerator::new(config.node_id),
+            config: config.clone(),
             message_count: 0,
             message_bytes: 0,
         }
@@ -126,8 +124,13 @@ impl Topic {
             tracing::info!(topic = %self.name, channel = name, "new channel");
             self.channels.insert(
                 name.to_string(),
-                Channel::new(name.to_string(), self.mem_queue_size, self.e2e.as_ref()),
+                Channel::new(
+                    name.to_string(),
+                    self.config.mem_queue_size,
+                    self.config.e2e.as_ref(),
+                ),
             );
+            self.config.metadata_changed(name);
             self.pump_held();
         }
         // Just inserted or already present.

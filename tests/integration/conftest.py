@@ -28,10 +28,10 @@ def free_port():
 class Broker:
     """A running ringsqd process."""
 
-    def __init__(self, args=(), cores=None):
+    def __init__(self, args=(), cores=None, data_dir=None):
         self.tcp_port = free_port()
         self.http_port = free_port()
-        self.data_dir = tempfile.mkdtemp(prefix="ringsq-test-")
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="ringsq-test-")
         self.tcp_address = f"127.0.0.1:{self.tcp_port}"
         cmd = [
             BIN,

@@ -1,5 +1,6 @@
 """Process behaviour: flags, config file, start-up errors, signals (C1-C6)."""
 
+import json
 import os
 import signal
 import socket
@@ -116,3 +117,91 @@ def test_signal_shuts_down_cleanly_with_clients_connected(sig):
     for c in clients + [sub]:
         assert c.is_closed(timeout=2)
     b.stop()
+
+
+def _stats(b):
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{b.http_port}/stats?format=json") as r:
+        return json.loads(r.read())
+
+
+def _post(b, path):
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{b.http_port}{path}", data=b"", method="POST")
+    with urllib.request.urlopen(req) as r:
+        return r.status
+
+
+def test_metadata_survives_restart(tmp_path):
+    """D1, D2, C3: topics, channels and paused flags are in nsqd.dat and come back."""
+    b = Broker(cores=2)
+    assert _post(b, "/topic/create?topic=keep") == 200
+    assert _post(b, "/channel/create?topic=keep&channel=c1") == 200
+    assert _post(b, "/channel/pause?topic=keep&channel=c1") == 200
+    assert _post(b, "/topic/create?topic=other") == 200
+    assert _post(b, "/topic/pause?topic=other") == 200
+    assert _post(b, "/topic/create?topic=gone%23ephemeral") == 200
+    data_dir = b.data_dir
+    b.proc.send_signal(signal.SIGTERM)
+    assert b.proc.wait(timeout=10) == 0
+    b.stop()
+    with open(os.path.join(data_dir, "nsqd.dat")) as f:
+        meta = json.load(f)
+    assert meta == {
+        "topics": [
+            {"channels": [{"name": "c1", "paused": True}], "name": "keep", "paused": False},
+            {"channels": [], "name": "other", "paused": True},
+        ],
+        "version": "1.3.0",
+    }
+    b2 = Broker(cores=2, data_dir=data_dir)
+    try:
+        topics = {t["topic_name"]: t for t in _stats(b2)["topics"]}
+        assert set(topics) == {"keep", "other"}
+        assert topics["other"]["paused"] is True
+        assert [(c["channel_name"], c["paused"]) for c in topics["keep"]["channels"]] == [("c1", True)]
+    finally:
+        b2.stop()
+        b2.cleanup()
+
+
+def test_loads_nsqd_written_metadata_and_skips_bad_names(tmp_path):
+    """D1/D2: an nsqd.dat left by nsqd is taken over; invalid names are skipped."""
+    (tmp_path / "nsqd.dat").write_text(json.dumps({
+        "topics": [
+            {"name": "orders", "paused": False, "channels": [
+                {"name": "billing", "paused": False},
+                {"name": "bad name", "paused": False},
+            ]},
+            {"name": "bad!topic", "paused": False, "channels": []},
+        ],
+        "version": "1.3.0",
+    }))
+    b = Broker(data_dir=str(tmp_path))
+    try:
+        topics = _stats(b)["topics"]
+        assert [t["topic_name"] for t in topics] == ["orders"]
+        assert [c["channel_name"] for c in topics[0]["channels"]] == ["billing"]
+        # A message published now reaches the restored channel (C3).
+        w = Wire(b.tcp_address)
+        w.cmd("PUB orders", b"after-restart")
+        assert w.read_frame() == (0, b"OK")
+        c = Wire(b.tcp_address)
+        c.cmd("SUB orders billing")
+        assert c.read_frame() == (0, b"OK")
+        c.cmd("RDY 1")
+        assert c.read_message()["body"] == b"after-restart"
+    finally:
+        b.stop()
+
+
+def test_corrupt_metadata_is_a_clean_error(tmp_path):
+    """An unparseable nsqd.dat stops start-up with a one-line error (nsqd is fatal too)."""
+    (tmp_path / "nsqd.dat").write_text("{not json")
+    r = run([f"--tcp-address=127.0.0.1:{free_port()}", "--http-address=", f"--data-path={tmp_path}"])
+    assert r.returncode == 1
+    assert b"failed to parse metadata" in r.stderr
+    assert b"panicked" not in r.stderr

@@ -1,0 +1,189 @@
+//! `nsqd.dat` (D1, D2): the topics and channels that exist and whether they
+//! are paused, in nsqd's JSON shape, so that nsqd and ringsq can take over
+//! each other's data path. Ephemeral topics and channels are left out.
+//!
+//! Written atomically: a temp file, fsync, rename, fsync of the directory.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use thiserror::Error;
+
+use crate::config::NSQD_COMPAT_VERSION;
+use crate::protocol::names::{is_ephemeral, is_valid_name};
+
+pub const FILE_NAME: &str = "nsqd.dat";
+
+#[derive(Debug, Error)]
+pub enum MetadataError {
+    #[error("failed to read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to parse metadata {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("failed to write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ChannelMeta {
+    pub name: String,
+    #[serde(default)]
+    pub paused: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct TopicMeta {
+    pub name: String,
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(default)]
+    pub channels: Vec<ChannelMeta>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct MetadataFile {
+    #[serde(default)]
+    topics: Vec<TopicMeta>,
+}
+
+/// Reads `<data_path>/nsqd.dat`; no file means no topics. Invalid names are
+/// skipped with a warning, as nsqd does.
+pub fn load(data_path: &Path) -> Result<Vec<TopicMeta>, MetadataError> {
+    let path = data_path.join(FILE_NAME);
+    let text = match fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(MetadataError::Read { path, source }),
+    };
+    let file: MetadataFile =
+        serde_json::from_slice(&text).map_err(|source| MetadataError::Parse { path, source })?;
+    let mut topics = Vec::new();
+    for mut t in file.topics {
+        if !is_valid_name(t.name.as_bytes()) {
+            tracing::warn!(topic = %t.name, "skipping creation of invalid topic");
+            continue;
+        }
+        t.channels.retain(|c| {
+            let ok = is_valid_name(c.name.as_bytes());
+            if !ok {
+                tracing::warn!(channel = %c.name, "skipping creation of invalid channel");
+            }
+            ok
+        });
+        topics.push(t);
+    }
+    Ok(topics)
+}
+
+/// The file's bytes: Go marshals maps with sorted keys.
+pub fn render(topics: &[TopicMeta]) -> Vec<u8> {
+    let mut sorted: Vec<&TopicMeta> = topics.iter().filter(|t| !is_ephemeral(&t.name)).collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let topics: Vec<Value> = sorted
+        .into_iter()
+        .map(|t| {
+            let channels: Vec<Value> = t
+                .channels
+                .iter()
+                .filter(|c| !is_ephemeral(&c.name))
+                .map(|c| json!({"name": c.name, "paused": c.paused}))
+                .collect();
+            json!({"channels": channels, "name": t.name, "paused": t.paused})
+        })
+        .collect();
+    json!({"topics": topics, "version": NSQD_COMPAT_VERSION})
+        .to_string()
+        .into_bytes()
+}
+
+/// Writes the metadata atomically.
+pub fn persist(data_path: &Path, topics: &[TopicMeta]) -> Result<(), MetadataError> {
+    let path = data_path.join(FILE_NAME);
+    let tmp = data_path.join(format!("{FILE_NAME}.{}.tmp", fastrand::u32(..)));
+    let write_err = |source| MetadataError::Write {
+        path: path.clone(),
+        source,
+    };
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&render(topics))?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        File::open(data_path)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        write_err(e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_skips_ephemeral_and_invalid() {
+        let dir = std::env::temp_dir().join(format!("ringsq-meta-{}", fastrand::u64(..)));
+        fs::create_dir_all(&dir).unwrap();
+        let topics = vec![
+            TopicMeta {
+                name: "b".into(),
+                paused: true,
+                channels: vec![
+                    ChannelMeta {
+                        name: "c1".into(),
+                        paused: false,
+                    },
+                    ChannelMeta {
+                        name: "e#ephemeral".into(),
+                        paused: false,
+                    },
+                ],
+            },
+            TopicMeta {
+                name: "a".into(),
+                paused: false,
+                channels: vec![],
+            },
+            TopicMeta {
+                name: "x#ephemeral".into(),
+                paused: false,
+                channels: vec![],
+            },
+        ];
+        persist(&dir, &topics).unwrap();
+        let text = fs::read_to_string(dir.join(FILE_NAME)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"topics":[{"channels":[],"name":"a","paused":false},{"channels":[{"name":"c1","paused":false}],"name":"b","paused":true}],"version":"1.3.0"}"#
+        );
+        let loaded = load(&dir).unwrap();
+        assert_eq!(loaded.len(), 2);
+        assert_eq!(
+            loaded[1].channels,
+            vec![ChannelMeta {
+                name: "c1".into(),
+                paused: false
+            }]
+        );
+        fs::write(
+            dir.join(FILE_NAME),
+            r#"{"topics":[{"name":"bad!","channels":[]}]}"#,
+        )
+        .unwrap();
+        assert!(load(&dir).unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

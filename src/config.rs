@@ -384,6 +384,10 @@ impl Options {
             let matches = Options::command().try_get_matches_from(merged)?;
             Options::from_arg_matches(&matches)?
         };
+        let mut opts = opts;
+        // nsqd's FloatArray flag keeps the percentiles sorted, largest first.
+        opts.e2e_processing_latency_percentile
+            .sort_by(|a, b| b.total_cmp(a));
         opts.validate()?;
         Ok(opts)
     }

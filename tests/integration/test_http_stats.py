@@ -394,12 +394,13 @@ def test_stats_e2e_percentiles(broker_factory, tcp):
 
     lat = wait_for(lambda: e2e() if e2e()["count"] >= 3 else None, what="e2e count 3")
     assert lat["count"] == 3
-    assert [p["quantile"] for p in lat["percentiles"]] == [0.5, 0.99]
+    # nsqd's flag parser keeps the percentiles sorted largest first (Q19).
+    assert [p["quantile"] for p in lat["percentiles"]] == [0.99, 0.5]
     for p in lat["percentiles"]:
         assert set(p) == {"quantile", "value"}
         assert 0 < p["value"] < 10 * 10**9, p  # nanoseconds
     tl = find_topic(stats(b), "lat")["e2e_processing_latency"]
-    assert tl["count"] == 3 and [p["quantile"] for p in tl["percentiles"]] == [0.5, 0.99]
+    assert tl["count"] == 3 and [p["quantile"] for p in tl["percentiles"]] == [0.99, 0.5]
     assert find_topic(stats(b), "bare")["e2e_processing_latency"] == E2E_OFF
 
 

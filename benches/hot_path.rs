@@ -1,0 +1,117 @@
+//! Micro-benchmarks of the data path: decoding PUB and MPUB frames,
+//! encoding message frames, and the cross-core ring hand-off.
+//!
+//! `cargo bench --bench hot_path`
+
+use std::hint::black_box;
+
+use bytes::{Bytes, BytesMut};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ringbuf::traits::{Consumer, Producer, Split};
+use ringbuf::HeapRb;
+use ringsq::protocol::message::{put_message_frame, IdGenerator};
+use ringsq::protocol::{decode, ConnState, DecodeContext, Message};
+
+fn ctx() -> DecodeContext {
+    DecodeContext {
+        state: ConnState::Init,
+        heartbeats_enabled: true,
+        max_msg_size: 1 << 20,
+        max_body_size: 5 << 20,
+        max_rdy_count: 2500,
+        max_req_timeout_ms: 3_600_000,
+    }
+}
+
+fn pub_frames(n: usize, size: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.extend_from_slice(b"PUB bench\n");
+        out.extend_from_slice(&(size as i32).to_be_bytes());
+        out.extend(std::iter::repeat_n(b'x', size));
+    }
+    out
+}
+
+fn mpub_frame(batch: usize, size: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(batch as i32).to_be_bytes());
+    for _ in 0..batch {
+        body.extend_from_slice(&(size as i32).to_be_bytes());
+        body.extend(std::iter::repeat_n(b'x', size));
+    }
+    let mut out = b"MPUB bench\n".to_vec();
+    out.extend_from_slice(&(body.len() as i32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+fn decode_all(raw: &[u8]) -> usize {
+    let mut buf = BytesMut::from(raw);
+    let ctx = ctx();
+    let mut n = 0;
+    while let Ok(Some(cmd)) = decode(&mut buf, &ctx) {
+        black_box(&cmd);
+        n += 1;
+    }
+    n
+}
+
+fn bench_decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decode");
+    let pubs = pub_frames(1000, 100);
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("pub_100B_x1000", |b| b.iter(|| decode_all(&pubs)));
+    for size in [100usize, 1024] {
+        let mpub = mpub_frame(200, size);
+        g.throughput(Throughput::Elements(200));
+        g.bench_with_input(BenchmarkId::new("mpub_200", size), &mpub, |b, raw| {
+            b.iter(|| decode_all(raw))
+        });
+    }
+    g.finish();
+}
+
+fn bench_encode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encode");
+    let mut ids = IdGenerator::new(1);
+    for size in [100usize, 1024] {
+        let msg = Message::new(ids.next_id(0), 0, Bytes::from(vec![b'x'; size]));
+        let mut out = Vec::with_capacity(64 * 1024);
+        g.throughput(Throughput::Elements(1));
+        g.bench_with_input(BenchmarkId::new("message_frame", size), &msg, |b, m| {
+            b.iter(|| {
+                if out.len() > 60 * 1024 {
+                    out.clear();
+                }
+                put_message_frame(&mut out, black_box(m));
+            })
+        });
+    }
+    g.bench_function("id_generate", |b| {
+        b.iter(|| black_box(ids.next_id(black_box(1))))
+    });
+    g.finish();
+}
+
+fn bench_ring(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ring");
+    let (mut prod, mut cons) = HeapRb::<u64>::new(4096).split();
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("push_pop_batch_64", |b| {
+        b.iter(|| {
+            for i in 0..64u64 {
+                let _ = prod.try_push(i);
+            }
+            let mut sum = 0;
+            for v in cons.pop_iter() {
+                sum += v;
+            }
+            black_box(sum)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_decode, bench_encode, bench_ring);
+criterion_main!(benches);

@@ -2,7 +2,6 @@
 //! counters for /stats, and its socket for shutdown and forced disconnects.
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,7 +11,8 @@ use crate::stats::{ClientStats, PubCount};
 
 pub struct ClientInfo {
     pub id: u64,
-    pub remote: SocketAddr,
+    /// `ip:port`, or `@` for a unix socket.
+    pub remote: String,
     pub connected_at: SystemTime,
     pub fd: RawFd,
     pub settings: RefCell<ClientSettings>,
@@ -63,7 +63,7 @@ impl ClientInfo {
             client_id: s.client_id.clone(),
             hostname: s.hostname.clone(),
             version: "V2",
-            remote_address: self.remote.to_string(),
+            remote_address: self.remote.clone(),
             state: match self.state.get() {
                 ConnState::Init => 0,
                 ConnState::Subscribed => 3,

@@ -13,7 +13,6 @@ pub mod stream;
 pub mod writer;
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
@@ -31,8 +30,9 @@ use crate::protocol::{
     decode, ClientError, Command, ConnState, DecodeContext, DecodeError, ErrorCode, MessageId,
     MAGIC_V2,
 };
-use crate::route::{CoreMsg, Handoff};
+use crate::route::{CoreMsg, Handoff, Transport};
 use crate::runtime::core::Core;
+use crate::runtime::listen::UnixConn;
 use crate::shard::{InFlightError, Subscriber};
 use compress::{Decoder, Encoder};
 use info::ClientInfo;
@@ -84,7 +84,7 @@ struct Connection<S: ByteStream> {
 /// Who the connection is, carried along when it moves between cores.
 struct Identity {
     client_id: u64,
-    remote: SocketAddr,
+    remote: String,
     connected_at: SystemTime,
     settings: ClientSettings,
     pub_counts: Vec<(String, u64)>,
@@ -93,13 +93,23 @@ struct Identity {
 }
 
 /// A new TCP client accepted on this core.
-pub async fn serve(core: Rc<Core>, stream: TcpStream) {
+pub async fn serve_tcp(core: Rc<Core>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let remote = stream
-        .peer_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let (remote, ip) = match stream.peer_addr() {
+        Ok(a) => (a.to_string(), a.ip().to_string()),
+        Err(_) => (String::new(), String::new()),
+    };
+    serve(core, stream, remote, ip).await
+}
+
+/// A new client on the unix socket (T1); nsqd names it by an empty address.
+pub async fn serve_unix(core: Rc<Core>, stream: UnixConn) {
+    serve(core, stream, "@".to_string(), String::new()).await
+}
+
+async fn serve<S: ByteStream>(core: Rc<Core>, stream: S, remote: String, ip: String) {
     let client_id = core.shared.next_client_id();
-    let settings = ClientSettings::defaults(core.opts(), &remote.ip().to_string());
+    let settings = ClientSettings::defaults(core.opts(), &ip);
     let span = tracing::info_span!("client", id = client_id, remote = %remote, core = core.id);
     let identity = Identity {
         client_id,
@@ -118,8 +128,15 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
 
 /// A connection moved here from another core at SUB.
 pub async fn resume(core: Rc<Core>, h: Box<Handoff>) {
-    // SAFETY: the sending core duplicated this fd for us and closed its own.
-    let stream = unsafe { TcpStream::from_raw_fd(h.fd) };
+    match h.transport {
+        // SAFETY: the sending core duplicated this fd for us and closed its own.
+        Transport::Tcp => resume_on(core, unsafe { TcpStream::from_raw_fd(h.fd) }, h).await,
+        // SAFETY: as above.
+        Transport::Unix => resume_on(core, unsafe { UnixConn::from_raw_fd(h.fd) }, h).await,
+    }
+}
+
+async fn resume_on<S: ByteStream>(core: Rc<Core>, stream: S, h: Box<Handoff>) {
     let h = *h;
     let span = tracing::info_span!("client", id = h.client_id, remote = %h.remote, core = core.id);
     let identity = Identity {
@@ -203,7 +220,15 @@ impl<S: ByteStream> Connection<S> {
         let start = raw.len();
         let room = raw.capacity() - start;
         raw.resize(start + room, 0);
-        let result = self.reader.read(&mut raw[start..]).await;
+        // nsqd's read deadline: two heartbeat intervals (T33).
+        let deadline = self
+            .info
+            .settings
+            .borrow()
+            .heartbeat_interval
+            .map(|hb| hb * 2);
+        let result =
+            stream::with_deadline::<S, _>(deadline, self.reader.read(&mut raw[start..])).await;
         let n = match result {
             Ok(n) => n,
             Err(ref e) => {
@@ -547,7 +572,8 @@ impl<S: ByteStream> Connection<S> {
         let handoff = Handoff {
             fd,
             client_id: self.client_id,
-            remote: self.info.remote,
+            remote: self.info.remote.clone(),
+            transport: S::TRANSPORT,
             connected_at: self.info.connected_at,
             settings: self.info.settings.borrow().clone(),
             pub_counts: self.info.pub_counts.borrow().clone(),

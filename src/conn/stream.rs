@@ -16,9 +16,17 @@ use std::time::Duration;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
+use crate::route::Transport;
+use crate::runtime::listen::UnixConn;
+
 pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Sized + 'static {
+    /// What kind of socket this is, for moving it to another core.
+    const TRANSPORT: Transport;
+    /// Whether `set_read_timeout`/`set_write_timeout` work; if not, the
+    /// connection enforces its deadlines with timers of its own.
     /// The socket, for shutdown and for moving the connection between cores.
     fn raw_fd(&self) -> RawFd;
+    const NATIVE_TIMEOUTS: bool;
     fn set_read_timeout(&self, dur: Option<Duration>) -> io::Result<()>;
     fn set_write_timeout(&self, dur: Option<Duration>) -> io::Result<()>;
 }
@@ -35,6 +43,9 @@ pub fn dup_fd(fd: RawFd) -> io::Result<RawFd> {
 }
 
 impl ByteStream for TcpStream {
+    const TRANSPORT: Transport = Transport::Tcp;
+    const NATIVE_TIMEOUTS: bool = true;
+
     fn raw_fd(&self) -> RawFd {
         self.as_raw_fd()
     }
@@ -45,6 +56,66 @@ impl ByteStream for TcpStream {
 
     fn set_write_timeout(&self, dur: Option<Duration>) -> io::Result<()> {
         TcpStream::set_write_timeout(self, dur).map_err(|e| io::Error::other(e.to_string()))
+    }
+}
+
+impl AsyncRead for UnixConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UnixConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_close(cx)
+    }
+}
+
+impl ByteStream for UnixConn {
+    const TRANSPORT: Transport = Transport::Unix;
+    const NATIVE_TIMEOUTS: bool = false;
+
+    fn raw_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    fn set_read_timeout(&self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn set_write_timeout(&self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs `io` with a deadline when the stream has no native timeouts.
+pub async fn with_deadline<S: ByteStream, T>(
+    deadline: Option<Duration>,
+    io: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match deadline {
+        Some(d) if !S::NATIVE_TIMEOUTS => {
+            futures_lite::future::or(io, async {
+                glommio::timer::sleep(d).await;
+                Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))
+            })
+            .await
+        }
+        _ => io.await,
     }
 }
 

@@ -11,7 +11,7 @@ use futures_lite::{future, AsyncWriteExt};
 
 use super::compress::Encoder;
 use super::output::OutputBuffer;
-use super::stream::{ByteStream, WriteHalf};
+use super::stream::{with_deadline, ByteStream, WriteHalf};
 use crate::protocol::message::HEARTBEAT;
 
 /// Resolves on the next wake-up of the output buffer.
@@ -34,20 +34,23 @@ async fn notified(out: &OutputBuffer) {
 pub type WriterParts<S> = (WriteHalf<S>, Option<Encoder>);
 
 /// Writes `plain` (compressed if an encoder is set); Err on socket failure.
+/// nsqd's write deadline is one heartbeat interval.
 async fn send<S: ByteStream>(
     stream: &mut WriteHalf<S>,
     encoder: &mut Option<Encoder>,
     plain: &[u8],
     scratch: &mut Vec<u8>,
+    deadline: Option<std::time::Duration>,
 ) -> std::io::Result<()> {
-    match encoder {
-        None => stream.write_all(plain).await,
+    let bytes = match encoder {
+        None => plain,
         Some(enc) => {
             scratch.clear();
             enc.encode(plain, scratch).map_err(std::io::Error::other)?;
-            stream.write_all(scratch).await
+            &scratch[..]
         }
-    }
+    };
+    with_deadline::<S, _>(deadline, stream.write_all(bytes)).await
 }
 
 /// Runs until the buffer is closed and drained (Some) or the socket fails
@@ -82,14 +85,27 @@ pub async fn run<S: ByteStream>(
                 // The IDENTIFY answer goes in clear, the rest compressed.
                 Some((at, enc)) => {
                     let at = at.min(spare.len());
-                    let clear = send(&mut stream, &mut encoder, &spare[..at], &mut scratch).await;
+                    let hb = policy.heartbeat;
+                    let clear =
+                        send(&mut stream, &mut encoder, &spare[..at], &mut scratch, hb).await;
                     encoder = Some(enc);
                     match clear {
-                        Ok(()) => send(&mut stream, &mut encoder, &spare[at..], &mut scratch).await,
+                        Ok(()) => {
+                            send(&mut stream, &mut encoder, &spare[at..], &mut scratch, hb).await
+                        }
                         Err(e) => Err(e),
                     }
                 }
-                None => send(&mut stream, &mut encoder, &spare, &mut scratch).await,
+                None => {
+                    send(
+                        &mut stream,
+                        &mut encoder,
+                        &spare,
+                        &mut scratch,
+                        policy.heartbeat,
+                    )
+                    .await
+                }
             };
             spare.clear();
             // Idle connections should not keep a large buffer around.

@@ -7,19 +7,18 @@ mod reply;
 mod routes;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use glommio::net::TcpListener;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use smol_hyper::rt::FuturesIo;
 
 use crate::runtime::core::Core;
+use crate::runtime::listen::{Accepted, Listener};
 
 /// hyper needs a timer for its header-read timeout and for closing idle
 /// keep-alive connections; glommio's timers are core-local (`!Send`).
@@ -56,7 +55,7 @@ impl hyper::rt::Timer for CoreTimer {
 }
 
 /// Accepts HTTP connections on this core until shutdown.
-pub async fn serve(core: Rc<Core>, listener: TcpListener) {
+pub async fn serve(core: Rc<Core>, listener: Listener) {
     loop {
         let accepted = future::or(async { Some(listener.accept().await) }, async {
             core.stopping.wait().await;
@@ -65,20 +64,12 @@ pub async fn serve(core: Rc<Core>, listener: TcpListener) {
         .await;
         match accepted {
             None => break,
-            Some(Ok(stream)) => {
+            Some(Ok(Accepted::Tcp(stream))) => {
                 let _ = stream.set_nodelay(true);
-                let core = core.clone();
-                glommio::spawn_local(async move {
-                    let service = service_fn(move |req| routes::handle(core.clone(), req));
-                    let conn = http1::Builder::new()
-                        .timer(CoreTimer)
-                        .keep_alive(true)
-                        .serve_connection(FuturesIo::new(stream), service);
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "http connection ended");
-                    }
-                })
-                .detach();
+                glommio::spawn_local(serve_connection(core.clone(), stream)).detach();
+            }
+            Some(Ok(Accepted::Unix(conn))) => {
+                glommio::spawn_local(serve_connection(core.clone(), conn.stream)).detach();
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "http accept failed");
@@ -88,7 +79,17 @@ pub async fn serve(core: Rc<Core>, listener: TcpListener) {
     }
 }
 
-/// Binds this core's HTTP listener.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    crate::runtime::listen::bind(addr)
+/// One keep-alive HTTP/1.1 connection (TCP or unix socket).
+async fn serve_connection<S>(core: Rc<Core>, stream: S)
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
+    let service = service_fn(move |req| routes::handle(core.clone(), req));
+    let conn = http1::Builder::new()
+        .timer(CoreTimer)
+        .keep_alive(true)
+        .serve_connection(FuturesIo::new(stream), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "http connection ended");
+    }
 }

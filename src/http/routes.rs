@@ -263,7 +263,7 @@ fn info(core: &Rc<Core>) -> Reply {
         broadcast_address: o.broadcast_address.clone().unwrap_or_else(|| host.clone()),
         hostname: host,
         http_port: core.shared.http_port.map(i64::from).unwrap_or(-1),
-        tcp_port: i64::from(core.shared.tcp_port),
+        tcp_port: core.shared.tcp_port.map(i64::from).unwrap_or(-1),
         start_time: unix_secs(core.shared.start_time),
         max_heartbeat_interval: o.max_heartbeat_interval.as_nanos() as i64,
         max_output_buffer_size: o.max_output_buffer_size,

@@ -42,12 +42,20 @@ pub struct PublishBatch {
     pub reply: oneshot::Sender<PublishResult>,
 }
 
+/// Which kind of socket a moving connection's fd is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Unix,
+}
+
 /// A consumer connection moving to the core that owns its topic, so that
 /// delivery, in-flight and timeouts stay core-local.
 pub struct Handoff {
     pub fd: RawFd,
     pub client_id: u64,
-    pub remote: std::net::SocketAddr,
+    pub remote: String,
+    pub transport: Transport,
     pub connected_at: std::time::SystemTime,
     pub settings: ClientSettings,
     pub pub_counts: Vec<(String, u64)>,

@@ -3,7 +3,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -12,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 
 use super::event::LocalEvent;
+use super::listen::{Accepted, ListenAddr, Listener};
 use super::{Shared, StartError};
 use crate::conn;
 use crate::conn::info::ClientInfo;
@@ -172,8 +172,8 @@ pub struct CoreSetup {
     pub shared: Arc<Shared>,
     pub router: Router,
     pub inbox: Inbox,
-    pub tcp_addr: SocketAddr,
-    pub http_addr: Option<SocketAddr>,
+    pub tcp_addr: ListenAddr,
+    pub http_addr: Option<ListenAddr>,
     /// The topics of nsqd.dat that this core owns.
     pub restore: Vec<TopicMeta>,
     /// Told once the listeners are bound (or failed).
@@ -192,25 +192,29 @@ pub async fn run_core(setup: CoreSetup) {
         ready,
     } = setup;
     let opts = shared.opts.clone();
-    let listen_error = |addr: SocketAddr, err: String| StartError::Listen {
-        addr: addr.to_string(),
-        err,
+    // A unix socket is served by core 0 alone; TCP by every core.
+    let bind = |addr: &ListenAddr| -> Result<Option<Listener>, StartError> {
+        if !addr.listens_on(id) {
+            return Ok(None);
+        }
+        Listener::bind(addr)
+            .map(Some)
+            .map_err(|e| StartError::Listen {
+                addr: addr.to_string(),
+                err: e.to_string(),
+            })
     };
-    let listener = match super::listen::bind(tcp_addr) {
+    let listeners = bind(&tcp_addr).and_then(|tcp| {
+        let http = match &http_addr {
+            Some(a) => bind(a)?,
+            None => None,
+        };
+        Ok((tcp, http))
+    });
+    let (listener, http_listener) = match listeners {
         Ok(l) => l,
         Err(e) => {
-            let _ = ready.send(Err(listen_error(tcp_addr, e.to_string())));
-            return;
-        }
-    };
-    let http_listener = match http_addr.map(crate::http::bind) {
-        None => None,
-        Some(Ok(l)) => Some(l),
-        Some(Err(e)) => {
-            let _ = ready.send(Err(listen_error(
-                http_addr.unwrap_or(tcp_addr),
-                e.to_string(),
-            )));
+            let _ = ready.send(Err(e));
             return;
         }
     };
@@ -237,24 +241,11 @@ pub async fn run_core(setup: CoreSetup) {
     let statsd_task =
         (id == 0).then(|| glommio::spawn_local(crate::metrics::statsd::run(core.clone())));
 
-    loop {
-        let accepted = future::or(async { Some(listener.accept().await) }, async {
-            core.stopping.wait().await;
-            None
-        })
-        .await;
-        match accepted {
-            None => break,
-            Some(Ok(stream)) => {
-                glommio::spawn_local(conn::serve(core.clone(), stream)).detach();
-            }
-            Some(Err(e)) => {
-                tracing::warn!(core = id, error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-            }
-        }
+    if let Some(listener) = listener {
+        accept_loop(&core, listener).await;
+    } else {
+        core.stopping.wait().await;
     }
-    drop(listener);
 
     // Close every client (D10 order: listener, then clients).
     for info in core.conns.borrow().values() {
@@ -317,6 +308,29 @@ async fn inbox_loop(core: Rc<Core>, mut inbox: Inbox) {
             }
         }
         glommio::yield_if_needed().await;
+    }
+}
+
+async fn accept_loop(core: &Rc<Core>, listener: Listener) {
+    loop {
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            core.stopping.wait().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(Accepted::Tcp(stream))) => {
+                glommio::spawn_local(conn::serve_tcp(core.clone(), stream)).detach();
+            }
+            Some(Ok(Accepted::Unix(stream))) => {
+                glommio::spawn_local(conn::serve_unix(core.clone(), stream)).detach();
+            }
+            Some(Err(e)) => {
+                tracing::warn!(core = core.id, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+        }
     }
 }
 

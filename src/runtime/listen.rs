@@ -1,5 +1,7 @@
-//! Listening sockets, one per core on the same address (SO_REUSEPORT: the
-//! kernel spreads connections over the cores).
+//! Listening sockets. A `host:port` address gets one TCP listener per core
+//! on the same port (SO_REUSEPORT: the kernel spreads connections over the
+//! cores); anything else is a unix socket path, as in nsqd (T1, H1), served
+//! by core 0 alone.
 //!
 //! glommio's own `bind` sets SO_REUSEPORT only. Accepted sockets inherit
 //! the listener's options, and a restarted broker can only bind while old
@@ -7,16 +9,152 @@
 //! here (nsqd restarts on a busy port the same way).
 
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::path::PathBuf;
 
-use glommio::net::TcpListener;
+use glommio::net::{TcpListener, TcpStream, UnixStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Enough for bursts of thousands of connecting clients.
 const BACKLOG: i32 = 4096;
 
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Where to listen, resolved once at start-up.
+#[derive(Debug, Clone)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    /// nsqd's `TypeOfAddr`: host:port is TCP, the rest a unix socket path.
+    pub fn parse(addr: &str) -> io::Result<ListenAddr> {
+        let looks_tcp = match addr.rsplit_once(':') {
+            Some((_, port)) => !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()),
+            None => false,
+        };
+        if !looks_tcp {
+            return Ok(ListenAddr::Unix(PathBuf::from(addr)));
+        }
+        let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or("");
+        // Go's ":4150" means every interface.
+        let addr = if host.is_empty() {
+            format!("0.0.0.0{addr}")
+        } else {
+            addr.to_string()
+        };
+        addr.to_socket_addrs()?
+            .next()
+            .map(ListenAddr::Tcp)
+            .ok_or_else(|| io::Error::other("address resolves to nothing"))
+    }
+
+    /// The TCP port, or None for a unix socket (/info reports -1).
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            ListenAddr::Tcp(a) => Some(a.port()),
+            ListenAddr::Unix(_) => None,
+        }
+    }
+
+    /// Whether core `core` runs a listener for this address.
+    pub fn listens_on(&self, core: usize) -> bool {
+        matches!(self, ListenAddr::Tcp(_)) || core == 0
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+pub enum Listener {
+    Tcp(TcpListener),
+    /// glommio's unix streams do not give out their fd, which a moving
+    /// connection needs; std accepts (non-blocking, polled) and glommio
+    /// takes over the fd.
+    Unix(std::os::unix::net::UnixListener, PathBuf),
+}
+
+impl Drop for Listener {
+    /// Like Go's unix listener, remove the socket file on close, so that a
+    /// restart can bind it again.
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// How often core 0 looks for new unix-socket clients.
+const UNIX_ACCEPT_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// A new client.
+pub enum Accepted {
+    Tcp(TcpStream),
+    Unix(UnixConn),
+}
+
+/// A glommio unix stream and its fd.
+pub struct UnixConn {
+    pub stream: UnixStream,
+    pub fd: RawFd,
+}
+
+impl UnixConn {
+    /// # Safety
+    /// `fd` must be an open, connected unix stream socket that the caller owns.
+    pub unsafe fn from_raw_fd(fd: RawFd) -> UnixConn {
+        UnixConn {
+            stream: UnixStream::from_raw_fd(fd),
+            fd,
+        }
+    }
+}
+
+impl Listener {
+    pub fn bind(addr: &ListenAddr) -> io::Result<Listener> {
+        match addr {
+            ListenAddr::Tcp(a) => bind_tcp(*a).map(Listener::Tcp),
+            ListenAddr::Unix(p) => {
+                let l = std::os::unix::net::UnixListener::bind(p)?;
+                l.set_nonblocking(true)?;
+                Ok(Listener::Unix(l, p.clone()))
+            }
+        }
+    }
+
+    pub async fn accept(&self) -> io::Result<Accepted> {
+        match self {
+            Listener::Tcp(l) => l
+                .accept()
+                .await
+                .map(Accepted::Tcp)
+                .map_err(|e| io::Error::other(e.to_string())),
+            Listener::Unix(l, _) => loop {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        s.set_nonblocking(true)?;
+                        // SAFETY: a connected socket whose ownership we take.
+                        return Ok(Accepted::Unix(unsafe {
+                            UnixConn::from_raw_fd(s.into_raw_fd())
+                        }));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        glommio::timer::sleep(UNIX_ACCEPT_POLL).await
+                    }
+                    Err(e) => return Err(e),
+                }
+            },
+        }
+    }
+}
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -24,4 +162,32 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)?;
     // SAFETY: a bound, listening socket whose ownership moves to glommio.
     Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_or_unix_like_nsqd() {
+        assert!(matches!(
+            ListenAddr::parse("127.0.0.1:4150").unwrap(),
+            ListenAddr::Tcp(_)
+        ));
+        assert!(
+            matches!(ListenAddr::parse(":4150").unwrap(), ListenAddr::Tcp(a) if a.port() == 4150)
+        );
+        assert!(matches!(
+            ListenAddr::parse("[::1]:4150").unwrap(),
+            ListenAddr::Tcp(_)
+        ));
+        assert!(matches!(
+            ListenAddr::parse("/tmp/nsqd.sock").unwrap(),
+            ListenAddr::Unix(_)
+        ));
+        assert!(matches!(
+            ListenAddr::parse("nsqd.sock").unwrap(),
+            ListenAddr::Unix(_)
+        ));
+    }
 }

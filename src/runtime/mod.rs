@@ -16,6 +16,7 @@ use thiserror::Error;
 use crate::config::Options;
 use crate::route::{build_mesh, CoreWaker};
 use crate::storage::metadata::{self, TopicMeta};
+use listen::ListenAddr;
 
 /// glommio's own floor for the soft RLIMIT_MEMLOCK (non-root).
 const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
@@ -45,7 +46,8 @@ pub struct Shared {
     pub opts: Arc<Options>,
     pub node_id: u16,
     pub start_time: std::time::SystemTime,
-    pub tcp_port: u16,
+    /// None for a unix socket.
+    pub tcp_port: Option<u16>,
     /// None when HTTP is disabled (`--http-address=""`).
     pub http_port: Option<u16>,
     /// Changed at run time through PUT /config (H21).
@@ -169,16 +171,24 @@ fn lock_data_path(opts: &Options) -> Result<std::fs::File, StartError> {
     Ok(file)
 }
 
-/// glommio binds every listener with SO_REUSEPORT, which would let a second
-/// broker share the port silently. A plain bind first fails as nsqd would if
-/// anything holds the port; it also resolves port 0 to one port for all cores.
-fn check_listen_address(addr: &str) -> Result<std::net::SocketAddr, StartError> {
+/// Listeners bind with SO_REUSEPORT, which would let a second broker share
+/// a TCP port silently. A plain bind first fails as nsqd would if anything
+/// holds the port; it also resolves port 0 to one port for all cores.
+fn check_listen_address(addr: &str) -> Result<ListenAddr, StartError> {
     let listen_err = |err: String| StartError::Listen {
         addr: addr.to_string(),
         err,
     };
-    let probe = std::net::TcpListener::bind(addr).map_err(|e| listen_err(e.to_string()))?;
-    probe.local_addr().map_err(|e| listen_err(e.to_string()))
+    match ListenAddr::parse(addr).map_err(|e| listen_err(e.to_string()))? {
+        ListenAddr::Tcp(a) => {
+            let probe = std::net::TcpListener::bind(a).map_err(|e| listen_err(e.to_string()))?;
+            probe
+                .local_addr()
+                .map(ListenAddr::Tcp)
+                .map_err(|e| listen_err(e.to_string()))
+        }
+        unix => Ok(unix),
+    }
 }
 
 /// Runs the broker until SIGINT/SIGTERM. Returns once every core stopped.
@@ -209,7 +219,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         node_id,
         start_time: std::time::SystemTime::now(),
         tcp_port: tcp_addr.port(),
-        http_port: http_addr.map(|a| a.port()),
+        http_port: http_addr.as_ref().and_then(ListenAddr::port),
         lookupd_addresses: std::sync::Mutex::new(opts.lookupd_tcp_address.clone()),
         log_level: std::sync::Mutex::new(opts.log_level.to_ascii_lowercase()),
         data_path: data_path.clone(),
@@ -245,6 +255,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     {
         let shared = shared.clone();
         let ready = ready_tx.clone();
+        let (tcp_addr, http_addr) = (tcp_addr.clone(), http_addr.clone());
         let handle = LocalExecutorBuilder::new(Placement::Fixed(allowed[core]))
             .name(&format!("ringsq-core-{core}"))
             .io_memory(io_memory)
@@ -290,7 +301,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
             "TCP: listening on {tcp_addr} with {cores} core(s), version {}",
             crate::config::NSQD_COMPAT_VERSION
         );
-        if let Some(http) = http_addr {
+        if let Some(http) = &http_addr {
             tracing::info!("HTTP: listening on {http}");
         }
         let mut signals = signals;

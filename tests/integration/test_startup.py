@@ -205,3 +205,86 @@ def test_corrupt_metadata_is_a_clean_error(tmp_path):
     assert r.returncode == 1
     assert b"failed to parse metadata" in r.stderr
     assert b"panicked" not in r.stderr
+
+
+class UnixWire(Wire):
+    """The raw protocol over a unix socket."""
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(5.0)
+        self.sock.connect(path)
+        self.buf = b""
+        self.sock.sendall(b"  V2")
+
+
+def _unix_http_get(path, url):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(path)
+    s.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0], body
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_unix_socket_listeners(tmp_path, cores):
+    """T1, H1: an address that is not host:port is a unix socket path."""
+    tcp_sock = str(tmp_path / "nsqd.sock")
+    http_sock = str(tmp_path / "http.sock")
+    proc = subprocess.Popen(
+        [BIN, f"--tcp-address={tcp_sock}", f"--http-address={http_sock}",
+         f"--data-path={tmp_path}", f"--cores={cores}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.time() + 10
+        while not (os.path.exists(tcp_sock) and os.path.exists(http_sock)):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline
+            time.sleep(0.02)
+        # Topics on every core, so that consumers move between cores.
+        topics = [f"u{i}" for i in range(6)]
+        pub = UnixWire(tcp_sock)
+        for t in topics:
+            pub.cmd(f"PUB {t}", f"over-unix-{t}".encode())
+            assert pub.read_frame() == (0, b"OK")
+        for t in topics:
+            c = UnixWire(tcp_sock)
+            c.cmd("IDENTIFY", b'{"heartbeat_interval": 1000}')
+            assert c.read_frame() == (0, b"OK")
+            c.cmd(f"SUB {t} ch")
+            assert c.read_frame() == (0, b"OK")
+            c.cmd("RDY 1")
+            m = c.read_message()
+            assert m["body"] == f"over-unix-{t}".encode()
+            c.cmd(b"FIN " + m["id"])
+            c.cmd("NOP")
+            c.close()
+        status, body = _unix_http_get(http_sock, "/info")
+        assert status == b"HTTP/1.1 200 OK"
+        info = json.loads(body)
+        assert info["tcp_port"] == -1 and info["http_port"] == -1
+        status, body = _unix_http_get(http_sock, "/stats?format=json")
+        stats = json.loads(body)
+        assert sorted(t["topic_name"] for t in stats["topics"]) == topics
+        assert all(t["channels"][0]["depth"] == 0 for t in stats["topics"])
+        # The read deadline (2 x heartbeat) holds on unix sockets too.
+        idle = UnixWire(tcp_sock)
+        idle.cmd("IDENTIFY", b'{"heartbeat_interval": 1000}')
+        assert idle.read_frame() == (0, b"OK")
+        start = time.time()
+        assert idle.is_closed(timeout=5)
+        assert time.time() - start < 4.5
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+    # Removed at exit, as Go's unix listener does, so a restart can bind.
+    assert not os.path.exists(tcp_sock) and not os.path.exists(http_sock)

@@ -11,7 +11,7 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ALL_SCENARIOS=(pub-100B pub-1KiB pub-single drain-2M pubsub-100B topics-1000 idle-10k)
+ALL_SCENARIOS=(pub-100B pub-1KiB pub-single drain-2M pubsub-100B latency-300k http-mpub topics-1000 idle-10k)
 
 usage() {
     cat <<EOF
@@ -39,6 +39,9 @@ scenarios:
   drain-2M     backlog of 2,000,000 x 100 B on a topic with one channel, then 4 consumers
                (RDY 2500) drain it; msgs/s = backlog / time from RDY to the last message
   pubsub-100B  1 topic, 2 channels x 4 consumers, 4 MPUB publishers, 100 B (exactly-once checked)
+  latency-300k open loop at 300,000 msg/s (half of nsqd's peak here), 1 channel x 4
+               consumers: compare the e2e p99 column
+  http-mpub    HTTP /mpub publishing, 4 keep-alive connections, 200 x 100 B per request
   topics-1000  1000 topics with one channel each, 4 MPUB publishers cycling over them
   idle-10k     10,000 idle connections (IDENTIFY only) plus the pub-100B load; reports the
                broker's RSS per idle connection
@@ -114,6 +117,8 @@ scenario_args() {
         pub-single)  echo "--mode pub --size 100 --pub-conns 4 --channels 1 --duration $DURATION" ;;
         drain-2M)    echo "${common[@]} --backlog $BACKLOG --sub-conns 4 --rdy 2500" ;;
         pubsub-100B) echo "--mode mpub --batch 200 --size 100 --pub-conns 4 --channels 2 --sub-conns 8 --rdy 2500 --duration $DURATION" ;;
+        latency-300k) echo "${common[@]} --rate 300000 --sub-conns 4 --rdy 2500 --duration $DURATION" ;;
+        http-mpub)   echo "--mode http-mpub --batch 200 --size 100 --pub-conns 4 --channels 1 --duration $DURATION" ;;
         topics-1000) echo "${common[@]} --topics 1000 --duration $DURATION" ;;
         idle-10k)    echo "${common[@]} --idle-conns $IDLE --duration $DURATION" ;;
         *) return 1 ;;

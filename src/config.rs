@@ -273,6 +273,10 @@ pub struct Options {
     pub snappy: bool,
 
     // ---- ringsq's own flags ----
+    /// how long an idle core spins before it sleeps (0: sleep at once); spinning
+    /// cuts cross-core wake-up latency at the price of CPU time under light load
+    #[arg(long = "spin-before-park", default_value = "0", value_parser = parse_go_duration)]
+    pub spin_before_park: Duration,
     /// number of pinned executor threads (cores); default: every CPU this process may run on
     #[arg(long, default_value_t = default_cores())]
     pub cores: usize,

@@ -20,6 +20,9 @@ use super::names::{go_quote, is_valid_name};
 /// fails the read and the connection is closed without an error frame.
 pub const MAX_LINE_LEN: usize = 16 * 1024;
 
+/// Commands up to this size have their bodies copied out of the read buffer.
+pub const COPY_COMMANDS_UP_TO: usize = 16 * 1024;
+
 /// Where the connection is in its life (T9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnState {
@@ -234,7 +237,18 @@ pub fn decode(buf: &mut BytesMut, ctx: &DecodeContext) -> Result<Option<Command>
         return Ok(None);
     };
     let frame: Bytes = buf.split_to(consumed).freeze();
-    let slice = |r: Range<usize>| frame.slice(r);
+    // A queued body keeps alive the whole read buffer it is a slice of.
+    // Small commands (single PUBs) are copied out so that the buffer is
+    // reused at once; large ones (MPUB batches) fill their buffer and are
+    // shared without a copy.
+    let owned = consumed <= COPY_COMMANDS_UP_TO;
+    let slice = |r: Range<usize>| {
+        if owned {
+            Bytes::copy_from_slice(&frame[r])
+        } else {
+            frame.slice(r)
+        }
+    };
     Ok(Some(match parsed {
         Parsed::Simple(cmd) => cmd,
         Parsed::Identify(b) => Command::Identify(slice(b)),

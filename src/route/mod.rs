@@ -64,8 +64,9 @@ pub struct Handoff {
     pub encoder: Option<crate::conn::compress::Encoder>,
     /// Bytes read from the socket but not yet parsed.
     pub pending: BytesMut,
-    pub topic: String,
-    pub channel: String,
+    /// The SUB that made it move, run on arrival; None for a publisher.
+    pub sub: Option<(String, String)>,
+    pub publisher_moved: bool,
 }
 
 /// Operator actions (HTTP API), run on the core that owns the topic, and

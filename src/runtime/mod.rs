@@ -243,6 +243,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
 
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
     let mut handles = Vec::new();
+    let spin = shared.opts.spin_before_park;
     let mut restore_per_core: Vec<Vec<TopicMeta>> = vec![Vec::new(); cores];
     for t in restored {
         restore_per_core[crate::route::owner_core(t.name.as_bytes(), cores)].push(t);
@@ -259,6 +260,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         let handle = LocalExecutorBuilder::new(Placement::Fixed(allowed[core]))
             .name(&format!("ringsq-core-{core}"))
             .io_memory(io_memory)
+            .spin_before_park(spin)
             .spawn(move || {
                 core::run_core(core::CoreSetup {
                     id: core,

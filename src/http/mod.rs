@@ -12,7 +12,6 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_lite::future;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use smol_hyper::rt::FuturesIo;
@@ -56,27 +55,17 @@ impl hyper::rt::Timer for CoreTimer {
 
 /// Accepts HTTP connections on this core until shutdown.
 pub async fn serve(core: Rc<Core>, listener: Listener) {
-    loop {
-        let accepted = future::or(async { Some(listener.accept().await) }, async {
-            core.stopping.wait().await;
-            None
-        })
-        .await;
-        match accepted {
-            None => break,
-            Some(Ok(Accepted::Tcp(stream))) => {
+    listener
+        .serve_until(&core.stopping, |client| match client {
+            Accepted::Tcp(stream) => {
                 let _ = stream.set_nodelay(true);
                 glommio::spawn_local(serve_connection(core.clone(), stream)).detach();
             }
-            Some(Ok(Accepted::Unix(conn))) => {
+            Accepted::Unix(conn) => {
                 glommio::spawn_local(serve_connection(core.clone(), conn.stream)).detach();
             }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "http accept failed");
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    }
+        })
+        .await;
 }
 
 /// One keep-alive HTTP/1.1 connection (TCP or unix socket).

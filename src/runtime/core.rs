@@ -312,26 +312,16 @@ async fn inbox_loop(core: Rc<Core>, mut inbox: Inbox) {
 }
 
 async fn accept_loop(core: &Rc<Core>, listener: Listener) {
-    loop {
-        let accepted = future::or(async { Some(listener.accept().await) }, async {
-            core.stopping.wait().await;
-            None
-        })
-        .await;
-        match accepted {
-            None => break,
-            Some(Ok(Accepted::Tcp(stream))) => {
+    listener
+        .serve_until(&core.stopping, |client| match client {
+            Accepted::Tcp(stream) => {
                 glommio::spawn_local(conn::serve_tcp(core.clone(), stream)).detach();
             }
-            Some(Ok(Accepted::Unix(stream))) => {
+            Accepted::Unix(stream) => {
                 glommio::spawn_local(conn::serve_unix(core.clone(), stream)).detach();
             }
-            Some(Err(e)) => {
-                tracing::warn!(core = core.id, error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    }
+        })
+        .await;
 }
 
 /// D2: rewrites nsqd.dat when a topic or channel came or went (core 0).

@@ -16,6 +16,8 @@ use std::path::PathBuf;
 use glommio::net::{TcpListener, TcpStream, UnixStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::event::LocalEvent;
+
 /// Enough for bursts of thousands of connecting clients.
 const BACKLOG: i32 = 4096;
 
@@ -150,6 +152,28 @@ impl Listener {
                     Err(e) => return Err(e),
                 }
             },
+        }
+    }
+}
+
+impl Listener {
+    /// Accepts until `stopping` is set, handing each client to `serve`.
+    /// A failed accept (out of fds, say) is logged and retried shortly.
+    pub async fn serve_until(&self, stopping: &LocalEvent, mut serve: impl FnMut(Accepted)) {
+        loop {
+            let accepted = futures_lite::future::or(async { Some(self.accept().await) }, async {
+                stopping.wait().await;
+                None
+            })
+            .await;
+            match accepted {
+                None => return,
+                Some(Ok(client)) => serve(client),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
         }
     }
 }

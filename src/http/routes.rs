@@ -398,13 +398,14 @@ struct MemoryStats {
     gc_total_runs: u32,
 }
 
-/// H12: a Rust process has no GC; the heap figures are the resident set.
+/// H12: a Rust process has no GC; the heap figures are glibc malloc's
+/// (the resident set size is on /metrics).
 fn memory_stats() -> MemoryStats {
-    let rss = crate::metrics::resident_bytes();
+    let heap = crate::metrics::heap();
     MemoryStats {
         heap_objects: 0,
-        heap_idle_bytes: 0,
-        heap_in_use_bytes: rss,
+        heap_idle_bytes: heap.idle_bytes,
+        heap_in_use_bytes: heap.in_use_bytes,
         heap_released_bytes: 0,
         gc_pause_usec_100: 0,
         gc_pause_usec_99: 0,

@@ -35,7 +35,7 @@ pub fn lines(
     stats: &CoreStats,
     last: Option<&CoreStats>,
     exclude_ephemeral: bool,
-    mem: Option<u64>,
+    mem: Option<crate::metrics::HeapFigures>,
 ) -> Vec<String> {
     let mut out = Vec::new();
     let mut incr = |stat: String, v: i64| out.push(format!("{prefix}{stat}:{v}|c\n"));
@@ -112,11 +112,11 @@ pub fn lines(
             }
         }
     }
-    if let Some(rss) = mem {
+    if let Some(heap) = mem {
         for (k, v) in [
             ("heap_objects", 0),
-            ("heap_idle_bytes", 0),
-            ("heap_in_use_bytes", rss as i64),
+            ("heap_idle_bytes", heap.idle_bytes as i64),
+            ("heap_in_use_bytes", heap.in_use_bytes as i64),
             ("heap_released_bytes", 0),
             ("gc_pause_usec_100", 0),
             ("gc_pause_usec_99", 0),
@@ -189,7 +189,7 @@ pub async fn run(core: Rc<Core>) {
                 ..StatsFilter::default()
             })
             .await;
-        let mem = o.statsd_mem_stats.then(crate::metrics::resident_bytes);
+        let mem = o.statsd_mem_stats.then(crate::metrics::heap);
         let lines = lines(
             &prefix,
             &stats,

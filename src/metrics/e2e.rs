@@ -56,10 +56,25 @@ impl E2eWindow {
         let _ = self.current.record(latency_ns.max(1));
     }
 
+    /// The halves still inside the window at `now`: reading must drop what
+    /// expired even when nothing was recorded since (nsqd moves its window
+    /// on every query).
+    fn live(&self, now: Instant) -> [Option<&Histogram<u64>>; 2] {
+        let age = now.saturating_duration_since(self.rotated_at);
+        if age >= self.half * 2 {
+            [None, None]
+        } else if age >= self.half {
+            [Some(&self.current), None]
+        } else {
+            [Some(&self.current), Some(&self.previous)]
+        }
+    }
+
     /// Adds this window's samples to `into` (for the topic's aggregate).
     pub fn merge_into(&self, into: &mut Histogram<u64>) {
-        let _ = into.add(&self.current);
-        let _ = into.add(&self.previous);
+        for h in self.live(Instant::now()).into_iter().flatten() {
+            let _ = into.add(h);
+        }
     }
 
     pub fn result(&self) -> E2eLatency {
@@ -114,5 +129,19 @@ mod tests {
         let p = r.percentiles.unwrap();
         assert!((p[0].value.0 - 50e6).abs() < 1e6, "{}", p[0].value.0);
         assert!((p[1].value.0 - 100e6).abs() < 1e6);
+    }
+
+    #[test]
+    fn old_samples_expire_without_new_ones() {
+        let mut w = E2eWindow::new(&E2eConfig {
+            percentiles: vec![0.5],
+            window: Duration::from_millis(40),
+        });
+        w.record(5_000_000);
+        assert_eq!(w.result().count, 1);
+        std::thread::sleep(Duration::from_millis(45));
+        let r = w.result();
+        assert_eq!(r.count, 0);
+        assert_eq!(r.percentiles.unwrap()[0].value.0, 0.0);
     }
 }

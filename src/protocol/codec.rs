@@ -734,6 +734,45 @@ mod tests {
         }
     }
 
+    /// Garbage of every shape never panics the decoder, and what it accepts
+    /// it consumes.
+    #[test]
+    fn random_input_never_panics() {
+        let seeds: [&[u8]; 6] = [
+            b"PUB t\n\0\0\0\x03abc",
+            b"MPUB t\n\0\0\0\x0e\0\0\0\x01\0\0\0\x02hi",
+            b"DPUB t 100\n\0\0\0\x01x",
+            b"IDENTIFY\n\0\0\0\x02{}",
+            b"REQ 0123456789abcdef 10\n",
+            b"RDY 10\nFIN 0123456789abcdef\nTOUCH 0123456789abcdef\n",
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for i in 0..200_000 {
+            let mut raw: Vec<u8> = if i % 2 == 0 {
+                let len = rng.usize(0..64);
+                (0..len).map(|_| rng.u8(..)).collect()
+            } else {
+                let mut s = seeds[rng.usize(..seeds.len())].to_vec();
+                for _ in 0..rng.usize(1..4) {
+                    if s.is_empty() {
+                        break;
+                    }
+                    let at = rng.usize(..s.len());
+                    s[at] = rng.u8(..);
+                }
+                s.truncate(rng.usize(0..=s.len()));
+                s
+            };
+            raw.extend_from_slice(b"\n");
+            let state =
+                [ConnState::Init, ConnState::Subscribed, ConnState::Closing][rng.usize(..3)];
+            let mut buf = BytesMut::from(&raw[..]);
+            let c = ctx(state);
+            while let Ok(Some(_)) = decode(&mut buf, &c) {}
+            let _ = decode_eof(&buf, &c);
+        }
+    }
+
     #[test]
     fn long_line_closes() {
         let raw = vec![b'A'; MAX_LINE_LEN + 1];

@@ -20,9 +20,21 @@ pub enum CompressError {
 }
 
 /// Turns bytes from the client into plain protocol bytes.
+///
+/// Input is taken whole but decoded at most `budget` bytes at a time: a
+/// small compressed packet can stand for hundreds of megabytes, and a
+/// connection must not turn it into memory or a stalled core in one go.
 pub enum Decoder {
-    Deflate(Box<Decompress>),
+    Deflate(Box<DeflateDecoder>),
     Snappy(SnappyFrameDecoder),
+}
+
+pub struct DeflateDecoder {
+    inflate: Decompress,
+    pending: Vec<u8>,
+    /// The last call stopped with its output full: the inflater may hold
+    /// more output even when all input is in.
+    held: bool,
 }
 
 /// Turns plain protocol bytes into what goes on the wire.
@@ -33,47 +45,83 @@ pub enum Encoder {
 
 impl Decoder {
     pub fn deflate() -> Decoder {
-        Decoder::Deflate(Box::new(Decompress::new(false)))
+        Decoder::Deflate(Box::new(DeflateDecoder {
+            inflate: Decompress::new(false),
+            pending: Vec::new(),
+            held: false,
+        }))
     }
 
     pub fn snappy() -> Decoder {
         Decoder::Snappy(SnappyFrameDecoder::default())
     }
 
-    /// Decodes `input` (all of it is consumed) onto the end of `out`.
-    pub fn decode(&mut self, input: &[u8], out: &mut bytes::BytesMut) -> Result<(), CompressError> {
+    /// Compressed bytes received but not decoded yet.
+    pub fn has_pending(&self) -> bool {
         match self {
-            Decoder::Deflate(d) => {
-                let mut rest = input;
-                loop {
-                    out.reserve(rest.len().max(4096) * 2);
-                    let before_in = d.total_in();
-                    let start = out.len();
-                    let spare = out.capacity() - start;
-                    out.resize(start + spare, 0);
-                    let before_out = d.total_out();
-                    let status = d
-                        .decompress(rest, &mut out[start..], FlushDecompress::Sync)
-                        .map_err(|e| CompressError::Deflate(e.to_string()));
-                    let produced = (d.total_out() - before_out) as usize;
-                    out.truncate(start + produced);
-                    let status = status?;
-                    let consumed = (d.total_in() - before_in) as usize;
-                    rest = &rest[consumed..];
-                    // Done when all input is in and the output was not full.
-                    if rest.is_empty() && produced < spare {
-                        return Ok(());
-                    }
-                    if status == Status::StreamEnd {
-                        return Ok(());
-                    }
-                    if consumed == 0 && produced == 0 {
-                        return Ok(()); // needs more input
-                    }
-                }
-            }
-            Decoder::Snappy(s) => s.decode(input, out),
+            Decoder::Deflate(d) => !d.pending.is_empty() || d.held,
+            Decoder::Snappy(s) => s.has_complete_chunk(),
         }
+    }
+
+    /// Takes `input`, then decodes onto the end of `out` until about
+    /// `budget` bytes were produced or the input runs out.
+    pub fn decode(
+        &mut self,
+        input: &[u8],
+        out: &mut bytes::BytesMut,
+        budget: usize,
+    ) -> Result<(), CompressError> {
+        match self {
+            Decoder::Deflate(d) => d.decode(input, out, budget),
+            Decoder::Snappy(s) => s.decode(input, out, budget),
+        }
+    }
+}
+
+impl DeflateDecoder {
+    fn decode(
+        &mut self,
+        input: &[u8],
+        out: &mut bytes::BytesMut,
+        budget: usize,
+    ) -> Result<(), CompressError> {
+        self.pending.extend_from_slice(input);
+        let target = out.len() + budget;
+        let mut taken = 0;
+        self.held = false;
+        while out.len() < target {
+            let start = out.len();
+            let room = (target - start).clamp(1024, 64 * 1024);
+            out.resize(start + room, 0);
+            let before_in = self.inflate.total_in();
+            let before_out = self.inflate.total_out();
+            let status = self
+                .inflate
+                .decompress(
+                    &self.pending[taken..],
+                    &mut out[start..],
+                    FlushDecompress::Sync,
+                )
+                .map_err(|e| CompressError::Deflate(e.to_string()));
+            let produced = (self.inflate.total_out() - before_out) as usize;
+            out.truncate(start + produced);
+            let status = status?;
+            let consumed = (self.inflate.total_in() - before_in) as usize;
+            taken += consumed;
+            let input_done = taken == self.pending.len();
+            self.held = produced == room;
+            if status == Status::StreamEnd || (consumed == 0 && produced == 0) {
+                self.held = false;
+                break;
+            }
+            // Everything in and the output was not full: nothing is held back.
+            if input_done && produced < room {
+                break;
+            }
+        }
+        self.pending.drain(..taken);
+        Ok(())
     }
 }
 
@@ -129,14 +177,38 @@ pub struct SnappyFrameDecoder {
 
 const SNAPPY_IDENTIFIER: &[u8] = b"sNaPpY";
 
+/// The framing format's limits: at most 64 KiB of data per chunk.
+const SNAPPY_MAX_UNCOMPRESSED: usize = 65536;
+/// A compressed chunk: crc + the worst-case compressed size of 64 KiB.
+const SNAPPY_MAX_CHUNK: usize = 4 + 32 + SNAPPY_MAX_UNCOMPRESSED + SNAPPY_MAX_UNCOMPRESSED / 6;
+
 impl SnappyFrameDecoder {
-    fn decode(&mut self, input: &[u8], out: &mut bytes::BytesMut) -> Result<(), CompressError> {
+    fn has_complete_chunk(&self) -> bool {
+        self.pending.len() >= 4 && {
+            let h = &self.pending[..4];
+            let len = u32::from_le_bytes([h[1], h[2], h[3], 0]) as usize;
+            self.pending.len() >= 4 + len
+        }
+    }
+
+    fn decode(
+        &mut self,
+        input: &[u8],
+        out: &mut bytes::BytesMut,
+        budget: usize,
+    ) -> Result<(), CompressError> {
         self.pending.extend_from_slice(input);
+        let target = out.len() + budget;
         let mut pos = 0;
-        while self.pending.len() - pos >= 4 {
+        while self.pending.len() - pos >= 4 && out.len() < target {
             let h = &self.pending[pos..pos + 4];
             let kind = h[0];
             let len = u32::from_le_bytes([h[1], h[2], h[3], 0]) as usize;
+            if (kind == 0x00 || kind == 0x01) && len > SNAPPY_MAX_CHUNK {
+                return Err(CompressError::Snappy(format!(
+                    "chunk of {len} bytes is too large"
+                )));
+            }
             if self.pending.len() - pos - 4 < len {
                 break;
             }
@@ -158,6 +230,9 @@ impl SnappyFrameDecoder {
                         .ok_or_else(|| CompressError::Snappy("short chunk".into()))?;
                     let n = snap::raw::decompress_len(block)
                         .map_err(|e| CompressError::Snappy(e.to_string()))?;
+                    if n > SNAPPY_MAX_UNCOMPRESSED {
+                        return Err(CompressError::Snappy(format!("chunk decodes to {n} bytes")));
+                    }
                     let start = out.len();
                     out.resize(start + n, 0);
                     self.raw
@@ -169,6 +244,9 @@ impl SnappyFrameDecoder {
                     let data = chunk
                         .get(4..)
                         .ok_or_else(|| CompressError::Snappy("short chunk".into()))?;
+                    if data.len() > SNAPPY_MAX_UNCOMPRESSED {
+                        return Err(CompressError::Snappy("uncompressed chunk too large".into()));
+                    }
                     out.extend_from_slice(data);
                 }
                 0x02..=0x7f => {
@@ -199,7 +277,10 @@ mod tests {
         // Feed the wire bytes in odd-sized pieces.
         let mut plain = BytesMut::new();
         for piece in wire.chunks(7) {
-            dec.decode(piece, &mut plain).unwrap();
+            dec.decode(piece, &mut plain, 1000).unwrap();
+        }
+        while dec.has_pending() {
+            dec.decode(&[], &mut plain, 1000).unwrap();
         }
         assert_eq!(&plain[..], &messages.concat()[..]);
     }
@@ -212,5 +293,29 @@ mod tests {
     #[test]
     fn snappy_round_trip() {
         round_trip(Encoder::snappy(), Decoder::snappy());
+    }
+
+    #[test]
+    fn deflate_bomb_is_decoded_in_bounded_steps() {
+        let mut enc = Encoder::deflate(9);
+        let mut wire = Vec::new();
+        enc.encode(&vec![b'x'; 50 << 20], &mut wire).unwrap();
+        assert!(wire.len() < 200_000);
+        let mut dec = Decoder::deflate();
+        let mut plain = BytesMut::new();
+        dec.decode(&wire, &mut plain, 64 * 1024).unwrap();
+        assert!(plain.len() <= 128 * 1024, "{}", plain.len());
+        assert!(dec.has_pending());
+    }
+
+    #[test]
+    fn snappy_huge_declared_length_is_rejected() {
+        let mut raw = vec![0xff, 6, 0, 0];
+        raw.extend_from_slice(b"sNaPpY");
+        raw.extend_from_slice(&[0x00, 9, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+        let mut dec = Decoder::snappy();
+        let mut plain = BytesMut::new();
+        assert!(dec.decode(&raw, &mut plain, 1 << 20).is_err());
+        assert!(plain.capacity() < 1 << 20);
     }
 }

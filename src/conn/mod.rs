@@ -13,7 +13,7 @@ pub mod stream;
 pub mod writer;
 
 use std::cell::{Cell, RefCell};
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
@@ -23,7 +23,7 @@ use glommio::net::TcpStream;
 use glommio::Task;
 use tracing::Instrument;
 
-use crate::protocol::codec::decode_eof;
+use crate::protocol::codec::{decode_eof, wanted_len};
 use crate::protocol::identify::{apply_identify, ClientSettings, StreamCompression};
 use crate::protocol::message::{CLOSE_WAIT, OK};
 use crate::protocol::{
@@ -43,6 +43,12 @@ use writer::WriterParts;
 /// Reads start small (idle connections cost little) and grow while a
 /// client sends faster than one read takes in.
 const MIN_READ_CHUNK: usize = 4 * 1024;
+/// How much compressed input is decoded per step.
+const DECODE_BUDGET: usize = 256 * 1024;
+/// Stop reading a client whose unsent answers exceed this.
+const OUTPUT_BACKPRESSURE: usize = 16 << 20;
+/// Commands handled before giving other tasks of the core a turn.
+const COMMANDS_PER_YIELD: u32 = 64;
 /// Publishes of fewer messages than this count towards moving a publisher.
 const SMALL_PUBLISH: usize = 8;
 /// How many small publishes in a row to one other core before moving there.
@@ -88,6 +94,8 @@ struct Connection<S: ByteStream> {
     pub_streak: (usize, u32),
     /// A publisher moves between cores at most once.
     publisher_moved: bool,
+    /// Do not decode again before `read_buf` holds this many bytes.
+    wanted: usize,
 }
 
 /// Who the connection is, carried along when it moves between cores.
@@ -138,12 +146,16 @@ async fn serve<S: ByteStream>(core: Rc<Core>, stream: S, remote: String, ip: Str
 }
 
 /// A connection moved here from another core at SUB.
-pub async fn resume(core: Rc<Core>, h: Box<Handoff>) {
+pub async fn resume(core: Rc<Core>, mut h: Box<Handoff>) {
+    let Some(fd) = h.fd.take() else {
+        return;
+    };
+    let fd = fd.into_raw_fd();
     match h.transport {
         // SAFETY: the sending core duplicated this fd for us and closed its own.
-        Transport::Tcp => resume_on(core, unsafe { TcpStream::from_raw_fd(h.fd) }, h).await,
+        Transport::Tcp => resume_on(core, unsafe { TcpStream::from_raw_fd(fd) }, h).await,
         // SAFETY: as above.
-        Transport::Unix => resume_on(core, unsafe { UnixConn::from_raw_fd(h.fd) }, h).await,
+        Transport::Unix => resume_on(core, unsafe { UnixConn::from_raw_fd(fd) }, h).await,
     }
 }
 
@@ -206,6 +218,7 @@ impl<S: ByteStream> Connection<S> {
             sub: None,
             pub_streak: (0, 0),
             publisher_moved: id.publisher_moved,
+            wanted: 0,
         })
     }
 
@@ -223,6 +236,17 @@ impl<S: ByteStream> Connection<S> {
 
     /// Reads more bytes; false on EOF, error or read deadline (T33).
     async fn fill(&mut self) -> bool {
+        // Compressed input already received decodes in bounded steps first.
+        if let Some(dec) = self.decoder.as_mut().filter(|d| d.has_pending()) {
+            let before = self.read_buf.len();
+            if let Err(e) = dec.decode(&[], &mut self.read_buf, DECODE_BUDGET) {
+                tracing::info!(error = %e, "bad compressed stream; closing");
+                return false;
+            }
+            if self.read_buf.len() > before {
+                return true;
+            }
+        }
         let chunk = self.read_chunk;
         let mut raw = match self.decoder {
             None => std::mem::take(&mut self.read_buf),
@@ -230,7 +254,8 @@ impl<S: ByteStream> Connection<S> {
         };
         raw.reserve(chunk);
         let start = raw.len();
-        let room = raw.capacity() - start;
+        // Only the part a read may fill is zeroed, not the whole capacity.
+        let room = chunk;
         raw.resize(start + room, 0);
         // nsqd's read deadline: two heartbeat intervals (T33).
         let deadline = self
@@ -259,7 +284,7 @@ impl<S: ByteStream> Connection<S> {
         match &mut self.decoder {
             None => self.read_buf = raw,
             Some(dec) => {
-                if let Err(e) = dec.decode(&raw, &mut self.read_buf) {
+                if let Err(e) = dec.decode(&raw, &mut self.read_buf, DECODE_BUDGET) {
                     tracing::info!(error = %e, "bad compressed stream; closing");
                     return false;
                 }
@@ -301,11 +326,23 @@ impl<S: ByteStream> Connection<S> {
                 return Flow::Close;
             }
         }
+        let mut since_yield = 0u32;
         loop {
             loop {
+                // Let the other connections of this core run between
+                // commands of a client that sends many at once.
+                since_yield += 1;
+                if since_yield >= COMMANDS_PER_YIELD {
+                    since_yield = 0;
+                    glommio::yield_if_needed().await;
+                }
+                if self.read_buf.len() < self.wanted {
+                    break;
+                }
                 let ctx = self.decode_context();
                 match decode(&mut self.read_buf, &ctx) {
                     Ok(Some(cmd)) => {
+                        self.wanted = 0;
                         tracing::trace!(command = cmd.name(), "command");
                         match self.handle(cmd).await {
                             Ok(Flow::Continue) => {
@@ -323,7 +360,12 @@ impl<S: ByteStream> Connection<S> {
                             }
                         }
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        // Re-parse once enough bytes are there for it to
+                        // finish (a 5 MiB MPUB arriving in small pieces).
+                        self.wanted = wanted_len(&self.read_buf, &ctx);
+                        break;
+                    }
                     Err(DecodeError::Client(e)) => {
                         tracing::info!(error = %e, "client error");
                         self.out.push_error(&e.to_frame_body());
@@ -334,6 +376,11 @@ impl<S: ByteStream> Connection<S> {
                         return Flow::Close;
                     }
                 }
+            }
+            // A client that does not read its answers stops being read
+            // (nsqd blocks on the socket the same way).
+            while self.out.buffered_len() > OUTPUT_BACKPRESSURE && !self.out.is_dead() {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
             }
             if self.out.is_dead() {
                 return Flow::Close;
@@ -401,17 +448,12 @@ impl<S: ByteStream> Connection<S> {
             }
             Command::Req {
                 id,
-                timeout_ms,
+                timeout: delay,
                 requested_ms,
             } => {
-                if timeout_ms as u64 != requested_ms {
-                    tracing::info!(
-                        requested_ms,
-                        timeout_ms,
-                        "REQ timeout out of range; clamped"
-                    );
+                if delay.as_millis() != u128::from(requested_ms) {
+                    tracing::info!(requested_ms, ?delay, "REQ timeout out of range; clamped");
                 }
-                let delay = Duration::from_millis(timeout_ms as u64);
                 self.in_flight_op(id, "REQ", ErrorCode::ReqFailed, |ch, cid| {
                     ch.requeue(cid, &id, delay)
                 })?;
@@ -438,12 +480,8 @@ impl<S: ByteStream> Connection<S> {
                 self.publish(topic, bodies, None, "MPUB", ErrorCode::MpubFailed)
                     .await?;
             }
-            Command::Dpub {
-                topic,
-                defer_ms,
-                body,
-            } => {
-                let defer = Some(Duration::from_millis(defer_ms as u64));
+            Command::Dpub { topic, defer, body } => {
+                let defer = Some(defer);
                 self.publish(topic, vec![body], defer, "DPUB", ErrorCode::DpubFailed)
                     .await?;
             }
@@ -460,9 +498,11 @@ impl<S: ByteStream> Connection<S> {
         };
         // Bytes already read past the IDENTIFY are compressed too.
         let pending = std::mem::take(&mut self.read_buf);
-        decoder.decode(&pending, &mut self.read_buf).map_err(|e| {
-            ClientError::new(ErrorCode::IdentifyFailed, format!("IDENTIFY failed {e}"))
-        })?;
+        decoder
+            .decode(&pending, &mut self.read_buf, DECODE_BUDGET)
+            .map_err(|e| {
+                ClientError::new(ErrorCode::IdentifyFailed, format!("IDENTIFY failed {e}"))
+            })?;
         self.decoder = Some(decoder);
         self.out.start_compression(encoder);
         self.out.push_response(OK);
@@ -590,8 +630,15 @@ impl<S: ByteStream> Connection<S> {
 
     async fn move_to(mut self, core: usize, sub: Option<(String, String)>) {
         self.out.close();
+        // Bounded like close(): a client that never reads cannot pin us here.
         let parts = match self.writer.take() {
-            Some(w) => w.await,
+            Some(w) => {
+                futures_lite::future::or(w, async {
+                    glommio::timer::sleep(Duration::from_secs(5)).await;
+                    None
+                })
+                .await
+            }
             None => None,
         };
         self.core.conns.borrow_mut().remove(&self.client_id);
@@ -609,7 +656,8 @@ impl<S: ByteStream> Connection<S> {
         tracing::debug!(to = core, "moving connection to the topic's core");
         crate::metrics::CoreCounters::add(&self.core.counters.handoffs_out, 1);
         let handoff = Handoff {
-            fd,
+            // SAFETY: `fd` was just duplicated and is owned by nobody else.
+            fd: Some(unsafe { OwnedFd::from_raw_fd(fd) }),
             client_id: self.client_id,
             remote: self.info.remote.clone(),
             transport: S::TRANSPORT,

@@ -141,6 +141,10 @@ impl OutputBuffer {
         }
     }
 
+    pub fn buffered_len(&self) -> usize {
+        self.buf.borrow().len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.buf.borrow().is_empty()
     }

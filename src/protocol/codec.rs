@@ -10,6 +10,8 @@
 
 use std::ops::Range;
 
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 
 use super::error::{ClientError, ErrorCode};
@@ -56,7 +58,7 @@ pub enum Command {
     /// Timeout already clamped into `[0, max_req_timeout]` (T26).
     Req {
         id: MessageId,
-        timeout_ms: i64,
+        timeout: Duration,
         requested_ms: u64,
     },
     Touch(MessageId),
@@ -70,9 +72,11 @@ pub enum Command {
         topic: Bytes,
         bodies: Vec<Bytes>,
     },
+    /// The delay as nsqd computes it: milliseconds times 10^6 in a
+    /// wrapping int64 of nanoseconds.
     Dpub {
         topic: Bytes,
-        defer_ms: i64,
+        defer: Duration,
         body: Bytes,
     },
 }
@@ -265,12 +269,35 @@ pub fn decode(buf: &mut BytesMut, ctx: &DecodeContext) -> Result<Option<Command>
             topic: slice(t),
             bodies: bodies.into_iter().map(slice).collect(),
         },
-        Parsed::Dpub(t, defer_ms, b) => Command::Dpub {
+        Parsed::Dpub(t, defer_ns, b) => Command::Dpub {
             topic: slice(t),
-            defer_ms,
+            defer: Duration::from_nanos(defer_ns as u64),
             body: slice(b),
         },
     }))
+}
+
+/// After `decode` found `buf` incomplete: the length at which it can
+/// finish. For a body whose length is already known that is the body's end
+/// (for MPUB the declared body size, which honest clients fill exactly), so
+/// that a large command arriving in small pieces is parsed once, not once
+/// per piece.
+pub fn wanted_len(buf: &[u8], ctx: &DecodeContext) -> usize {
+    let next = buf.len() + 1;
+    let Some(nl) = memchr::memchr(b'\n', buf) else {
+        return next;
+    };
+    let body_at = nl + 1;
+    let name = buf[..nl].split(|&b| b == b' ').next().unwrap_or_default();
+    let limit = match name {
+        b"PUB" | b"DPUB" => ctx.max_msg_size,
+        b"IDENTIFY" | b"AUTH" | b"MPUB" => ctx.max_body_size,
+        _ => return next,
+    };
+    match read_i32(buf, body_at) {
+        Some(len) if len > 0 && i64::from(len) <= limit => next.max(body_at + 4 + len as usize),
+        _ => next,
+    }
 }
 
 /// The client closed its side with `buf` holding the start of a command
@@ -438,11 +465,14 @@ fn parse(
             let Some(requested_ms) = parse_base10(p(2)) else {
                 return Err(invalid_raw("REQ could not parse timeout ", p(2)));
             };
-            let timeout_ms =
-                (requested_ms.min(i64::MAX as u64) as i64).clamp(0, ctx.max_req_timeout_ms);
+            // nsqd: time.Duration(ms) * time.Millisecond wraps, then clamps.
+            let timeout_ns = (requested_ms as i64)
+                .wrapping_mul(1_000_000)
+                .clamp(0, ctx.max_req_timeout_ms.saturating_mul(1_000_000));
+            let timeout = Duration::from_nanos(timeout_ns as u64);
             line_only(Command::Req {
                 id,
-                timeout_ms,
+                timeout,
                 requested_ms,
             })
         }
@@ -549,7 +579,7 @@ fn parse(
             })?;
             Ok(body.map(|b| {
                 let end = b.end;
-                (Parsed::Dpub(params[1].clone(), defer_ms as i64, b), end)
+                (Parsed::Dpub(params[1].clone(), defer_ns, b), end)
             }))
         }
         other => {
@@ -598,7 +628,8 @@ fn parse_mpub(
             format!("MPUB invalid message count {count}"),
         ));
     }
-    let mut bodies = Vec::with_capacity(count as usize);
+    // Sized by what can be in the buffer, not by the client's count.
+    let mut bodies = Vec::with_capacity((count as usize).min(buf.len() / 5 + 1));
     let mut pos = at + 8;
     for i in 0..count {
         let Some(size) = read_i32(buf, pos) else {
@@ -729,7 +760,7 @@ mod tests {
             .unwrap()
             .unwrap()
         {
-            Command::Req { timeout_ms, .. } => assert_eq!(timeout_ms, 3_600_000),
+            Command::Req { timeout, .. } => assert_eq!(timeout, Duration::from_secs(3600)),
             other => panic!("{other:?}"),
         }
     }

@@ -8,25 +8,44 @@ use serde::{Deserialize, Serialize};
 use super::error::{ClientError, ErrorCode};
 use crate::config::{Options, NSQD_COMPAT_VERSION};
 
+/// Go's encoding/json leaves a field alone when the JSON value is `null`.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// The keys nsqd reads; unknown keys are ignored.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct IdentifyRequest {
+    #[serde(deserialize_with = "null_as_default")]
     pub client_id: Option<String>,
+    #[serde(deserialize_with = "null_as_default")]
     pub hostname: Option<String>,
-    /// Older clients send `short_id`/`long_id` instead of the two above.
-    pub short_id: Option<String>,
-    pub long_id: Option<String>,
+    #[serde(deserialize_with = "null_as_default")]
     pub heartbeat_interval: i64,
+    #[serde(deserialize_with = "null_as_default")]
     pub output_buffer_size: i64,
+    #[serde(deserialize_with = "null_as_default")]
     pub output_buffer_timeout: i64,
+    #[serde(deserialize_with = "null_as_default")]
     pub feature_negotiation: bool,
+    #[serde(deserialize_with = "null_as_default")]
     pub tls_v1: bool,
+    #[serde(deserialize_with = "null_as_default")]
     pub deflate: bool,
+    #[serde(deserialize_with = "null_as_default")]
     pub deflate_level: i64,
+    #[serde(deserialize_with = "null_as_default")]
     pub snappy: bool,
+    #[serde(deserialize_with = "null_as_default")]
     pub sample_rate: i64,
+    #[serde(deserialize_with = "null_as_default")]
     pub user_agent: Option<String>,
+    #[serde(deserialize_with = "null_as_default")]
     pub msg_timeout: i64,
 }
 
@@ -112,8 +131,8 @@ pub fn apply_identify(
         .map_err(|_| ClientError::new(ErrorCode::BadBody, "IDENTIFY failed to decode JSON body"))?;
 
     // nsqd stores the (possibly empty) strings as sent.
-    settings.client_id = req.client_id.or(req.short_id).unwrap_or_default();
-    settings.hostname = req.hostname.or(req.long_id).unwrap_or_default();
+    settings.client_id = req.client_id.unwrap_or_default();
+    settings.hostname = req.hostname.unwrap_or_default();
     settings.user_agent = req.user_agent.unwrap_or_default();
 
     let max_hb = millis(opts.max_heartbeat_interval);

@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::os::fd::RawFd;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -52,7 +52,9 @@ pub enum Transport {
 /// A consumer connection moving to the core that owns its topic, so that
 /// delivery, in-flight and timeouts stay core-local.
 pub struct Handoff {
-    pub fd: RawFd,
+    /// The socket, duplicated for the receiving core; closed if the
+    /// hand-off is dropped (shutdown) instead of resumed.
+    pub fd: Option<OwnedFd>,
     pub client_id: u64,
     pub remote: String,
     pub transport: Transport,

@@ -41,6 +41,8 @@ pub struct Core {
     /// Live connections, for /stats, forced disconnects and shutdown.
     pub conns: RefCell<HashMap<u64, Rc<ClientInfo>>>,
     pub stopping: LocalEvent,
+    /// Set last, once this core's connections are gone: the inbox stops.
+    pub exited: std::cell::Cell<bool>,
     pub counters: CoreCounters,
 }
 
@@ -228,6 +230,7 @@ pub async fn run_core(setup: CoreSetup) {
         router,
         conns: RefCell::new(HashMap::new()),
         stopping: LocalEvent::default(),
+        exited: std::cell::Cell::new(false),
         counters: CoreCounters::default(),
     });
     core.shard.borrow_mut().restore(&restore);
@@ -270,6 +273,8 @@ pub async fn run_core(setup: CoreSetup) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .extend(core.shard.borrow().metadata());
+    core.exited.set(true);
+    core.shared.wakers[id].wake();
     inbox_task.await;
 }
 
@@ -278,13 +283,20 @@ async fn inbox_loop(core: Rc<Core>, mut inbox: Inbox) {
     loop {
         inbox.drain(&mut batch, 256);
         if batch.is_empty() {
-            if core.shared.shutdown.load(Ordering::SeqCst) {
+            if core.shared.shutdown.load(Ordering::SeqCst) && !core.stopping.is_set() {
                 core.stopping.set();
+            }
+            // Other cores may still forward work while this one stops: keep
+            // answering until run_core is done with its connections.
+            if core.exited.get() {
                 return;
             }
-            let shared = core.shared.clone();
+            let c = core.clone();
             inbox
-                .wait(move || shared.shutdown.load(Ordering::SeqCst))
+                .wait(move || {
+                    (c.shared.shutdown.load(Ordering::SeqCst) && !c.stopping.is_set())
+                        || c.exited.get()
+                })
                 .await;
             continue;
         }
@@ -300,7 +312,11 @@ async fn inbox_loop(core: Rc<Core>, mut inbox: Inbox) {
                 }
                 CoreMsg::Handoff(h) => {
                     CoreCounters::add(&core.counters.handoffs_in, 1);
-                    glommio::spawn_local(conn::resume(core.clone(), h)).detach();
+                    if core.stopping.is_set() {
+                        drop(h); // closes the socket: the client reconnects elsewhere
+                    } else {
+                        glommio::spawn_local(conn::resume(core.clone(), h)).detach();
+                    }
                 }
                 CoreMsg::Admin(req) => {
                     let _ = req.reply.send(core.execute_admin(req.op));

@@ -270,9 +270,13 @@ impl Channel {
             Some(f) => f,
         };
         let cap = f.delivered_at + max_msg_timeout;
-        f.deadline = (Instant::now() + timeout).min(cap);
-        let deadline = f.deadline;
+        let deadline = (Instant::now() + timeout).min(cap);
+        if deadline == f.deadline {
+            return Ok(()); // capped: a repeated TOUCH changes nothing
+        }
+        f.deadline = deadline;
         self.timeouts.push(Reverse((deadline, *id)));
+        self.compact_timeouts();
         Ok(())
     }
 

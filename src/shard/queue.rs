@@ -84,7 +84,14 @@ impl MessageQueue {
         };
         MessageQueue {
             memory: VecDeque::new(),
-            mem_limit,
+            // nsqd hands ephemeral messages straight to a waiting consumer
+            // even with --mem-queue-size=0; one slot here lets dispatch do
+            // the same instead of dropping every message.
+            mem_limit: if ephemeral {
+                mem_limit.max(1)
+            } else {
+                mem_limit
+            },
             backend,
         }
     }

@@ -88,6 +88,11 @@ impl Topic {
                     if let Err(e) = channel.put(copy) {
                         result = Err(e);
                     }
+                    // An ephemeral channel's queue may be tiny (it drops
+                    // overflow): hand each message to a ready consumer at once.
+                    if channel.ephemeral {
+                        channel.dispatch();
+                    }
                 }
             }
         }

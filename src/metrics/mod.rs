@@ -41,7 +41,6 @@ pub struct CoreSnapshot {
     pub handoffs_in: u64,
     /// Items waiting in this core's outgoing rings.
     pub ring_occupancy: u64,
-    pub ring_capacity: u64,
     pub io_ops: u64,
     pub file_bytes_written: u64,
     pub tasks_executed: u64,

@@ -196,15 +196,13 @@ pub fn build_mesh(cores: usize) -> (Vec<Router>, Vec<Inbox>, Vec<Arc<CoreWaker>>
 }
 
 impl Router {
-    /// Items waiting in this core's outgoing rings, and their capacity.
-    pub fn occupancy(&self) -> (u64, u64) {
-        let mut used = 0;
-        let mut cap = 0;
-        for p in self.producers.iter().flatten() {
-            used += p.borrow().occupied_len() as u64;
-            cap += RING_CAPACITY as u64;
-        }
-        (used, cap)
+    /// Items waiting in this core's outgoing rings.
+    pub fn occupancy(&self) -> u64 {
+        self.producers
+            .iter()
+            .flatten()
+            .map(|p| p.borrow().occupied_len() as u64)
+            .sum()
     }
 
     pub fn owner(&self, topic: &[u8]) -> usize {

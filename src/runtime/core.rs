@@ -95,7 +95,7 @@ impl Core {
                     Vec::new()
                 };
                 let mut snapshot = self.counters.snapshot(self.id);
-                (snapshot.ring_occupancy, snapshot.ring_capacity) = self.router.occupancy();
+                snapshot.ring_occupancy = self.router.occupancy();
                 snapshot.connections = self.conns.borrow().len() as u64;
                 return AdminReply::Stats(CoreStats {
                     topics,

@@ -234,16 +234,17 @@ impl Shard {
 
     /// Q13: its consumers are disconnected.
     pub fn delete_channel(&mut self, topic_name: &str, channel: &str) -> Result<(), AdminError> {
-        self.topic_channel(topic_name, channel)?;
         let topic = self
             .topics
             .get_mut(topic_name)
             .ok_or(AdminError::TopicNotFound)?;
+        let ch = topic
+            .channels
+            .remove(channel)
+            .ok_or(AdminError::ChannelNotFound)?;
         self.config.metadata_changed(channel);
-        if let Some(ch) = topic.channels.remove(channel) {
-            for sub in &ch.subscribers {
-                sub.info.disconnect();
-            }
+        for sub in &ch.subscribers {
+            sub.info.disconnect();
         }
         if topic.ephemeral && topic.channels.is_empty() {
             self.topics.remove(topic_name);

@@ -225,8 +225,12 @@ async fn admin(core: &Rc<Core>, op: AdminOp) -> Reply {
     }
 }
 
-fn ping(_core: &Rc<Core>) -> Reply {
-    reply::plain(200, "OK")
+/// H1: "OK", or 500 "NOK - <error>" while the disk is failing.
+fn ping(core: &Rc<Core>) -> Reply {
+    match core.shared.health.error() {
+        None => reply::plain(200, "OK"),
+        Some(err) => reply::plain(500, format!("NOK - {err}")),
+    }
 }
 
 fn unix_secs(t: SystemTime) -> i64 {

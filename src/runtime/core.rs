@@ -21,6 +21,7 @@ use crate::shard::AdminError;
 use crate::shard::{Shard, ShardConfig};
 use crate::stats::{CoreStats, StatsFilter};
 use crate::storage::metadata::{self, MetadataError, TopicMeta};
+use crate::storage::{CoreStorage, StorageConfig};
 use bytes::Bytes;
 use futures::channel::oneshot;
 
@@ -44,6 +45,8 @@ pub struct Core {
     /// Set last, once this core's connections are gone: the inbox stops.
     pub exited: std::cell::Cell<bool>,
     pub counters: CoreCounters,
+    /// Disk queues' group commit, read-ahead notices and health.
+    pub storage: Rc<CoreStorage>,
 }
 
 impl Core {
@@ -62,7 +65,16 @@ impl Core {
         let owner = self.router.owner(&topic);
         if owner == self.id {
             let name = String::from_utf8_lossy(&topic);
-            return self.shard.borrow_mut().publish(&name, &bodies, defer);
+            let result = self.shard.borrow_mut().publish(&name, &bodies, defer);
+            if self.storage.over_limit() {
+                self.storage.wait_for_room().await;
+            }
+            return match result {
+                Ok(()) if self.storage.config.durable() => {
+                    self.storage.sync.commit().await.map_err(|e| e.to_string())
+                }
+                other => other,
+            };
         }
         CoreCounters::add(&self.counters.forwarded_batches, 1);
         CoreCounters::add(&self.counters.forwarded_messages, bodies.len() as u64);
@@ -220,12 +232,19 @@ pub async fn run_core(setup: CoreSetup) {
             return;
         }
     };
+    let storage = CoreStorage::new(StorageConfig::from_options(&opts), shared.health.clone());
     let core = Rc::new(Core {
         id,
         shard: RefCell::new(Shard::new(
             id,
-            ShardConfig::from_options(&opts, shared.node_id, shared.metadata_dirty.clone()),
+            ShardConfig::from_options(
+                &opts,
+                shared.node_id,
+                shared.metadata_dirty.clone(),
+                Some(storage.clone()),
+            ),
         )),
+        storage: storage.clone(),
         shared,
         router,
         conns: RefCell::new(HashMap::new()),
@@ -237,6 +256,8 @@ pub async fn run_core(setup: CoreSetup) {
     let _ = ready.send(Ok(()));
 
     let inbox_task = glommio::spawn_local(inbox_loop(core.clone(), inbox));
+    let sync_task = glommio::spawn_local(storage.clone().sync_loop());
+    let refill_task = glommio::spawn_local(refill_loop(core.clone()));
     let timer_task = glommio::spawn_local(timer_loop(core.clone()));
     let http_task =
         http_listener.map(|l| glommio::spawn_local(crate::http::serve(core.clone(), l)));
@@ -268,6 +289,17 @@ pub async fn run_core(setup: CoreSetup) {
     if let Some(t) = metadata_task {
         t.await;
     }
+    // D10: memory, in-flight and deferred messages to disk, then every
+    // queue synced with its consume position saved.
+    let queues = core.shard.borrow_mut().persist_for_shutdown();
+    for q in &queues {
+        if let Err(e) = q.sync(true).await {
+            tracing::error!(queue = %q.name, error = %e, "could not write the queue out at shutdown");
+        }
+    }
+    core.storage.close();
+    sync_task.await;
+    refill_task.await;
     core.shared
         .exit_metadata
         .lock()
@@ -308,7 +340,24 @@ async fn inbox_loop(core: Rc<Core>, mut inbox: Inbox) {
                     // Names were validated by the sender: ASCII.
                     let topic = String::from_utf8_lossy(&p.topic);
                     let result = core.shard.borrow_mut().publish(&topic, &p.bodies, p.defer);
-                    let _ = p.reply.send(result);
+                    let durable = result.is_ok() && core.storage.config.durable();
+                    if durable || core.storage.over_limit() {
+                        // OK once on disk (the group commit batches these),
+                        // or once the disk has caught up (backpressure).
+                        let storage = core.storage.clone();
+                        glommio::spawn_local(async move {
+                            storage.wait_for_room().await;
+                            let r = if durable {
+                                storage.sync.commit().await.map_err(|e| e.to_string())
+                            } else {
+                                result
+                            };
+                            let _ = p.reply.send(r);
+                        })
+                        .detach();
+                    } else {
+                        let _ = p.reply.send(result);
+                    }
                 }
                 CoreMsg::Handoff(h) => {
                     CoreCounters::add(&core.counters.handoffs_in, 1);
@@ -348,6 +397,20 @@ async fn metadata_loop(core: Rc<Core>) {
             if let Err(e) = core.persist_metadata().await {
                 tracing::error!(error = %e, "failed to persist metadata");
             }
+        }
+    }
+}
+
+/// Disk queues that read backlog into memory: deliver it.
+async fn refill_loop(core: Rc<Core>) {
+    loop {
+        let names = core.storage.next_refills().await;
+        if names.is_empty() {
+            return; // storage closed
+        }
+        let mut shard = core.shard.borrow_mut();
+        for name in names {
+            shard.refilled(&name);
         }
     }
 }

@@ -59,6 +59,8 @@ pub struct Shared {
     /// Each core's topics as it stops; written to nsqd.dat at exit (D10).
     pub exit_metadata: std::sync::Mutex<Vec<TopicMeta>>,
     pub shutdown: AtomicBool,
+    /// Disk failures, for /ping.
+    pub health: Arc<crate::storage::Health>,
     pub next_client_id: AtomicU64,
     pub wakers: Vec<Arc<CoreWaker>>,
 }
@@ -66,6 +68,55 @@ pub struct Shared {
 impl Shared {
     pub fn next_client_id(&self) -> u64 {
         self.next_client_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// Topics and channels with queue files but missing from nsqd.dat (a crash
+/// before the metadata caught up) are restored too: their messages were
+/// acknowledged.
+fn add_queues_found_on_disk(topics: &mut Vec<TopicMeta>, dir: &std::path::Path) {
+    use crate::protocol::names::is_valid_name;
+    use crate::storage::metadata::ChannelMeta;
+    for name in crate::storage::nsqd_import::queue_names(dir) {
+        let (topic, channel) = match name.split_once(':') {
+            Some((t, c)) => (t.to_string(), Some(c.to_string())),
+            None => (name.clone(), None),
+        };
+        if !is_valid_name(topic.as_bytes())
+            || channel
+                .as_deref()
+                .is_some_and(|c| !is_valid_name(c.as_bytes()))
+        {
+            continue;
+        }
+        let idx = match topics.iter().position(|t| t.name == topic) {
+            Some(i) => i,
+            None => {
+                tracing::info!(topic = %topic, "restoring a topic found on disk but not in nsqd.dat");
+                topics.push(TopicMeta {
+                    name: topic.clone(),
+                    ..TopicMeta::default()
+                });
+                topics.len() - 1
+            }
+        };
+        if let Some(c) = channel {
+            if !topics[idx].channels.iter().any(|m| m.name == c) {
+                topics[idx].channels.push(ChannelMeta {
+                    name: c,
+                    paused: false,
+                });
+            }
+        }
+    }
+}
+
+/// Writes past RLIMIT_FSIZE must fail with EFBIG (a disk error the broker
+/// reports), not kill the process with SIGXFSZ.
+fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no other effect.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 
@@ -204,7 +255,10 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     probe_io_uring(io_memory)?;
     let _data_lock = lock_data_path(&opts)?;
     let data_path = opts.effective_data_path();
-    let restored = metadata::load(&data_path).map_err(|e| StartError::Metadata(e.to_string()))?;
+    let mut restored =
+        metadata::load(&data_path).map_err(|e| StartError::Metadata(e.to_string()))?;
+    add_queues_found_on_disk(&mut restored, &data_path);
+    ignore_file_size_signal();
     let tcp_addr = check_listen_address(&opts.tcp_address)?;
     let http_addr = if opts.http_address.is_empty() {
         None
@@ -228,6 +282,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         exit_metadata: std::sync::Mutex::new(Vec::new()),
         opts: Arc::new(opts),
         shutdown: AtomicBool::new(false),
+        health: Arc::new(crate::storage::Health::default()),
         next_client_id: AtomicU64::new(0),
         wakers,
     });

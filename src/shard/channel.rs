@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
-use super::queue::{BackendError, MessageQueue};
+use super::queue::{Backend, MessageQueue};
+use super::ShardConfig;
 use crate::conn::info::ClientInfo;
 use crate::conn::output::OutputBuffer;
-use crate::metrics::e2e::{E2eConfig, E2eWindow};
+use crate::metrics::e2e::E2eWindow;
 use crate::protocol::{Message, MessageId};
+use crate::storage::{QueueShared, StorageError};
 
 /// A consumer connection as its channel sees it.
 pub struct Subscriber {
@@ -116,6 +118,10 @@ impl InFlightError {
 
 pub struct Channel {
     pub name: String,
+    /// `topic:channel`, as its files are named (D3).
+    queue_name: String,
+    /// Where deferred messages are saved at shutdown (not for ephemeral).
+    deferred_file: Option<std::path::PathBuf>,
     pub ephemeral: bool,
     pub paused: bool,
     queue: MessageQueue,
@@ -135,14 +141,29 @@ pub struct Channel {
 }
 
 impl Channel {
-    pub fn new(name: String, mem_queue_size: usize, e2e: Option<&E2eConfig>) -> Channel {
+    /// `restore`: open the channel's disk queue and deferred snapshot.
+    pub fn new(topic: &str, name: String, config: &ShardConfig, restore: bool) -> Channel {
         let ephemeral = crate::protocol::names::is_ephemeral(&name);
-        Channel {
-            e2e: e2e.map(E2eWindow::new),
+        let queue_name = format!("{topic}:{name}");
+        let backend = Backend::for_queue(
+            config.storage.as_ref(),
+            &queue_name,
+            ephemeral,
+            false,
+            restore,
+        );
+        let mut channel = Channel {
+            e2e: config.e2e.as_ref().map(E2eWindow::new),
+            queue: MessageQueue::new(config.mem_limit(ephemeral), backend),
+            deferred_file: config
+                .storage
+                .as_ref()
+                .filter(|_| !ephemeral)
+                .map(|s| crate::storage::deferred::path(&s.config.dir, &queue_name)),
+            queue_name,
             name,
             ephemeral,
             paused: false,
-            queue: MessageQueue::new(mem_queue_size, ephemeral),
             in_flight: FxHashMap::default(),
             timeouts: BinaryHeap::new(),
             deferred: BinaryHeap::new(),
@@ -152,6 +173,77 @@ impl Channel {
             message_count: 0,
             requeue_count: 0,
             timeout_count: 0,
+        };
+        if restore && !ephemeral {
+            channel.restore_deferred(config);
+        }
+        channel
+    }
+
+    /// Deferred messages saved at the last clean shutdown wait for the rest
+    /// of their time.
+    fn restore_deferred(&mut self, config: &ShardConfig) {
+        let Some(storage) = &config.storage else {
+            return;
+        };
+        let saved = crate::storage::deferred::load(
+            &storage.config.dir,
+            &self.queue_name,
+            storage.config.max_msg_size,
+        );
+        if saved.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let wall = crate::protocol::message::now_nanos();
+        tracing::info!(channel = %self.queue_name, count = saved.len(), "restored deferred messages");
+        for (msg, due) in saved {
+            let wait = Duration::from_nanos(due.saturating_sub(wall).max(0) as u64);
+            self.push_deferred(msg, now + wait);
+        }
+    }
+
+    /// Clean shutdown (D10): memory and in-flight messages go to the disk
+    /// queue (in-flight ones read from disk are written again, so the
+    /// consume position can move past them), deferred ones to the snapshot
+    /// with their due time. Returns the disk queue to close.
+    pub fn persist_for_shutdown(&mut self, config: &ShardConfig) -> Option<Rc<QueueShared>> {
+        let storage = config.storage.as_ref()?;
+        let memory = self.queue.drain_memory();
+        let disk = self.queue.disk()?;
+        let mut in_flight: Vec<InFlight> = self.in_flight.drain().map(|(_, f)| f).collect();
+        in_flight.sort_by_key(|f| f.delivered_at);
+        for f in in_flight {
+            disk.put_always(&f.msg);
+        }
+        for msg in memory {
+            disk.put_always(&msg);
+        }
+        let now = Instant::now();
+        let wall = crate::protocol::message::now_nanos();
+        let deferred: Vec<(Message, i64)> = std::mem::take(&mut self.deferred)
+            .into_sorted_vec()
+            .into_iter()
+            .rev()
+            .map(|Reverse(d)| {
+                let wait = d.due.saturating_duration_since(now).as_nanos() as i64;
+                (d.msg, wall.saturating_add(wait))
+            })
+            .collect();
+        if let Err(e) =
+            crate::storage::deferred::write(&storage.config.dir, &self.queue_name, &deferred)
+        {
+            tracing::error!(channel = %self.queue_name, error = %e, "cannot save deferred messages");
+        }
+        disk.forget_outstanding();
+        Some(disk.shared().clone())
+    }
+
+    /// Deleted (Q13): its files go.
+    pub fn destroy(&mut self) {
+        self.queue.destroy();
+        if let Some(path) = &self.deferred_file {
+            let _ = std::fs::remove_file(path);
         }
     }
 
@@ -169,7 +261,7 @@ impl Channel {
     }
 
     /// A message from the topic (already counted there).
-    pub fn put(&mut self, msg: Message) -> Result<(), BackendError> {
+    pub fn put(&mut self, msg: Message) -> Result<(), StorageError> {
         self.message_count += 1;
         self.queue.put(msg)
     }
@@ -219,6 +311,9 @@ impl Channel {
 
     pub fn finish(&mut self, client_id: u64, id: &MessageId) -> Result<(), InFlightError> {
         let f = self.take_in_flight(client_id, id)?;
+        if let Some(pos) = f.msg.origin {
+            self.queue.ack(pos);
+        }
         if let Some(e2e) = &mut self.e2e {
             let latency = crate::protocol::message::now_nanos() - f.msg.timestamp;
             e2e.record(latency.max(0) as u64);
@@ -282,9 +377,7 @@ impl Channel {
 
     /// A message that went back: nsqd puts it on the queue (memory or disk).
     fn requeue_now(&mut self, msg: Message) {
-        if let Err(e) = self.queue.put(msg) {
-            tracing::error!(channel = %self.name, error = %e, "requeue failed");
-        }
+        self.queue.put_back(msg);
     }
 
     /// Timed-out in-flight messages go back (Q6); due deferred ones are
@@ -362,9 +455,21 @@ impl Channel {
             let Some(mut msg) = self.queue.pop() else {
                 break;
             };
+            // A deferred message stored on disk (durable DPUB) waits here
+            // for the rest of its time.
+            if let Some(delay) = msg.deferred.take() {
+                if !delay.is_zero() {
+                    self.push_deferred(msg, now + delay);
+                    continue;
+                }
+            }
             let rate = sub.sample_rate.get();
             if rate > 0 && fastrand::u8(0..100) > rate {
-                continue; // T35: skipped and gone from this channel
+                // T35: skipped and gone from this channel.
+                if let Some(pos) = msg.origin {
+                    self.queue.ack(pos);
+                }
+                continue;
             }
             msg.attempts = msg.attempts.wrapping_add(1);
             sub.out.push_message(&msg);

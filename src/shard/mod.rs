@@ -23,8 +23,10 @@ use crate::stats::{ChannelStats, E2eLatency, StatsFilter, TopicStats};
 use crate::storage::metadata::{ChannelMeta, TopicMeta};
 
 /// The flags a shard's topics and channels are built with.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ShardConfig {
+    /// The core's disk storage; None only in unit tests.
+    pub storage: Option<Rc<crate::storage::CoreStorage>>,
     pub node_id: u16,
     pub mem_queue_size: usize,
     /// 0: unlimited.
@@ -39,8 +41,10 @@ impl ShardConfig {
         o: &crate::config::Options,
         node_id: u16,
         metadata_dirty: Arc<AtomicBool>,
+        storage: Option<Rc<crate::storage::CoreStorage>>,
     ) -> ShardConfig {
         ShardConfig {
+            storage,
             metadata_dirty,
             node_id,
             mem_queue_size: o.mem_queue_size.max(0) as usize,
@@ -54,6 +58,23 @@ impl ShardConfig {
 }
 
 impl ShardConfig {
+    /// The memory part of a queue. In durable mode (--sync-every=1) every
+    /// message of a normal topic or channel goes through disk, so that an
+    /// OK always means "on disk".
+    pub fn mem_limit(&self, ephemeral: bool) -> usize {
+        let durable = self.storage.as_ref().is_some_and(|s| s.config.durable());
+        if durable && !ephemeral {
+            0
+        } else {
+            self.mem_queue_size
+        }
+    }
+
+    /// --sync-every=1: every acknowledged message is on disk.
+    pub fn durable(&self) -> bool {
+        self.storage.as_ref().is_some_and(|s| s.config.durable())
+    }
+
     /// D2: creating or deleting a non-ephemeral topic or channel rewrites
     /// the metadata file (soon, from core 0).
     pub fn metadata_changed(&self, name: &str) {
@@ -81,8 +102,10 @@ impl Shard {
     pub fn get_or_create_topic(&mut self, name: &str) -> &mut Topic {
         if !self.topics.contains_key(name) {
             tracing::info!(topic = name, core = self.core, "new topic");
-            self.topics
-                .insert(name.to_string(), Topic::new(name.to_string(), &self.config));
+            self.topics.insert(
+                name.to_string(),
+                Topic::new(name.to_string(), &self.config, false),
+            );
             self.config.metadata_changed(name);
         }
         self.topics
@@ -101,6 +124,31 @@ impl Shard {
         self.get_or_create_topic(topic)
             .publish(bodies, defer)
             .map_err(|e| e.to_string())
+    }
+
+    /// Clean shutdown (D10): every topic's and channel's memory, in-flight
+    /// and deferred messages go to disk. Returns the disk queues to close.
+    pub fn persist_for_shutdown(&mut self) -> Vec<Rc<crate::storage::QueueShared>> {
+        self.topics
+            .values_mut()
+            .flat_map(|t| t.persist_for_shutdown())
+            .collect()
+    }
+
+    /// A disk queue read backlog into memory: deliver it.
+    pub fn refilled(&mut self, queue: &str) {
+        match queue.split_once(':') {
+            Some((topic, channel)) => {
+                if let Some(c) = self.channel_mut(topic, channel) {
+                    c.dispatch();
+                }
+            }
+            None => {
+                if let Some(t) = self.topics.get_mut(queue) {
+                    t.pump_held();
+                }
+            }
+        }
     }
 
     /// SUB (T23, Q18): creates topic and channel as needed.
@@ -184,7 +232,8 @@ impl Shard {
 
     /// Q13: channels go, their consumers are disconnected.
     pub fn delete_topic(&mut self, name: &str) -> Result<(), AdminError> {
-        let topic = self.topics.remove(name).ok_or(AdminError::TopicNotFound)?;
+        let mut topic = self.topics.remove(name).ok_or(AdminError::TopicNotFound)?;
+        topic.destroy();
         self.config.metadata_changed(name);
         for channel in topic.channels.values() {
             for sub in &channel.subscribers {
@@ -238,10 +287,11 @@ impl Shard {
             .topics
             .get_mut(topic_name)
             .ok_or(AdminError::TopicNotFound)?;
-        let ch = topic
+        let mut ch = topic
             .channels
             .remove(channel)
             .ok_or(AdminError::ChannelNotFound)?;
+        ch.destroy();
         self.config.metadata_changed(channel);
         for sub in &ch.subscribers {
             sub.info.disconnect();
@@ -300,14 +350,22 @@ impl Shard {
 
     /// Creates what nsqd.dat lists (C3: all channels exist before the topic
     /// starts pumping, so held messages reach every one of them).
+    /// Disk queues and deferred snapshots are opened on the way.
     pub fn restore(&mut self, topics: &[TopicMeta]) {
         for meta in topics {
-            let topic = self.get_or_create_topic(&meta.name);
+            if !self.topics.contains_key(&meta.name) {
+                let topic = Topic::new(meta.name.clone(), &self.config, true);
+                self.topics.insert(meta.name.clone(), topic);
+            }
+            let Some(topic) = self.topics.get_mut(&meta.name) else {
+                continue;
+            };
             topic.paused = true;
             for c in &meta.channels {
-                topic.get_or_create_channel(&c.name).paused = c.paused;
+                topic.restore_channel(&c.name).paused = c.paused;
             }
             topic.paused = meta.paused;
+            topic.pump_held();
         }
     }
 

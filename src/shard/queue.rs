@@ -1,130 +1,174 @@
 //! A topic's or channel's message queue: a bounded memory part
-//! (`--mem-queue-size`, Q3) and a backend for what overflows it.
-//!
-//! The backend is the seam where the disk queue plugs in. Until it exists,
-//! normal topics and channels spill into `SpillBackend`, an unbounded
-//! in-memory list that keeps every message (never drop what was
-//! acknowledged); ephemeral ones drop overflow, as nsqd does (Q14, Q15).
+//! (`--mem-queue-size`, Q3) and a backend for what overflows it: the disk
+//! queue for normal topics and channels, nothing for ephemeral ones (they
+//! drop overflow, Q14, Q15, D12).
 
 use std::collections::VecDeque;
-
-use thiserror::Error;
+use std::rc::Rc;
 
 use crate::protocol::Message;
-
-#[derive(Debug, Error)]
-pub enum BackendError {
-    #[error("{0}")]
-    Io(String),
-}
+use crate::storage::{CoreStorage, DiskPos, DiskQueue, StorageError};
 
 /// Where messages beyond the memory queue go.
-pub trait QueueBackend {
-    fn put(&mut self, msg: Message) -> Result<(), BackendError>;
-    fn pop(&mut self) -> Option<Message>;
-    fn depth(&self) -> u64;
-    /// Drops everything (topic/channel empty or delete).
-    fn clear(&mut self);
+pub enum Backend {
+    Disk(DiskQueue),
+    /// Ephemeral: overflow is dropped.
+    Discard,
+    /// Unit tests and start-up without a data path: kept in memory.
+    Memory(VecDeque<Message>),
 }
 
-/// Keeps overflow in memory until the disk backend replaces it.
-#[derive(Default)]
-pub struct SpillBackend {
-    messages: VecDeque<Message>,
-}
-
-impl QueueBackend for SpillBackend {
-    fn put(&mut self, msg: Message) -> Result<(), BackendError> {
-        self.messages.push_back(msg);
-        Ok(())
+impl Backend {
+    /// The disk queue of a non-ephemeral topic or channel: opened from what
+    /// is on disk when restoring, empty otherwise.
+    pub fn for_queue(
+        storage: Option<&Rc<CoreStorage>>,
+        name: &str,
+        ephemeral: bool,
+        ack_on_pop: bool,
+        restore: bool,
+    ) -> Backend {
+        if ephemeral {
+            return Backend::Discard;
+        }
+        let Some(storage) = storage else {
+            return Backend::Memory(VecDeque::new());
+        };
+        if restore {
+            match DiskQueue::open(storage, name, ack_on_pop) {
+                Ok(q) => return Backend::Disk(q),
+                Err(e) => {
+                    tracing::error!(queue = name, error = %e, "cannot open disk queue; starting it empty")
+                }
+            }
+        }
+        Backend::Disk(DiskQueue::create(storage, name, ack_on_pop))
     }
-    fn pop(&mut self) -> Option<Message> {
-        self.messages.pop_front()
-    }
-    fn depth(&self) -> u64 {
-        self.messages.len() as u64
-    }
-    fn clear(&mut self) {
-        self.messages.clear();
-    }
-}
-
-/// Ephemeral topics and channels: overflow is dropped (Q14, Q15).
-#[derive(Default)]
-pub struct DiscardBackend {
-    pub dropped: u64,
-}
-
-impl QueueBackend for DiscardBackend {
-    fn put(&mut self, _msg: Message) -> Result<(), BackendError> {
-        self.dropped += 1;
-        Ok(())
-    }
-    fn pop(&mut self) -> Option<Message> {
-        None
-    }
-    fn depth(&self) -> u64 {
-        0
-    }
-    fn clear(&mut self) {}
 }
 
 pub struct MessageQueue {
     memory: VecDeque<Message>,
     mem_limit: usize,
-    backend: Box<dyn QueueBackend>,
+    backend: Backend,
 }
 
 impl MessageQueue {
-    pub fn new(mem_limit: usize, ephemeral: bool) -> MessageQueue {
-        let backend: Box<dyn QueueBackend> = if ephemeral {
-            Box::<DiscardBackend>::default()
-        } else {
-            Box::<SpillBackend>::default()
-        };
-        MessageQueue {
-            memory: VecDeque::new(),
+    pub fn new(mem_limit: usize, backend: Backend) -> MessageQueue {
+        let mem_limit = match backend {
             // nsqd hands ephemeral messages straight to a waiting consumer
             // even with --mem-queue-size=0; one slot here lets dispatch do
             // the same instead of dropping every message.
-            mem_limit: if ephemeral {
-                mem_limit.max(1)
-            } else {
-                mem_limit
-            },
+            Backend::Discard => mem_limit.max(1),
+            _ => mem_limit,
+        };
+        MessageQueue {
+            memory: VecDeque::new(),
+            mem_limit,
             backend,
         }
     }
 
-    pub fn put(&mut self, msg: Message) -> Result<(), BackendError> {
+    /// A published message; fails while the disk is failing (E_PUB_FAILED).
+    pub fn put(&mut self, msg: Message) -> Result<(), StorageError> {
         if self.memory.len() < self.mem_limit {
             self.memory.push_back(msg);
-            Ok(())
-        } else {
-            self.backend.put(msg)
+            return Ok(());
+        }
+        match &mut self.backend {
+            Backend::Disk(d) => d.put(&msg),
+            Backend::Discard => Ok(()),
+            Backend::Memory(m) => {
+                m.push_back(msg);
+                Ok(())
+            }
+        }
+    }
+
+    /// A message that was delivered and came back (REQ, timeout): it was
+    /// acknowledged long ago, so it is never dropped. One read from disk
+    /// stays in memory, keeping its disk position until FIN.
+    pub fn put_back(&mut self, msg: Message) {
+        if msg.origin.is_some() || self.memory.len() < self.mem_limit {
+            self.memory.push_back(msg);
+            return;
+        }
+        match &mut self.backend {
+            Backend::Disk(d) => {
+                if d.put(&msg).is_err() {
+                    self.memory.push_back(msg);
+                }
+            }
+            Backend::Discard => {}
+            Backend::Memory(m) => m.push_back(msg),
         }
     }
 
     pub fn pop(&mut self) -> Option<Message> {
-        self.memory.pop_front().or_else(|| self.backend.pop())
+        if let Some(m) = self.memory.pop_front() {
+            return Some(m);
+        }
+        match &mut self.backend {
+            Backend::Disk(d) => d.pop(),
+            Backend::Discard => None,
+            Backend::Memory(m) => m.pop_front(),
+        }
+    }
+
+    /// FIN: the disk position of a message read from disk is consumed.
+    pub fn ack(&self, pos: DiskPos) {
+        if let Backend::Disk(d) = &self.backend {
+            d.ack(pos);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.memory.is_empty() && self.backend.depth() == 0
+        self.depth() == 0
     }
 
     /// Q21: memory + backend.
     pub fn depth(&self) -> u64 {
-        self.memory.len() as u64 + self.backend.depth()
+        self.memory.len() as u64 + self.backend_depth()
     }
 
     pub fn backend_depth(&self) -> u64 {
-        self.backend.depth()
+        match &self.backend {
+            Backend::Disk(d) => d.depth(),
+            Backend::Discard => 0,
+            Backend::Memory(m) => m.len() as u64,
+        }
     }
 
     pub fn clear(&mut self) {
         self.memory.clear();
-        self.backend.clear();
+        match &mut self.backend {
+            Backend::Disk(d) => d.clear(),
+            Backend::Discard => {}
+            Backend::Memory(m) => m.clear(),
+        }
+    }
+
+    /// Topic or channel deleted: its files go too.
+    pub fn destroy(&mut self) {
+        self.memory.clear();
+        if let Backend::Disk(d) = &self.backend {
+            d.destroy();
+        }
+    }
+
+    pub fn disk(&self) -> Option<&DiskQueue> {
+        match &self.backend {
+            Backend::Disk(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Shutdown: the memory part, to be written to disk.
+    pub fn drain_memory(&mut self) -> Vec<Message> {
+        let mut out: Vec<Message> = self.memory.drain(..).collect();
+        if let Backend::Memory(m) = &mut self.backend {
+            out.extend(m.drain(..));
+        }
+        out
     }
 }
 
@@ -140,7 +184,7 @@ mod tests {
 
     #[test]
     fn overflow_spills_and_comes_back() {
-        let mut q = MessageQueue::new(2, false);
+        let mut q = MessageQueue::new(2, Backend::Memory(VecDeque::new()));
         for i in 0..5 {
             q.put(msg(i)).unwrap();
         }
@@ -152,7 +196,7 @@ mod tests {
 
     #[test]
     fn ephemeral_overflow_is_dropped() {
-        let mut q = MessageQueue::new(1, true);
+        let mut q = MessageQueue::new(1, Backend::Discard);
         q.put(msg(0)).unwrap();
         q.put(msg(1)).unwrap();
         assert_eq!(q.depth(), 1);

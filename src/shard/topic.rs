@@ -8,11 +8,12 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::channel::Channel;
-use super::queue::{BackendError, MessageQueue};
+use super::queue::{Backend, MessageQueue};
 use super::ShardConfig;
 use crate::protocol::message::{now_nanos, IdGenerator};
 use crate::protocol::names::is_ephemeral;
 use crate::protocol::Message;
+use crate::storage::StorageError;
 
 pub struct Topic {
     pub name: String,
@@ -29,14 +30,18 @@ pub struct Topic {
 }
 
 impl Topic {
-    pub fn new(name: String, config: &ShardConfig) -> Topic {
+    /// `restore`: open what the disk holds for this topic (start-up).
+    pub fn new(name: String, config: &ShardConfig, restore: bool) -> Topic {
         let ephemeral = is_ephemeral(&name);
+        // Messages leave a topic's queue for its channels at once: its disk
+        // position is consumed when read.
+        let backend = Backend::for_queue(config.storage.as_ref(), &name, ephemeral, true, restore);
         Topic {
+            queue: MessageQueue::new(config.mem_limit(ephemeral), backend),
             name,
             ephemeral,
             paused: false,
             channels: BTreeMap::new(),
-            queue: MessageQueue::new(config.mem_queue_size, ephemeral),
             ids: IdGenerator::new(config.node_id),
             config: config.clone(),
             message_count: 0,
@@ -60,7 +65,7 @@ impl Topic {
         &mut self,
         bodies: &[Bytes],
         defer: Option<Duration>,
-    ) -> Result<(), BackendError> {
+    ) -> Result<(), StorageError> {
         let now = now_nanos();
         for body in bodies {
             let mut msg = Message::new(self.ids.next_id(now), now, body.clone());
@@ -78,12 +83,16 @@ impl Topic {
     }
 
     /// Copies one message into every channel; bodies are shared, not copied.
-    fn fan_out(&mut self, msg: Message) -> Result<(), BackendError> {
+    fn fan_out(&mut self, msg: Message) -> Result<(), StorageError> {
         let mut result = Ok(());
         for channel in self.channels.values_mut() {
             let copy = msg.clone();
             match copy.deferred {
-                Some(delay) if !delay.is_zero() => channel.put_deferred(copy, delay),
+                // Durable mode: a DPUB goes to disk with its due time and
+                // waits in the channel once read back (Channel::dispatch).
+                Some(delay) if !delay.is_zero() && !self.config.durable() => {
+                    channel.put_deferred(copy, delay)
+                }
                 _ => {
                     if let Err(e) = channel.put(copy) {
                         result = Err(e);
@@ -118,6 +127,32 @@ impl Topic {
         self.queue.clear();
     }
 
+    /// Deleted (Q13): every file of the topic and its channels goes.
+    pub fn destroy(&mut self) {
+        self.queue.destroy();
+        for channel in self.channels.values_mut() {
+            channel.destroy();
+        }
+    }
+
+    /// Clean shutdown (D10): the memory queue goes to disk, and each
+    /// channel's memory, in-flight and deferred messages. Returns the disk
+    /// queues to close.
+    pub fn persist_for_shutdown(&mut self) -> Vec<std::rc::Rc<crate::storage::QueueShared>> {
+        let mut queues = Vec::new();
+        for channel in self.channels.values_mut() {
+            queues.extend(channel.persist_for_shutdown(&self.config));
+        }
+        let memory = self.queue.drain_memory();
+        if let Some(disk) = self.queue.disk() {
+            for msg in memory {
+                disk.put_always(&msg);
+            }
+            queues.push(disk.shared().clone());
+        }
+        queues
+    }
+
     pub fn dispatch_all(&mut self) {
         for channel in self.channels.values_mut() {
             channel.dispatch();
@@ -129,16 +164,24 @@ impl Topic {
             tracing::info!(topic = %self.name, channel = name, "new channel");
             self.channels.insert(
                 name.to_string(),
-                Channel::new(
-                    name.to_string(),
-                    self.config.mem_queue_size,
-                    self.config.e2e.as_ref(),
-                ),
+                Channel::new(&self.name, name.to_string(), &self.config, false),
             );
             self.config.metadata_changed(name);
             self.pump_held();
         }
         // Just inserted or already present.
+        self.channels
+            .get_mut(name)
+            .expect("channel exists after insert")
+    }
+
+    /// Start-up: a channel from nsqd.dat or from files on disk, with its
+    /// disk queue and deferred snapshot.
+    pub fn restore_channel(&mut self, name: &str) -> &mut Channel {
+        if !self.channels.contains_key(name) {
+            let channel = Channel::new(&self.name, name.to_string(), &self.config, true);
+            self.channels.insert(name.to_string(), channel);
+        }
         self.channels
             .get_mut(name)
             .expect("channel exists after insert")

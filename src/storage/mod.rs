@@ -1,4 +1,299 @@
-//! What ringsq keeps on disk. For now the metadata file (`nsqd.dat`); the
-//! disk queue behind `shard::queue::QueueBackend` comes with the disk issue.
+//! What ringsq keeps on disk: `nsqd.dat` (metadata), each topic's and
+//! channel's disk queue (segment files written with direct io_uring
+//! writes), deferred-message snapshots, and the import of nsqd's files.
+//!
+//! Per core there is one `CoreStorage`: the flags, the group commit that
+//! syncs every queue written since the last round in one go, the queues
+//! that read a chunk of backlog and want their consumers served, and the
+//! shared health that /ping reports.
 
+pub mod deferred;
+pub mod disk_queue;
 pub mod metadata;
+pub mod notify;
+pub mod nsqd_import;
+pub mod record;
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use thiserror::Error;
+
+pub use disk_queue::{DiskQueue, QueueShared};
+pub use record::DiskPos;
+
+use notify::Notify;
+
+#[derive(Debug, Clone, Error)]
+pub enum StorageError {
+    #[error("{op} {path}: {err}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        err: String,
+    },
+    /// The disk is failing (full, I/O error): the text nsqd users see after
+    /// "PUB failed ".
+    #[error("{0}")]
+    Failing(String),
+}
+
+impl StorageError {
+    pub fn io(op: &'static str, path: &Path, err: std::io::Error) -> StorageError {
+        StorageError::Io {
+            op,
+            path: path.to_path_buf(),
+            err: err.to_string(),
+        }
+    }
+}
+
+/// The storage flags, as nsqd names them.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub dir: PathBuf,
+    pub max_bytes_per_file: u64,
+    pub max_msg_size: u64,
+    /// D7: sync after this many operations; 1 is ringsq's durable mode
+    /// (OK only once the message is on disk).
+    pub sync_every: u64,
+    pub sync_timeout: Duration,
+}
+
+impl StorageConfig {
+    pub fn from_options(o: &crate::config::Options) -> StorageConfig {
+        StorageConfig {
+            dir: o.effective_data_path(),
+            max_bytes_per_file: o.max_bytes_per_file.max(4096) as u64,
+            max_msg_size: o.max_msg_size.max(0) as u64,
+            sync_every: o.sync_every.max(1) as u64,
+            sync_timeout: if o.sync_timeout.is_zero() {
+                Duration::from_millis(100)
+            } else {
+                o.sync_timeout
+            },
+        }
+    }
+
+    pub fn durable(&self) -> bool {
+        self.sync_every == 1
+    }
+}
+
+/// Whether the disk works, for /ping (H1: "NOK - <error>" while failing).
+#[derive(Default)]
+pub struct Health {
+    failing: AtomicUsize,
+    last_error: Mutex<String>,
+}
+
+impl Health {
+    pub fn fail(&self, err: &str) {
+        self.failing.fetch_add(1, Ordering::AcqRel);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = err.to_string();
+    }
+
+    pub fn recover(&self) {
+        let _ = self
+            .failing
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// None when healthy, else the last error.
+    pub fn error(&self) -> Option<String> {
+        (self.failing.load(Ordering::Acquire) > 0).then(|| {
+            self.last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        })
+    }
+}
+
+/// Group commit: every queue written since the last round is synced in one
+/// round, and every durable publisher waiting gets its answer from it.
+#[derive(Default)]
+pub struct SyncGroup {
+    dirty: RefCell<Vec<Rc<QueueShared>>>,
+    waiters: RefCell<Vec<oneshot::Sender<Result<(), StorageError>>>>,
+    requested: Cell<bool>,
+    wake: Notify,
+}
+
+impl SyncGroup {
+    fn add(&self, q: Rc<QueueShared>) {
+        self.dirty.borrow_mut().push(q);
+    }
+
+    /// A queue reached --sync-every operations.
+    fn request(&self) {
+        if !self.requested.replace(true) {
+            self.wake.notify();
+        }
+    }
+
+    /// Resolves once everything appended before the call is on disk.
+    pub async fn commit(&self) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().push(tx);
+        self.request();
+        rx.await
+            .unwrap_or_else(|_| Err(StorageError::Failing("exiting".into())))
+    }
+
+    /// One round: sync every dirty queue concurrently, answer the waiters.
+    async fn round(&self) {
+        self.requested.set(false);
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        let queues = std::mem::take(&mut *self.dirty.borrow_mut());
+        // Channels first, topics after: a topic's consume position must not
+        // reach the disk before the channel records it handed messages to.
+        let (topics, channels): (Vec<_>, Vec<_>) = queues.into_iter().partition(|q| q.is_topic());
+        let mut failed = None;
+        for phase in [channels, topics] {
+            let results = futures::future::join_all(phase.iter().map(|q| q.sync(false))).await;
+            if let Some(e) = results.into_iter().find_map(|r| r.err()) {
+                failed.get_or_insert(e);
+            }
+        }
+        for w in waiters {
+            let _ = w.send(match &failed {
+                Some(e) => Err(e.clone()),
+                None => Ok(()),
+            });
+        }
+    }
+}
+
+/// Per-core storage context.
+pub struct CoreStorage {
+    pub config: StorageConfig,
+    pub health: std::sync::Arc<Health>,
+    pub sync: SyncGroup,
+    refills: RefCell<Vec<Rc<str>>>,
+    refill_signal: Notify,
+    /// Set once the core has written everything out at shutdown.
+    closed: Cell<bool>,
+    /// Bytes sealed for writing but not written yet, over all queues.
+    unwritten: Cell<u64>,
+    written: Notify,
+}
+
+/// Publishers wait while this much is waiting for the disk (backpressure
+/// instead of unbounded memory when publishing outruns the disk).
+const MAX_UNWRITTEN: u64 = 64 << 20;
+
+impl CoreStorage {
+    /// Ends the sync loop (after the shutdown flush).
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.sync.wake.notify();
+        self.refill_signal.notify();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    fn add_unwritten(&self, bytes: u64) {
+        self.unwritten.set(self.unwritten.get() + bytes);
+    }
+
+    fn sub_unwritten(&self, bytes: u64) {
+        let before = self.unwritten.get();
+        let after = before.saturating_sub(bytes);
+        self.unwritten.set(after);
+        if before > MAX_UNWRITTEN && after <= MAX_UNWRITTEN {
+            self.written.notify();
+        }
+    }
+
+    /// Whether publishers should wait for the disk.
+    pub fn over_limit(&self) -> bool {
+        self.unwritten.get() > MAX_UNWRITTEN
+    }
+
+    /// Resolves once the disk has caught up enough to take more.
+    pub async fn wait_for_room(&self) {
+        loop {
+            let seen = self.written.generation();
+            if !self.over_limit() || self.closed.get() {
+                return;
+            }
+            self.written.changed(seen).await;
+        }
+    }
+
+    pub fn new(config: StorageConfig, health: std::sync::Arc<Health>) -> Rc<CoreStorage> {
+        Rc::new(CoreStorage {
+            config,
+            health,
+            sync: SyncGroup::default(),
+            refills: RefCell::new(Vec::new()),
+            refill_signal: Notify::default(),
+            closed: Cell::new(false),
+            unwritten: Cell::new(0),
+            written: Notify::default(),
+        })
+    }
+
+    /// A queue read backlog into memory: its topic or channel can deliver.
+    fn refilled(&self, name: &Rc<str>) {
+        self.refills.borrow_mut().push(name.clone());
+        self.refill_signal.notify();
+    }
+
+    /// Waits for refilled queues; returns their names (`topic` or
+    /// `topic:channel`).
+    /// Empty once the storage is closed.
+    pub async fn next_refills(&self) -> Vec<Rc<str>> {
+        loop {
+            let seen = self.refill_signal.generation();
+            let names = std::mem::take(&mut *self.refills.borrow_mut());
+            if !names.is_empty() || self.closed.get() {
+                return names;
+            }
+            self.refill_signal.changed(seen).await;
+        }
+    }
+
+    /// The group-commit loop: a round when asked (durable publish,
+    /// --sync-every reached) and every --sync-timeout if anything changed.
+    pub async fn sync_loop(self: Rc<Self>) {
+        let timeout = self.config.sync_timeout;
+        let mut next_tick = std::time::Instant::now() + timeout;
+        while !self.closed.get() {
+            let seen = self.sync.wake.generation();
+            if !self.sync.requested.get() {
+                let now = std::time::Instant::now();
+                if now < next_tick {
+                    futures_lite::future::or(
+                        async {
+                            glommio::timer::sleep(next_tick - now).await;
+                        },
+                        self.sync.wake.changed(seen),
+                    )
+                    .await;
+                }
+            }
+            let now = std::time::Instant::now();
+            if self.sync.requested.get() || now >= next_tick {
+                if now >= next_tick {
+                    next_tick = now + timeout;
+                }
+                if !self.sync.dirty.borrow().is_empty() || !self.sync.waiters.borrow().is_empty() {
+                    self.sync.round().await;
+                } else {
+                    self.sync.requested.set(false);
+                }
+            }
+        }
+        // Answer anyone still waiting.
+        self.sync.round().await;
+    }
+}

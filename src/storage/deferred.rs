@@ -1,0 +1,76 @@
+//! Deferred messages across a clean restart: at shutdown each channel's
+//! deferred messages are written, with their due time, to
+//! `<topic>:<channel>.ringsq.deferred.dat`; at start-up they are loaded and
+//! wait for the rest of their time (nsqd loses the timer: #1107). The file
+//! stays until the next clean shutdown rewrites it, so a crash meanwhile
+//! delivers them again rather than losing them.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::record::{self, Format, Step, HEADER_LEN};
+use crate::protocol::Message;
+
+pub fn path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.ringsq.deferred.dat"))
+}
+
+/// Writes the snapshot atomically (temp file, fsync, rename, directory
+/// fsync); an empty list removes it.
+pub fn write(dir: &Path, name: &str, entries: &[(Message, i64)]) -> std::io::Result<()> {
+    let target = path(dir, name);
+    if entries.is_empty() {
+        return match std::fs::remove_file(&target) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let mut data = vec![0u8; HEADER_LEN as usize];
+    record::encode_header(&mut data, 0);
+    for (msg, due) in entries {
+        let at = data.len();
+        data.resize(at + record::encoded_len(msg, Some(*due)), 0);
+        record::encode(&mut data[at..], msg, Some(*due));
+    }
+    let tmp = dir.join(format!("{name}.ringsq.deferred.dat.tmp"));
+    let mut f = File::create(&tmp)?;
+    f.write_all(&data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &target)?;
+    File::open(dir)?.sync_all()
+}
+
+/// The snapshot's messages and due times (Unix ns); damaged records are
+/// skipped and logged.
+pub fn load(dir: &Path, name: &str, max_body: u64) -> Vec<(Message, i64)> {
+    let p = path(dir, name);
+    let Ok(data) = std::fs::read(&p) else {
+        return Vec::new();
+    };
+    let data = Bytes::from(data);
+    let len = data.len() as u64;
+    let mut pos = HEADER_LEN;
+    let mut out = Vec::new();
+    let mut damaged = false;
+    while pos < len {
+        match record::step(Format::Ringsq, &data, 0, pos, len, max_body) {
+            Step::Record(r, next) => {
+                out.push((r.msg, r.due.unwrap_or(0)));
+                pos = next;
+            }
+            Step::Pad(next) if !damaged => pos = next,
+            Step::Pad(_) => pos += 1,
+            Step::NeedMore | Step::Corrupt => {
+                damaged = true;
+                pos += 1;
+            }
+        }
+    }
+    if damaged {
+        tracing::warn!(path = %p.display(), "corrupt records skipped in deferred snapshot");
+    }
+    out
+}

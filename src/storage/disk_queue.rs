@@ -1,0 +1,1360 @@
+//! One topic's or channel's disk queue: segment files written with direct
+//! io_uring writes, read back in order, consumed on FIN.
+//!
+//! The queue API (`put`, `pop`, `ack`) is synchronous because the shard is
+//! plain single-threaded code; the file work happens in one background task
+//! per queue (`io_task`) plus one task per write in flight:
+//!
+//! - `put` encodes the record into the current 512 KiB DMA buffer. A full
+//!   buffer, or one a sync needs now, is sealed (padded to 512 bytes, so no
+//!   two writes ever touch the same block) and handed to the io task, which
+//!   creates and preallocates segment files and keeps up to four writes in
+//!   flight. A failed write keeps its buffer and is retried: nothing
+//!   acknowledged is dropped while the disk is full.
+//! - Reading: the newest messages are also kept in `ready` while the reader
+//!   has caught up, so a consumer that keeps up never reads the file. A
+//!   backlog is read back in 1 MiB chunks by the io task, which then asks
+//!   the core to dispatch (`CoreStorage::refilled`).
+//! - Consumption: a channel's message read from disk carries its position
+//!   (`Message::origin`) until FIN; the position saved in the meta file is
+//!   the oldest one not finished, so a crash redelivers what was in flight
+//!   instead of losing it. Segments wholly before it are deleted.
+//!
+//! Files (in --data-path): `<name>.ringsq.NNNNNN.dat` segments and
+//! `<name>.ringsq.meta.dat`; `<name>` is the topic or `topic:channel`.
+//! nsqd's own `<name>.diskqueue.*` files are read in place (`nsqd_import`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, VecDeque};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+
+use super::nsqd_import;
+use super::record::{self, align_up, DiskPos, Format, Step, HEADER_LEN};
+use super::{CoreStorage, StorageError};
+use crate::protocol::Message;
+
+/// Write buffer size; bigger records get a buffer of their own.
+const WRITE_BUF: usize = 512 << 10;
+const MAX_WRITES_IN_FLIGHT: usize = 8;
+/// Segment files grow by this much at a time (ext4 serialises writes that
+/// extend a file; preallocated ones run in parallel).
+const PREALLOC_STEP: u64 = 8 << 20;
+const READ_CHUNK: u64 = 1 << 20;
+/// The io task reads more once `ready` holds fewer messages than this.
+const READY_LOW: usize = 4096;
+/// New messages go to `ready` too while it is below these.
+const READY_CAP: usize = 16384;
+const READY_CAP_BYTES: usize = 16 << 20;
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// Segment ordinals: imported nsqd files keep their numbers (below this),
+/// ringsq's own start here, so positions order the whole queue.
+pub const OWN_BASE: u64 = 1 << 40;
+
+pub fn segment_path(dir: &Path, name: &str, num: u64) -> PathBuf {
+    dir.join(format!("{name}.ringsq.{num:06}.dat"))
+}
+
+pub fn meta_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.ringsq.meta.dat"))
+}
+
+struct Segment {
+    ord: u64,
+    format: Format,
+    path: PathBuf,
+    /// Where records start (after the header, or nsqd's read position).
+    start: u64,
+    /// End of data. Final once sealed; grows while this is the write segment.
+    end: u64,
+    /// Data before this offset has been written (write completions).
+    written_end: u64,
+    sealed: bool,
+    file: Option<Rc<DmaFile>>,
+    preallocated: u64,
+    /// Has completed writes not yet fdatasync'ed.
+    unsynced: bool,
+}
+
+struct WriteBuf {
+    ord: u64,
+    file_off: u64,
+    buf: DmaBuffer,
+    len: usize,
+}
+
+struct Job {
+    seq: u64,
+    ord: u64,
+    off: u64,
+    buf: Rc<DmaBuffer>,
+    /// Counted in `failing_jobs` until it succeeds.
+    failed_once: bool,
+}
+
+struct Ticket {
+    seq: u64,
+    ord: u64,
+    end: u64,
+    done: bool,
+}
+
+struct Ready {
+    pos: DiskPos,
+    msg: Message,
+}
+
+struct Inner {
+    /// Bumped by `clear`: completions of older writes and reads are ignored.
+    epoch: u64,
+    segments: VecDeque<Segment>,
+    next_own: u64,
+    /// Logical end: where the next record goes (None before the first put).
+    write: Option<DiskPos>,
+    cur: Option<WriteBuf>,
+    jobs: VecDeque<Job>,
+    retry: VecDeque<Job>,
+    tickets: VecDeque<Ticket>,
+    next_seq: u64,
+    /// Every write up to this sequence number has completed.
+    done_through: u64,
+    in_flight: usize,
+    failing_jobs: usize,
+    failed: Option<String>,
+
+    ready: VecDeque<Ready>,
+    ready_bytes: usize,
+    /// The next record not in `ready` (what the reader loads next).
+    loaded: DiskPos,
+    depth: u64,
+    /// Popped from disk, not finished yet (channels only).
+    outstanding: BTreeSet<DiskPos>,
+    reading: bool,
+
+    meta_saved: Option<DiskPos>,
+    meta_seq: u64,
+    meta_file: Option<Rc<DmaFile>>,
+    /// Puts and FINs since the last sync (--sync-every).
+    ops: u64,
+    /// Sealed bytes not yet handed to CoreStorage's unwritten count.
+    unwritten: u64,
+    in_sync_list: bool,
+    closed: bool,
+}
+
+pub struct QueueShared {
+    pub name: Rc<str>,
+    ctx: Rc<CoreStorage>,
+    /// Topics hand messages on to channels at once: consumed on pop.
+    ack_on_pop: bool,
+    inner: RefCell<Inner>,
+    /// Wakes the io task.
+    work: super::notify::Notify,
+    /// Write completions (sync waiters).
+    progress: super::notify::Notify,
+    task_running: Cell<bool>,
+}
+
+/// The handle a topic or channel holds.
+pub struct DiskQueue {
+    shared: Rc<QueueShared>,
+}
+
+impl DiskQueue {
+    /// A queue with no files yet (a topic or channel created at run time).
+    pub fn create(ctx: &Rc<CoreStorage>, name: &str, ack_on_pop: bool) -> DiskQueue {
+        let inner = Inner::new(VecDeque::new(), 1, None);
+        DiskQueue::start(ctx, name, ack_on_pop, inner)
+    }
+
+    /// Opens what an earlier run (or nsqd) left: reads the meta file, scans
+    /// every unconsumed segment to count its records and find damage.
+    pub fn open(
+        ctx: &Rc<CoreStorage>,
+        name: &str,
+        ack_on_pop: bool,
+    ) -> Result<DiskQueue, StorageError> {
+        let dir = &ctx.config.dir;
+        let max_body = ctx.config.max_msg_size;
+        let consumed = read_meta(&meta_path(dir, name));
+        let mut segments: Vec<Segment> = Vec::new();
+        for legacy in nsqd_import::segments(dir, name) {
+            segments.push(Segment::sealed(
+                legacy.num,
+                Format::Nsqd,
+                legacy.path,
+                legacy.start,
+                legacy.len,
+            ));
+        }
+        let mut next_own = 1;
+        for (num, path) in own_segments(dir, name)? {
+            next_own = next_own.max(num + 1);
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let start = match read_header(&path) {
+                Ok(start) => start,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "corrupt segment header; scanning its records anyway");
+                    HEADER_LEN
+                }
+            };
+            segments.push(Segment::sealed(
+                OWN_BASE + num,
+                Format::Ringsq,
+                path,
+                start,
+                len,
+            ));
+        }
+        segments.sort_by_key(|s| s.ord);
+        let mut kept = VecDeque::new();
+        let mut depth = 0;
+        for mut seg in segments {
+            if let Some(c) = consumed {
+                if seg.ord < c.seg {
+                    remove_file(&seg.path);
+                    continue;
+                }
+                if seg.ord == c.seg {
+                    seg.start = seg.start.max(c.off);
+                }
+            }
+            let scan = scan_segment(&seg.path, seg.format, seg.start, seg.end, max_body)
+                .map_err(|e| StorageError::io("reading", &seg.path, e))?;
+            seg.end = scan.end;
+            seg.written_end = scan.end;
+            depth += scan.records;
+            kept.push_back(seg);
+        }
+        nsqd_import::remove_meta_if_done(dir, name, kept.iter().any(|s| s.format == Format::Nsqd));
+        if depth > 0 {
+            tracing::info!(
+                queue = name,
+                depth,
+                segments = kept.len(),
+                "disk queue opened"
+            );
+        }
+        let mut inner = Inner::new(kept, next_own, consumed);
+        inner.depth = depth;
+        Ok(DiskQueue::start(ctx, name, ack_on_pop, inner))
+    }
+
+    fn start(ctx: &Rc<CoreStorage>, name: &str, ack_on_pop: bool, inner: Inner) -> DiskQueue {
+        let shared = Rc::new(QueueShared {
+            name: name.into(),
+            ctx: ctx.clone(),
+            ack_on_pop,
+            inner: RefCell::new(inner),
+            work: Default::default(),
+            progress: Default::default(),
+            task_running: Cell::new(false),
+        });
+        DiskQueue { shared }
+    }
+
+    pub fn shared(&self) -> &Rc<QueueShared> {
+        &self.shared
+    }
+
+    pub fn depth(&self) -> u64 {
+        self.shared.inner.borrow().depth
+    }
+
+    /// Appends a message. Fails only while the disk is failing.
+    pub fn put(&self, msg: &Message) -> Result<(), StorageError> {
+        let s = &self.shared;
+        {
+            let inner = s.inner.borrow();
+            if let Some(err) = &inner.failed {
+                return Err(StorageError::Failing(err.clone()));
+            }
+        }
+        s.append(msg);
+        Ok(())
+    }
+
+    /// Appends whatever the disk's state (shutdown: the buffers are kept and
+    /// retried even if a write fails).
+    pub fn put_always(&self, msg: &Message) {
+        self.shared.append(msg);
+    }
+
+    /// The next message, if one is loaded. With none loaded but some on
+    /// disk, the io task reads ahead and the core dispatches again.
+    pub fn pop(&self) -> Option<Message> {
+        let s = &self.shared;
+        let mut inner = s.inner.borrow_mut();
+        let r = inner.ready.pop_front();
+        let low = inner.ready.len() < READY_LOW && inner.loaded < inner.write_end();
+        let Some(Ready { pos, mut msg }) = r else {
+            if inner.depth > 0 && !inner.reading {
+                drop(inner);
+                s.wake_io();
+            }
+            return None;
+        };
+        inner.depth = inner.depth.saturating_sub(1);
+        inner.ready_bytes = inner.ready_bytes.saturating_sub(msg.body.len());
+        if s.ack_on_pop {
+            inner.ops += 1;
+            drop(inner);
+            s.after_consume();
+        } else {
+            inner.outstanding.insert(pos);
+            msg.origin = Some(pos);
+            drop(inner);
+        }
+        if low {
+            s.wake_io();
+        }
+        Some(msg)
+    }
+
+    /// FIN of a message that came from this queue.
+    pub fn ack(&self, pos: DiskPos) {
+        let s = &self.shared;
+        {
+            let mut inner = s.inner.borrow_mut();
+            if !inner.outstanding.remove(&pos) {
+                return;
+            }
+            inner.ops += 1;
+        }
+        s.after_consume();
+    }
+
+    /// Shutdown: everything taken from disk was written again (in-flight,
+    /// requeued), so the consume position is the read position.
+    pub fn forget_outstanding(&self) {
+        self.shared.inner.borrow_mut().outstanding.clear();
+        self.shared.after_consume();
+    }
+
+    /// Q11/Q12 (empty): drops every message and file.
+    pub fn clear(&self) {
+        self.shared.reset(false);
+    }
+
+    /// Topic or channel deleted: files go, the io task ends.
+    pub fn destroy(&self) {
+        self.shared.reset(true);
+    }
+
+    /// Clean shutdown: writes out the buffer, waits for every write, syncs
+    /// and saves the consume position.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        let r = self.shared.sync(true).await;
+        self.shared.inner.borrow_mut().closed = true;
+        self.shared.work.notify();
+        r
+    }
+}
+
+impl Segment {
+    fn sealed(ord: u64, format: Format, path: PathBuf, start: u64, end: u64) -> Segment {
+        Segment {
+            ord,
+            format,
+            path,
+            start,
+            end,
+            written_end: end,
+            sealed: true,
+            file: None,
+            preallocated: end,
+            unsynced: false,
+        }
+    }
+}
+
+impl Inner {
+    fn new(segments: VecDeque<Segment>, next_own: u64, consumed: Option<DiskPos>) -> Inner {
+        let loaded = segments
+            .front()
+            .map(|s| DiskPos {
+                seg: s.ord,
+                off: s.start,
+            })
+            .unwrap_or_default();
+        Inner {
+            epoch: 0,
+            segments,
+            next_own,
+            write: None,
+            cur: None,
+            jobs: VecDeque::new(),
+            retry: VecDeque::new(),
+            tickets: VecDeque::new(),
+            next_seq: 0,
+            done_through: 0,
+            in_flight: 0,
+            failing_jobs: 0,
+            failed: None,
+            ready: VecDeque::new(),
+            ready_bytes: 0,
+            loaded,
+            depth: 0,
+            outstanding: BTreeSet::new(),
+            reading: false,
+            meta_saved: consumed,
+            meta_seq: 0,
+            meta_file: None,
+            ops: 0,
+            unwritten: 0,
+            in_sync_list: false,
+            closed: false,
+        }
+    }
+
+    /// Where the next record will be written; `loaded` equal to it means the
+    /// reader has caught up.
+    fn write_end(&self) -> DiskPos {
+        match self.write {
+            Some(w) => w,
+            None => self
+                .segments
+                .back()
+                .map(|s| DiskPos {
+                    seg: s.ord,
+                    off: s.end,
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    fn segment(&self, ord: u64) -> Option<&Segment> {
+        self.segments.iter().find(|s| s.ord == ord)
+    }
+
+    fn segment_mut(&mut self, ord: u64) -> Option<&mut Segment> {
+        self.segments.iter_mut().find(|s| s.ord == ord)
+    }
+
+    /// The oldest position still needed: unfinished, or not yet popped.
+    fn consume_pos(&self) -> DiskPos {
+        let next = self.ready.front().map(|r| r.pos).unwrap_or(self.loaded);
+        match self.outstanding.first() {
+            Some(o) if *o < next => *o,
+            _ => next,
+        }
+    }
+
+    /// Seals the current buffer: pads it to the block and queues its write.
+    fn seal(&mut self) {
+        let Some(mut cur) = self.cur.take() else {
+            return;
+        };
+        if cur.len == 0 {
+            return;
+        }
+        let padded = align_up(cur.len as u64) as usize;
+        cur.buf.as_bytes_mut()[cur.len..padded].fill(0);
+        cur.buf.trim_to_size(padded);
+        let end = cur.file_off + padded as u64;
+        let old_end = self.write_end();
+        let new_end = DiskPos {
+            seg: cur.ord,
+            off: end,
+        };
+        if self.loaded == old_end {
+            self.loaded = new_end;
+        }
+        self.write = Some(new_end);
+        if let Some(seg) = self.segment_mut(cur.ord) {
+            seg.end = end;
+        }
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        self.tickets.push_back(Ticket {
+            seq,
+            ord: cur.ord,
+            end,
+            done: false,
+        });
+        self.unwritten += padded as u64;
+        self.jobs.push_back(Job {
+            seq,
+            ord: cur.ord,
+            off: cur.file_off,
+            buf: Rc::new(cur.buf),
+            failed_once: false,
+        });
+    }
+
+    /// Ends the write segment (D6: before a record that would pass
+    /// --max-bytes-per-file) and starts the next one.
+    fn roll(&mut self, dir: &Path, name: &str) {
+        self.seal();
+        let old_end = self.write_end();
+        if let Some(w) = self.write {
+            if let Some(seg) = self.segment_mut(w.seg) {
+                seg.sealed = true;
+            }
+        }
+        let num = self.next_own;
+        self.next_own += 1;
+        let ord = OWN_BASE + num;
+        self.segments.push_back(Segment {
+            ord,
+            format: Format::Ringsq,
+            path: segment_path(dir, name, num),
+            start: HEADER_LEN,
+            end: HEADER_LEN,
+            written_end: HEADER_LEN,
+            sealed: false,
+            file: None,
+            preallocated: 0,
+            unsynced: false,
+        });
+        let new_end = DiskPos {
+            seg: ord,
+            off: HEADER_LEN,
+        };
+        if self.loaded == old_end || self.segments.len() == 1 {
+            self.loaded = new_end;
+        }
+        self.write = Some(new_end);
+    }
+}
+
+impl QueueShared {
+    /// A topic's queue (consumed on pop) rather than a channel's.
+    pub fn is_topic(&self) -> bool {
+        self.ack_on_pop
+    }
+
+    fn wake_io(self: &Rc<Self>) {
+        let sealed = std::mem::take(&mut self.inner.borrow_mut().unwritten);
+        self.ctx.add_unwritten(sealed);
+        if !self.task_running.get() {
+            self.task_running.set(true);
+            glommio::spawn_local(io_task(self.clone())).detach();
+        }
+        self.work.notify();
+    }
+
+    fn mark_dirty(self: &Rc<Self>, inner: &mut Inner) {
+        if !inner.in_sync_list {
+            inner.in_sync_list = true;
+            self.ctx.sync.add(self.clone());
+        }
+        if inner.ops >= self.ctx.config.sync_every.max(1) {
+            self.ctx.sync.request();
+        }
+    }
+
+    fn append(self: &Rc<Self>, msg: &Message) {
+        let cfg = &self.ctx.config;
+        // A deferred message (DPUB in durable mode) keeps its due time.
+        let due = msg
+            .deferred
+            .filter(|d| !d.is_zero())
+            .map(|d| msg.timestamp.saturating_add(d.as_nanos() as i64));
+        let len = record::encoded_len(msg, due);
+        let mut sealed = false;
+        {
+            let mut guard = self.inner.borrow_mut();
+            let inner = &mut *guard;
+            let needs_roll = match inner.write {
+                None => true,
+                Some(w) => w.off > HEADER_LEN && w.off + len as u64 > cfg.max_bytes_per_file,
+            };
+            if needs_roll {
+                sealed = inner.cur.is_some();
+                inner.roll(&cfg.dir, &self.name);
+            }
+            if inner
+                .cur
+                .as_ref()
+                .is_some_and(|c| c.len + len > c.buf.len())
+            {
+                inner.seal();
+                sealed = true;
+            }
+            let w = inner.write.unwrap_or_default();
+            let cur = inner.cur.get_or_insert_with(|| WriteBuf {
+                ord: w.seg,
+                file_off: w.off,
+                buf: glommio::allocate_dma_buffer(WRITE_BUF.max(align_up(len as u64) as usize)),
+                len: 0,
+            });
+            let at = cur.len;
+            record::encode(&mut cur.buf.as_bytes_mut()[at..], msg, due);
+            cur.len += len;
+            let pos = w;
+            let next = DiskPos {
+                seg: w.seg,
+                off: w.off + len as u64,
+            };
+            if inner.loaded == pos
+                && inner.ready.len() < READY_CAP
+                && inner.ready_bytes < READY_CAP_BYTES
+            {
+                inner.ready.push_back(Ready {
+                    pos,
+                    msg: msg.clone(),
+                });
+                inner.ready_bytes += msg.body.len();
+                inner.loaded = next;
+            }
+            inner.write = Some(next);
+            if let Some(seg) = inner.segment_mut(w.seg) {
+                seg.end = next.off;
+            }
+            inner.depth += 1;
+            inner.ops += 1;
+            self.mark_dirty(inner);
+        }
+        if sealed {
+            self.wake_io();
+        }
+    }
+
+    fn after_consume(self: &Rc<Self>) {
+        let mut inner = self.inner.borrow_mut();
+        let consume = inner.consume_pos();
+        // Segments wholly before the consume position are done (D6).
+        while inner.segments.len() > 1
+            && inner
+                .segments
+                .front()
+                .is_some_and(|s| s.ord < consume.seg && s.sealed)
+        {
+            if let Some(seg) = inner.segments.pop_front() {
+                remove_file(&seg.path);
+                if seg.format == Format::Nsqd {
+                    let more = inner.segments.iter().any(|s| s.format == Format::Nsqd);
+                    nsqd_import::remove_meta_if_done(&self.ctx.config.dir, &self.name, more);
+                }
+            }
+        }
+        if inner.meta_saved != Some(consume) {
+            self.mark_dirty(&mut inner);
+        }
+    }
+
+    fn reset(self: &Rc<Self>, destroy: bool) {
+        let mut inner = self.inner.borrow_mut();
+        for seg in inner.segments.drain(..) {
+            remove_file(&seg.path);
+            if seg.format == Format::Nsqd {
+                nsqd_import::remove_meta_if_done(&self.ctx.config.dir, &self.name, false);
+            }
+        }
+        // Writes that will never happen no longer hold publishers back.
+        let queued: u64 = inner
+            .jobs
+            .iter()
+            .chain(inner.retry.iter())
+            .map(|j| j.buf.len() as u64)
+            .sum();
+        self.ctx
+            .sub_unwritten(queued.saturating_sub(inner.unwritten));
+        let next_own = inner.next_own;
+        let failed = inner.failed.is_some();
+        let epoch = inner.epoch + 1;
+        let meta_file = inner.meta_file.take();
+        *inner = Inner::new(VecDeque::new(), next_own, None);
+        inner.epoch = epoch;
+        inner.closed = destroy;
+        if destroy {
+            remove_file(&meta_path(&self.ctx.config.dir, &self.name));
+            drop(meta_file);
+        } else {
+            inner.meta_file = meta_file;
+            inner.meta_saved = None;
+            self.mark_dirty(&mut inner);
+        }
+        drop(inner);
+        if failed {
+            self.ctx.health.recover();
+        }
+        self.work.notify();
+        self.progress.notify();
+    }
+
+    /// Makes everything appended so far durable: seals the buffer, waits for
+    /// every write, fdatasyncs the files written, saves the consume position.
+    pub async fn sync(self: &Rc<Self>, force_meta: bool) -> Result<(), StorageError> {
+        let (target, epoch) = {
+            let mut inner = self.inner.borrow_mut();
+            inner.in_sync_list = false;
+            inner.ops = 0;
+            inner.seal();
+            (inner.next_seq, inner.epoch)
+        };
+        self.wake_io();
+        loop {
+            let seen = self.progress.generation();
+            {
+                let inner = self.inner.borrow();
+                if inner.epoch != epoch {
+                    return Ok(()); // emptied meanwhile
+                }
+                if inner.done_through >= target {
+                    break;
+                }
+                if let Some(err) = &inner.failed {
+                    return Err(StorageError::Failing(err.clone()));
+                }
+            }
+            self.progress.changed(seen).await;
+        }
+        let files: Vec<Rc<DmaFile>> = {
+            let mut inner = self.inner.borrow_mut();
+            inner
+                .segments
+                .iter_mut()
+                .filter(|s| s.unsynced)
+                .filter_map(|s| {
+                    s.unsynced = false;
+                    s.file.clone()
+                })
+                .collect()
+        };
+        let results = futures::future::join_all(files.iter().map(|f| f.fdatasync())).await;
+        for r in results {
+            if let Err(e) = r {
+                let err = e.to_string();
+                tracing::error!(queue = %self.name, error = %err, "fdatasync failed");
+                return Err(StorageError::Failing(err));
+            }
+        }
+        self.save_meta(force_meta).await
+    }
+
+    async fn save_meta(self: &Rc<Self>, force: bool) -> Result<(), StorageError> {
+        let (consume, seq, file) = {
+            let mut inner = self.inner.borrow_mut();
+            let consume = inner.consume_pos();
+            if inner.meta_saved == Some(consume) && !force {
+                return Ok(());
+            }
+            // A queue that never touched the disk needs no meta file.
+            if inner.segments.is_empty() && inner.meta_saved.is_none() {
+                return Ok(());
+            }
+            inner.meta_seq += 1;
+            (consume, inner.meta_seq, inner.meta_file.clone())
+        };
+        let path = meta_path(&self.ctx.config.dir, &self.name);
+        let file = match file {
+            Some(f) => f,
+            None => {
+                let f = Rc::new(open_rw(&path).await?);
+                self.inner.borrow_mut().meta_file = Some(f.clone());
+                f
+            }
+        };
+        let mut buf = file.alloc_dma_buffer(512);
+        encode_meta(buf.as_bytes_mut(), seq, consume);
+        let slot = (seq % 2) * 512;
+        let r = async {
+            file.write_at(buf, slot).await?;
+            file.fdatasync().await
+        }
+        .await;
+        if let Err(e) = r {
+            return Err(StorageError::io("writing", &path, e.into()));
+        }
+        let mut inner = self.inner.borrow_mut();
+        if inner.meta_seq == seq {
+            inner.meta_saved = Some(consume);
+        }
+        Ok(())
+    }
+
+    fn complete_write(self: &Rc<Self>, job: Job, epoch: u64, result: glommio::Result<usize, ()>) {
+        let mut inner = self.inner.borrow_mut();
+        if inner.epoch != epoch {
+            self.ctx.sub_unwritten(job.buf.len() as u64);
+            return;
+        }
+        inner.in_flight -= 1;
+        match result {
+            Ok(_) => {
+                self.ctx.sub_unwritten(job.buf.len() as u64);
+                if job.failed_once {
+                    inner.failing_jobs = inner.failing_jobs.saturating_sub(1);
+                }
+                for t in inner.tickets.iter_mut() {
+                    if t.seq == job.seq {
+                        t.done = true;
+                    }
+                }
+                while inner.tickets.front().is_some_and(|t| t.done) {
+                    if let Some(t) = inner.tickets.pop_front() {
+                        inner.done_through = t.seq;
+                        if let Some(seg) = inner.segment_mut(t.ord) {
+                            seg.written_end = seg.written_end.max(t.end);
+                            seg.unsynced = true;
+                        }
+                    }
+                }
+                if inner.failing_jobs == 0 && inner.retry.is_empty() && inner.failed.is_some() {
+                    inner.failed = None;
+                    tracing::info!(queue = %self.name, "disk writes work again");
+                    self.ctx.health.recover();
+                }
+            }
+            Err(e) => {
+                let err = e.to_string();
+                if inner.failed.is_none() {
+                    tracing::error!(queue = %self.name, error = %err, "disk write failed; keeping the data in memory and retrying");
+                    self.ctx.health.fail(&err);
+                    inner.failed = Some(err);
+                }
+                let mut job = job;
+                if !job.failed_once {
+                    job.failed_once = true;
+                    inner.failing_jobs += 1;
+                }
+                inner.retry.push_back(job);
+            }
+        }
+        drop(inner);
+        self.progress.notify();
+        self.work.notify();
+    }
+
+    fn fail(self: &Rc<Self>, err: String) {
+        let mut inner = self.inner.borrow_mut();
+        if inner.failed.is_none() {
+            tracing::error!(queue = %self.name, error = %err, "disk queue failing; retrying");
+            self.ctx.health.fail(&err);
+            inner.failed = Some(err);
+        }
+        drop(inner);
+        self.progress.notify();
+    }
+
+    /// Opens (creating and preallocating as needed) the file a job writes.
+    async fn file_for_write(self: &Rc<Self>, ord: u64, until: u64) -> Result<Rc<DmaFile>, String> {
+        let (path, existing, preallocated, epoch) = {
+            let inner = self.inner.borrow();
+            let seg = inner.segment(ord).ok_or("segment gone")?;
+            (
+                seg.path.clone(),
+                seg.file.clone(),
+                seg.preallocated,
+                inner.epoch,
+            )
+        };
+        let file = match existing {
+            Some(f) => f,
+            None => {
+                let f = open_rw(&path).await.map_err(|e| e.to_string())?;
+                let mut head = f.alloc_dma_buffer(HEADER_LEN as usize);
+                record::encode_header(head.as_bytes_mut(), ord - OWN_BASE);
+                f.write_at(head, 0).await.map_err(|e| e.to_string())?;
+                let f = Rc::new(f);
+                let mut inner = self.inner.borrow_mut();
+                if inner.epoch != epoch {
+                    return Err("queue emptied".into());
+                }
+                if let Some(seg) = inner.segment_mut(ord) {
+                    seg.file = Some(f.clone());
+                }
+                f
+            }
+        };
+        if until > preallocated {
+            let want = (until + PREALLOC_STEP).min(self.ctx.config.max_bytes_per_file.max(until));
+            let want = align_up(want);
+            // Only a speed-up: a failure shows again at the write.
+            if file.pre_allocate(want, false).await.is_ok() {
+                if let Some(seg) = self.inner.borrow_mut().segment_mut(ord) {
+                    seg.preallocated = want;
+                }
+            }
+        }
+        Ok(file)
+    }
+
+    /// Reads the next chunk of the backlog into `ready`. Returns false when
+    /// there is nothing to read now.
+    async fn load(self: &Rc<Self>) -> bool {
+        let max_body = self.ctx.config.max_msg_size;
+        // Decide what to read.
+        let (ord, format, path, file, from, to, limit, epoch) = {
+            let mut inner = self.inner.borrow_mut();
+            if inner.ready.len() >= READY_LOW || inner.loaded >= inner.write_end() {
+                return false;
+            }
+            let loaded = inner.loaded;
+            let Some(idx) = inner.segments.iter().position(|s| s.ord >= loaded.seg) else {
+                return false;
+            };
+            let seg = &inner.segments[idx];
+            if seg.ord > loaded.seg || loaded.off < seg.start {
+                inner.loaded = DiskPos {
+                    seg: seg.ord,
+                    off: seg.start,
+                };
+                return true;
+            }
+            if loaded.off >= seg.end && seg.sealed {
+                match inner.segments.get(idx + 1) {
+                    Some(next) => {
+                        inner.loaded = DiskPos {
+                            seg: next.ord,
+                            off: next.start,
+                        };
+                        return true;
+                    }
+                    None => return false,
+                }
+            }
+            let data_end = seg.written_end.min(seg.end);
+            if loaded.off >= data_end {
+                // Still in memory: write it out and wait for the write.
+                if inner.cur.as_ref().is_some_and(|c| c.ord == seg.ord) {
+                    inner.seal();
+                    drop(inner);
+                    self.wake_io();
+                }
+                return false;
+            }
+            (
+                seg.ord,
+                seg.format,
+                seg.path.clone(),
+                seg.file.clone(),
+                loaded.off,
+                data_end.min(loaded.off + READ_CHUNK),
+                data_end,
+                inner.epoch,
+            )
+        };
+        let file = match file {
+            Some(f) => f,
+            None => match DmaFile::open(&path).await {
+                Ok(f) => {
+                    let f = Rc::new(f);
+                    if let Some(seg) = self.inner.borrow_mut().segment_mut(ord) {
+                        if seg.sealed {
+                            seg.file = Some(f.clone());
+                        }
+                    }
+                    f
+                }
+                Err(e) => {
+                    self.skip_segment(ord, &format!("cannot open: {e}"));
+                    return true;
+                }
+            },
+        };
+        let mut to = to;
+        let chunk = loop {
+            let read = match file.read_at(from, (to - from) as usize).await {
+                Ok(r) => Bytes::copy_from_slice(&r),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "disk queue read failed");
+                    glommio::timer::sleep(RETRY_EVERY).await;
+                    return true;
+                }
+            };
+            // A record longer than the chunk: read it whole.
+            if let Step::NeedMore = record::step(format, &read, from, from, limit, max_body) {
+                if to < limit && read.len() as u64 == to - from {
+                    to = limit.min(from + (READ_CHUNK.max(max_body) + 64) * 2);
+                    continue;
+                }
+            }
+            break read;
+        };
+        let end = from + chunk.len() as u64;
+        let mut inner = self.inner.borrow_mut();
+        if inner.epoch != epoch
+            || inner.loaded
+                != (DiskPos {
+                    seg: ord,
+                    off: from,
+                })
+        {
+            return true;
+        }
+        let mut pos = from;
+        let mut damaged_from: Option<u64> = None;
+        while pos < end {
+            match record::step(format, &chunk, from, pos, limit, max_body) {
+                Step::Record(r, next) => {
+                    if let Some(d) = damaged_from.take() {
+                        tracing::debug!(path = %path.display(), from = d, to = pos, "skipped corrupt bytes");
+                    }
+                    let mut msg = r.msg;
+                    if let Some(due) = r.due {
+                        let left = due.saturating_sub(crate::protocol::message::now_nanos());
+                        msg.deferred = Some(Duration::from_nanos(left.max(0) as u64));
+                    }
+                    inner.ready_bytes += msg.body.len();
+                    inner.ready.push_back(Ready {
+                        pos: DiskPos { seg: ord, off: pos },
+                        msg,
+                    });
+                    pos = next;
+                }
+                Step::Pad(_) if damaged_from.is_some() => pos += 1,
+                Step::Pad(next) => pos = next,
+                Step::NeedMore => break,
+                Step::Corrupt => {
+                    damaged_from.get_or_insert(pos);
+                    pos += 1;
+                }
+            }
+        }
+        inner.loaded = DiskPos { seg: ord, off: pos };
+        if inner.ready.is_empty() && inner.loaded >= inner.write_end() && inner.depth > 0 {
+            tracing::warn!(queue = %self.name, depth = inner.depth, "depth did not match the records on disk; reset");
+            inner.depth = 0;
+        }
+        drop(inner);
+        self.ctx.refilled(&self.name);
+        true
+    }
+
+    fn skip_segment(self: &Rc<Self>, ord: u64, why: &str) {
+        let mut inner = self.inner.borrow_mut();
+        tracing::error!(queue = %self.name, segment = ord, why, "corrupt segment skipped");
+        let Some(idx) = inner.segments.iter().position(|s| s.ord == ord) else {
+            return;
+        };
+        if let Some(next) = inner.segments.get(idx + 1) {
+            inner.loaded = DiskPos {
+                seg: next.ord,
+                off: next.start,
+            };
+        }
+    }
+}
+
+/// The queue's file work: submits sealed buffers, reads the backlog ahead,
+/// retries failed writes. Ends when the queue is closed and idle.
+async fn io_task(q: Rc<QueueShared>) {
+    loop {
+        let seen = q.work.generation();
+        // Submit sealed buffers.
+        loop {
+            let job = {
+                let mut inner = q.inner.borrow_mut();
+                if inner.in_flight >= MAX_WRITES_IN_FLIGHT {
+                    None
+                } else {
+                    inner.jobs.pop_front()
+                }
+            };
+            let Some(job) = job else { break };
+            let epoch = q.inner.borrow().epoch;
+            let until = job.off + job.buf.len() as u64;
+            match q.file_for_write(job.ord, until).await {
+                Ok(file) => {
+                    q.inner.borrow_mut().in_flight += 1;
+                    let q2 = q.clone();
+                    glommio::spawn_local(async move {
+                        let r = file.write_rc_at(job.buf.clone(), job.off).await;
+                        q2.complete_write(job, epoch, r);
+                    })
+                    .detach();
+                }
+                Err(e) => {
+                    let mut inner = q.inner.borrow_mut();
+                    if inner.epoch == epoch {
+                        let mut job = job;
+                        if !job.failed_once {
+                            job.failed_once = true;
+                            inner.failing_jobs += 1;
+                        }
+                        inner.retry.push_back(job);
+                        drop(inner);
+                        q.fail(e);
+                    }
+                    break;
+                }
+            }
+        }
+        // Read ahead.
+        let wants_read = {
+            let inner = q.inner.borrow();
+            inner.ready.len() < READY_LOW && inner.loaded < inner.write_end() && !inner.closed
+        };
+        if wants_read {
+            q.inner.borrow_mut().reading = true;
+            let progressed = q.load().await;
+            q.inner.borrow_mut().reading = false;
+            if progressed {
+                continue;
+            }
+        }
+        let (retry, idle_closed) = {
+            let inner = q.inner.borrow();
+            (
+                !inner.retry.is_empty(),
+                inner.closed && inner.jobs.is_empty() && inner.in_flight == 0,
+            )
+        };
+        if idle_closed {
+            break;
+        }
+        if retry {
+            glommio::timer::sleep(RETRY_EVERY).await;
+            let mut inner = q.inner.borrow_mut();
+            let retry: Vec<Job> = inner.retry.drain(..).collect();
+            for job in retry.into_iter().rev() {
+                inner.jobs.push_front(job);
+            }
+            continue;
+        }
+        // Wait for news; a write waiting on its data also wakes us.
+        let wait_write = {
+            let inner = q.inner.borrow();
+            inner.ready.len() < READY_LOW && inner.loaded < inner.write_end()
+        };
+        if wait_write {
+            let pseen = q.progress.generation();
+            futures_lite::future::or(q.work.changed(seen), q.progress.changed(pseen)).await;
+        } else {
+            q.work.changed(seen).await;
+        }
+    }
+    q.task_running.set(false);
+}
+
+async fn open_rw(path: &Path) -> Result<DmaFile, StorageError> {
+    // Read+write: glommio probes iopoll with a read (glommio-notes).
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .dma_open(path)
+        .await
+        .map_err(|e| StorageError::io("opening", path, e.into()))
+}
+
+fn remove_file(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove file");
+        }
+    }
+}
+
+/// This queue's own segment files, by number.
+fn own_segments(dir: &Path, name: &str) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    let prefix = format!("{name}.ringsq.");
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| StorageError::io("listing", dir, e))?;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(n) = file_name.to_str() else {
+            continue;
+        };
+        let Some(rest) = n.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some(num) = rest.strip_suffix(".dat") else {
+            continue;
+        };
+        if num.len() >= 6 && num.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(num) = num.parse() {
+                out.push((num, entry.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn read_header(path: &Path) -> Result<u64, String> {
+    let mut head = [0u8; HEADER_LEN as usize];
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    f.read_exact(&mut head).map_err(|e| e.to_string())?;
+    record::check_header(&head).map_err(|e| e.to_string())
+}
+
+pub struct Scan {
+    pub records: u64,
+    /// End of the last valid record.
+    pub end: u64,
+}
+
+/// Walks a segment's records from `start` (start-up), logging damage.
+pub fn scan_segment(
+    path: &Path,
+    format: Format,
+    start: u64,
+    len: u64,
+    max_body: u64,
+) -> std::io::Result<Scan> {
+    let file = std::fs::File::open(path)?;
+    let mut scan = Scan {
+        records: 0,
+        end: start,
+    };
+    let mut pos = start;
+    let mut chunk_off = start;
+    let mut chunk = Bytes::new();
+    let mut damaged_from: Option<u64> = None;
+    let report = |from: u64, to: u64| {
+        tracing::warn!(path = %path.display(), offset = from, skipped = to - from, "corrupt records skipped");
+    };
+    while pos < len {
+        let chunk_end = chunk_off + chunk.len() as u64;
+        let step = if pos >= chunk_off && pos < chunk_end {
+            record::step(format, &chunk, chunk_off, pos, len, max_body)
+        } else {
+            Step::NeedMore
+        };
+        match step {
+            Step::Record(_, next) => {
+                if let Some(d) = damaged_from.take() {
+                    report(d, pos);
+                }
+                scan.records += 1;
+                scan.end = next;
+                pos = next;
+            }
+            Step::Pad(_) if damaged_from.is_some() => pos += 1,
+            Step::Pad(next) => pos = next,
+            Step::Corrupt => {
+                damaged_from.get_or_insert(pos);
+                if format == Format::Nsqd {
+                    // nsqd files have no checksum to resync on: the rest of
+                    // the file is unreadable (nsqd renames it .bad).
+                    pos = len;
+                } else {
+                    pos += 1;
+                }
+            }
+            Step::NeedMore => {
+                let want = (len - pos).min((4 << 20).max(max_body + 64));
+                let mut buf = vec![0u8; want as usize];
+                let n = read_full_at(&file, &mut buf, pos)?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                if pos >= chunk_off && pos < chunk_end && (n as u64) <= chunk_end - pos {
+                    // No progress possible: the file is shorter than it said.
+                    damaged_from.get_or_insert(pos);
+                    break;
+                }
+                chunk = Bytes::from(buf);
+                chunk_off = pos;
+            }
+        }
+    }
+    if let Some(d) = damaged_from {
+        // Zeros up to the end are preallocated space, not damage.
+        if !tail_is_zero(&file, d, len)? {
+            report(d, len);
+        }
+    }
+    Ok(scan)
+}
+
+fn read_full_at(file: &std::fs::File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file.read_at(&mut buf[done..], pos + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
+fn tail_is_zero(file: &std::fs::File, from: u64, to: u64) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = from;
+    while pos < to {
+        let want = ((to - pos) as usize).min(buf.len());
+        let n = read_full_at(file, &mut buf[..want], pos)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        pos += n as u64;
+    }
+    Ok(true)
+}
+
+const META_MAGIC: &[u8; 8] = b"RSQMETA1";
+
+/// One of the meta file's two 512-byte slots (written alternately, so a
+/// torn write leaves the other one valid).
+fn encode_meta(out: &mut [u8], seq: u64, pos: DiskPos) {
+    out.fill(0);
+    out[..8].copy_from_slice(META_MAGIC);
+    out[8..16].copy_from_slice(&seq.to_le_bytes());
+    out[16..24].copy_from_slice(&pos.seg.to_le_bytes());
+    out[24..32].copy_from_slice(&pos.off.to_le_bytes());
+    let crc = crc32fast::hash(&out[..32]);
+    out[32..36].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn decode_meta(slot: &[u8]) -> Option<(u64, DiskPos)> {
+    if slot.len() < 36 || &slot[..8] != META_MAGIC {
+        return None;
+    }
+    let crc = u32::from_le_bytes(slot[32..36].try_into().ok()?);
+    if crc != crc32fast::hash(&slot[..32]) {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| u64::from_le_bytes(slot[r].try_into().unwrap_or_default());
+    Some((
+        n(8..16),
+        DiskPos {
+            seg: n(16..24),
+            off: n(24..32),
+        },
+    ))
+}
+
+/// The saved consume position, if any.
+fn read_meta(path: &Path) -> Option<DiskPos> {
+    let data = std::fs::read(path).ok()?;
+    let a = decode_meta(data.get(..512).unwrap_or(&[]));
+    let b = decode_meta(data.get(512..1024).unwrap_or(&[]));
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if a.0 >= b.0 { a.1 } else { b.1 }),
+        (Some(x), None) | (None, Some(x)) => Some(x.1),
+        (None, None) => {
+            tracing::warn!(path = %path.display(), "corrupt meta file; reading the queue from its start");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_slots_round_trip_and_newest_wins() {
+        let mut a = [0u8; 512];
+        let mut b = [0u8; 512];
+        encode_meta(&mut a, 4, DiskPos { seg: 1, off: 600 });
+        encode_meta(&mut b, 5, DiskPos { seg: 2, off: 512 });
+        let dir = std::env::temp_dir().join(format!("ringsq-meta-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("t.ringsq.meta.dat");
+        let mut data = a.to_vec();
+        data.extend_from_slice(&b);
+        std::fs::write(&path, &data).unwrap();
+        assert_eq!(read_meta(&path), Some(DiskPos { seg: 2, off: 512 }));
+        data[512 + 20] ^= 1; // torn newer slot: the older one counts
+        std::fs::write(&path, &data).unwrap();
+        assert_eq!(read_meta(&path), Some(DiskPos { seg: 1, off: 600 }));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

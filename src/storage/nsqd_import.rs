@@ -1,0 +1,127 @@
+//! Taking over nsqd's data path (D3-D5): its diskqueue files are read in
+//! place, before anything ringsq wrote for the same queue, and left as they
+//! are until their messages are consumed. nsqd's meta file is never
+//! written; it goes once the last of its segments has been consumed.
+
+use std::path::{Path, PathBuf};
+
+pub struct LegacySegment {
+    pub num: u64,
+    pub path: PathBuf,
+    /// nsqd's read position in this file (0 for later files).
+    pub start: u64,
+    pub len: u64,
+}
+
+fn meta_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.diskqueue.meta.dat"))
+}
+
+pub fn segment_path(dir: &Path, name: &str, num: u64) -> PathBuf {
+    dir.join(format!("{name}.diskqueue.{num:06}.dat"))
+}
+
+/// nsqd's meta (D5): depth, readFileNum,readPos, writeFileNum,writePos.
+fn read_meta(path: &Path) -> Option<(u64, u64, u64, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut nums = text
+        .split(['\n', ','])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<i64>().ok());
+    let _depth = nums.next()??;
+    let read_file = nums.next()??;
+    let read_pos = nums.next()??;
+    let write_file = nums.next()??;
+    let _write_pos = nums.next()??;
+    if read_file < 0 || read_pos < 0 || write_file < read_file {
+        return None;
+    }
+    Some((
+        read_file as u64,
+        read_pos as u64,
+        write_file as u64,
+        _write_pos.max(0) as u64,
+    ))
+}
+
+/// The nsqd files of queue `name` that still hold unread messages. The whole
+/// of each file is read, past nsqd's recorded write position too: after a
+/// crash nsqd salvages that tail the same way (D8).
+pub fn segments(dir: &Path, name: &str) -> Vec<LegacySegment> {
+    let meta = meta_path(dir, name);
+    if !meta.exists() {
+        return Vec::new();
+    }
+    let Some((read_file, read_pos, write_file, _)) = read_meta(&meta) else {
+        tracing::warn!(path = %meta.display(), "unreadable nsqd diskqueue meta file; its messages are not imported");
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for num in read_file..=write_file {
+        let path = segment_path(dir, name, num);
+        let Ok(md) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let start = if num == read_file { read_pos } else { 0 };
+        if md.len() > start {
+            out.push(LegacySegment {
+                num,
+                path,
+                start,
+                len: md.len(),
+            });
+        }
+    }
+    if !out.is_empty() {
+        tracing::info!(queue = name, files = out.len(), "importing nsqd diskqueue");
+    }
+    out
+}
+
+/// Once no nsqd segment of `name` is left, its meta file goes too.
+pub fn remove_meta_if_done(dir: &Path, name: &str, segments_left: bool) {
+    if segments_left {
+        return;
+    }
+    let meta = meta_path(dir, name);
+    if meta.exists() {
+        if let Err(e) = std::fs::remove_file(&meta) {
+            tracing::warn!(path = %meta.display(), error = %e, "cannot remove nsqd meta file");
+        }
+    }
+}
+
+/// Queue names (`topic` or `topic:channel`) that have files in the data
+/// path, ringsq's or nsqd's: they are restored even when a crash kept them
+/// out of nsqd.dat.
+pub fn queue_names(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(n) = file_name.to_str() else {
+            continue;
+        };
+        let name = if let Some(base) = n.strip_suffix(".ringsq.meta.dat") {
+            base
+        } else if let Some(base) = n.strip_suffix(".ringsq.deferred.dat") {
+            base
+        } else if let Some(base) = n.strip_suffix(".diskqueue.meta.dat") {
+            base
+        } else if let Some(rest) = n.strip_suffix(".dat") {
+            match rest.rsplit_once(".ringsq.") {
+                Some((base, num)) if num.bytes().all(|b| b.is_ascii_digit()) => base,
+                _ => continue,
+            }
+        } else {
+            continue;
+        };
+        names.push(name.to_string());
+    }
+    names.sort();
+    names.dedup();
+    names
+}

@@ -233,6 +233,7 @@ pub async fn run_core(setup: CoreSetup) {
         }
     };
     let storage = CoreStorage::new(StorageConfig::from_options(&opts), shared.health.clone());
+    crate::storage::probe_direct_reads(&storage.config.dir, id).await;
     let core = Rc::new(Core {
         id,
         shard: RefCell::new(Shard::new(

@@ -722,7 +722,7 @@ impl QueueShared {
         let results = futures::future::join_all(files.iter().map(|f| f.fdatasync())).await;
         for r in results {
             if let Err(e) = r {
-                let err = e.to_string();
+                let err = describe(e);
                 tracing::error!(queue = %self.name, error = %err, "fdatasync failed");
                 return Err(StorageError::Failing(err));
             }
@@ -805,7 +805,7 @@ impl QueueShared {
                 }
             }
             Err(e) => {
-                let err = e.to_string();
+                let err = describe(e);
                 if inner.failed.is_none() {
                     tracing::error!(queue = %self.name, error = %err, "disk write failed; keeping the data in memory and retrying");
                     self.ctx.health.fail(&err);
@@ -853,7 +853,7 @@ impl QueueShared {
                 let f = open_rw(&path).await.map_err(|e| e.to_string())?;
                 let mut head = f.alloc_dma_buffer(HEADER_LEN as usize);
                 record::encode_header(head.as_bytes_mut(), ord - OWN_BASE);
-                f.write_at(head, 0).await.map_err(|e| e.to_string())?;
+                f.write_at(head, 0).await.map_err(describe)?;
                 let f = Rc::new(f);
                 let mut inner = self.inner.borrow_mut();
                 if inner.epoch != epoch {
@@ -1124,6 +1124,19 @@ async fn io_task(q: Rc<QueueShared>) {
         }
     }
     q.task_running.set(false);
+}
+
+/// "write <path>: <os error>", the way Go (and so nsqd) words I/O errors.
+fn describe(e: glommio::GlommioError<()>) -> String {
+    match e {
+        glommio::GlommioError::EnhancedIoError {
+            source, op, path, ..
+        } => match path {
+            Some(p) => format!("{} {}: {source}", op.to_lowercase(), p.display()),
+            None => format!("{}: {source}", op.to_lowercase()),
+        },
+        other => other.to_string(),
+    }
 }
 
 async fn open_rw(path: &Path) -> Result<DmaFile, StorageError> {

@@ -170,6 +170,24 @@ impl SyncGroup {
     }
 }
 
+/// glommio decides once per block device whether reads may use the
+/// io_uring poll ring, by reading the first block of the first file it
+/// opens; on an empty new segment that read succeeds without touching the
+/// device, glommio wrongly caches "pollable", and every later read fails
+/// with EOPNOTSUPP on devices without iopoll (virtio disks). Opening a file
+/// that has data first makes the probe real.
+pub async fn probe_direct_reads(dir: &Path, core: usize) {
+    let path = dir.join(format!(".ringsq-probe-{core}"));
+    let made =
+        std::fs::write(&path, [0u8; 4096]).and_then(|_| std::fs::File::open(&path)?.sync_all());
+    if made.is_ok() {
+        if let Ok(f) = glommio::io::DmaFile::open(&path).await {
+            let _ = f.close().await;
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
 /// Per-core storage context.
 pub struct CoreStorage {
     pub config: StorageConfig,

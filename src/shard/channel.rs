@@ -266,6 +266,13 @@ impl Channel {
         self.queue.put(msg)
     }
 
+    /// A message already acknowledged to its publisher (handed on from the
+    /// topic's queue): never dropped, kept in memory if the disk fails.
+    pub fn put_keep(&mut self, msg: Message) {
+        self.message_count += 1;
+        self.queue.put_back(msg);
+    }
+
     pub fn put_deferred(&mut self, msg: Message, delay: Duration) {
         self.message_count += 1;
         self.push_deferred(msg, Instant::now() + delay);

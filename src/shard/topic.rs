@@ -73,7 +73,7 @@ impl Topic {
             self.message_count += 1;
             self.message_bytes += body.len() as u64;
             if self.pumping() && self.queue.is_empty() {
-                self.fan_out(msg)?;
+                self.fan_out(msg, false)?;
             } else {
                 self.queue.put(msg)?;
             }
@@ -83,7 +83,9 @@ impl Topic {
     }
 
     /// Copies one message into every channel; bodies are shared, not copied.
-    fn fan_out(&mut self, msg: Message) -> Result<(), StorageError> {
+    /// `held`: the message comes from the topic's own queue and was
+    /// acknowledged long ago, so a failing disk must not drop it.
+    fn fan_out(&mut self, msg: Message, held: bool) -> Result<(), StorageError> {
         let mut result = Ok(());
         for channel in self.channels.values_mut() {
             let copy = msg.clone();
@@ -94,7 +96,9 @@ impl Topic {
                     channel.put_deferred(copy, delay)
                 }
                 _ => {
-                    if let Err(e) = channel.put(copy) {
+                    if held {
+                        channel.put_keep(copy);
+                    } else if let Err(e) = channel.put(copy) {
                         result = Err(e);
                     }
                     // An ephemeral channel's queue may be tiny (it drops
@@ -115,7 +119,7 @@ impl Topic {
             return;
         }
         while let Some(msg) = self.queue.pop() {
-            if let Err(e) = self.fan_out(msg) {
+            if let Err(e) = self.fan_out(msg, true) {
                 tracing::error!(topic = %self.name, error = %e, "fan-out failed");
             }
         }

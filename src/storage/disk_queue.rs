@@ -53,6 +53,7 @@ const READY_LOW: usize = 4096;
 const READY_CAP: usize = 16384;
 const READY_CAP_BYTES: usize = 16 << 20;
 const RETRY_EVERY: Duration = Duration::from_secs(1);
+const READ_RETRY: Duration = Duration::from_millis(50);
 /// Segment ordinals: imported nsqd files keep their numbers (below this),
 /// ringsq's own start here, so positions order the whole queue.
 pub const OWN_BASE: u64 = 1 << 40;
@@ -629,6 +630,7 @@ impl QueueShared {
         {
             if let Some(seg) = inner.segments.pop_front() {
                 remove_file(&seg.path);
+                close_later(seg.file);
                 if seg.format == Format::Nsqd {
                     let more = inner.segments.iter().any(|s| s.format == Format::Nsqd);
                     nsqd_import::remove_meta_if_done(&self.ctx.config.dir, &self.name, more);
@@ -836,10 +838,18 @@ impl QueueShared {
     }
 
     /// Opens (creating and preallocating as needed) the file a job writes.
-    async fn file_for_write(self: &Rc<Self>, ord: u64, until: u64) -> Result<Rc<DmaFile>, String> {
+    /// None: the segment is gone (consumed and deleted, or the queue was
+    /// emptied) and the write is not needed any more.
+    async fn file_for_write(
+        self: &Rc<Self>,
+        ord: u64,
+        until: u64,
+    ) -> Result<Option<Rc<DmaFile>>, String> {
         let (path, existing, preallocated, epoch) = {
             let inner = self.inner.borrow();
-            let seg = inner.segment(ord).ok_or("segment gone")?;
+            let Some(seg) = inner.segment(ord) else {
+                return Ok(None);
+            };
             (
                 seg.path.clone(),
                 seg.file.clone(),
@@ -847,19 +857,29 @@ impl QueueShared {
                 inner.epoch,
             )
         };
+        let still_there = |q: &Rc<Self>| {
+            let inner = q.inner.borrow();
+            inner.epoch == epoch && inner.segment(ord).is_some()
+        };
         let file = match existing {
             Some(f) => f,
             None => {
-                let f = open_rw(&path).await.map_err(|e| e.to_string())?;
-                let mut head = f.alloc_dma_buffer(HEADER_LEN as usize);
-                record::encode_header(head.as_bytes_mut(), ord - OWN_BASE);
-                f.write_at(head, 0).await.map_err(describe)?;
-                let f = Rc::new(f);
-                let mut inner = self.inner.borrow_mut();
-                if inner.epoch != epoch {
-                    return Err("queue emptied".into());
+                let created = async {
+                    let f = open_rw(&path).await.map_err(|e| e.to_string())?;
+                    let mut head = f.alloc_dma_buffer(HEADER_LEN as usize);
+                    record::encode_header(head.as_bytes_mut(), ord - OWN_BASE);
+                    f.write_at(head, 0).await.map_err(describe)?;
+                    Ok::<_, String>(f)
                 }
-                if let Some(seg) = inner.segment_mut(ord) {
+                .await;
+                // Consumers may finish a whole segment before its file
+                // exists; then it is deleted and nothing needs writing.
+                if !still_there(self) {
+                    remove_file(&path);
+                    return Ok(None);
+                }
+                let f = Rc::new(created?);
+                if let Some(seg) = self.inner.borrow_mut().segment_mut(ord) {
                     seg.file = Some(f.clone());
                 }
                 f
@@ -875,7 +895,7 @@ impl QueueShared {
                 }
             }
         }
-        Ok(file)
+        Ok(Some(file))
     }
 
     /// Reads the next chunk of the backlog into `ready`. Returns false when
@@ -956,8 +976,8 @@ impl QueueShared {
             let read = match file.read_at(from, (to - from) as usize).await {
                 Ok(r) => Bytes::copy_from_slice(&r),
                 Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "disk queue read failed");
-                    glommio::timer::sleep(RETRY_EVERY).await;
+                    tracing::error!(path = %path.display(), error = %e, "disk queue read failed; retrying");
+                    glommio::timer::sleep(READ_RETRY).await;
                     return true;
                 }
             };
@@ -1051,10 +1071,23 @@ async fn io_task(q: Rc<QueueShared>) {
                 }
             };
             let Some(job) = job else { break };
-            let epoch = q.inner.borrow().epoch;
+            let (epoch, gone) = {
+                let inner = q.inner.borrow();
+                (inner.epoch, inner.segment(job.ord).is_none())
+            };
+            if gone {
+                // Consumed and deleted before its last write went out.
+                q.inner.borrow_mut().in_flight += 1;
+                q.complete_write(job, epoch, Ok(0));
+                continue;
+            }
             let until = job.off + job.buf.len() as u64;
             match q.file_for_write(job.ord, until).await {
-                Ok(file) => {
+                Ok(None) => {
+                    q.inner.borrow_mut().in_flight += 1;
+                    q.complete_write(job, epoch, Ok(0));
+                }
+                Ok(Some(file)) => {
                     q.inner.borrow_mut().in_flight += 1;
                     let q2 = q.clone();
                     glommio::spawn_local(async move {
@@ -1124,6 +1157,16 @@ async fn io_task(q: Rc<QueueShared>) {
         }
     }
     q.task_running.set(false);
+}
+
+/// Closes a file asynchronously once its last user lets go.
+fn close_later(file: Option<Rc<DmaFile>>) {
+    if let Some(f) = file {
+        glommio::spawn_local(async move {
+            let _ = f.close_rc().await;
+        })
+        .detach();
+    }
 }
 
 /// "write <path>: <os error>", the way Go (and so nsqd) words I/O errors.

@@ -7,11 +7,15 @@
 # For every scenario and run, each broker in turn is started fresh on loopback
 # (--tcp-address/--http-address/--data-path=TMP/--mem-queue-size), loaded by nsq-load with
 # --server-pid, and stopped. Prints per scenario the median msgs/s of each broker and the
-# ratio to the first broker; raw JSON lines (one per run) go to --out.
+# ratio to the first broker; raw JSON lines (one per run) go to --out. The disk-* and
+# durable-* scenarios override --mem-queue-size with 0 (everything through the disk queue).
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ALL_SCENARIOS=(pub-100B pub-1KiB pub-single drain-2M pubsub-100B latency-300k http-mpub topics-1000 idle-10k)
+ALL_SCENARIOS=(pub-100B pub-1KiB pub-single drain-2M pubsub-100B latency-300k http-mpub topics-1000 idle-10k
+    disk-pub-100B disk-pub-1KiB disk-drain-100B disk-drain-1KiB)
+# selectable with --scenario, not part of the default run (see the usage text)
+OPT_IN_SCENARIOS=(durable-pub-100B durable-pub-1KiB)
 
 usage() {
     cat <<EOF
@@ -20,17 +24,26 @@ usage: $0 --broker NAME=PATH [--broker NAME=PATH ...] [options]
 options:
   --broker NAME=PATH     broker binary (nsqd-compatible flags); the first one is the baseline
   --runs N               runs per scenario and broker, interleaved A/B/A/B (default 3)
-  --scenario NAME        scenario to run (repeatable or comma-separated; default: all)
+  --scenario NAME        scenario to run (repeatable or comma-separated; default: all but
+                         the opt-in ones)
   --duration D           load duration of the timed scenarios (default 10s), e.g. 5s
   --backlog N            backlog of drain-2M (default 2000000)
+  --disk-backlog N       backlog of disk-drain-100B (default 2000000)
+  --disk-backlog-1k N    backlog of disk-drain-1KiB (default 500000)
+  --durable-conns N      publisher connections of durable-pub-* (default 64)
+  --drop-caches          disk-drain-*: 'sync; echo 3 > /proc/sys/vm/drop_caches' (root, whole
+                         machine) between publishing the backlog and the drain, so that the
+                         drain reads from the device instead of the page cache
   --idle-conns N         idle connections of idle-10k (default 10000)
-  --mem-queue-size N     broker --mem-queue-size (default 1000000)
+  --mem-queue-size N     broker --mem-queue-size (default 1000000; disk-*/durable-*: always 0)
+  --data-dir DIR         where the brokers' --data-path directories and logs go (default
+                         \$TMPDIR or /tmp); must not be tmpfs for the disk-*/durable-* scenarios
   --broker-arg ARG       extra argument for every broker (repeatable)
   --port P               first TCP port (HTTP = P+1; default 24650)
   --out FILE             raw JSON lines (default: \$TMPDIR/ringsq-bench-<time>.jsonl)
   --loadgen PATH         nsq-load binary (default: build scripts/loadgen in release mode)
   --progress             show nsq-load's live progress line
-  --list                 list the scenarios and exit
+  --list                 list the scenarios (the default set, then the opt-in ones) and exit
 
 scenarios:
   pub-100B     MPUB x200, 4 connections, 100 B, topic with one channel (messages queue up)
@@ -45,6 +58,26 @@ scenarios:
   topics-1000  1000 topics with one channel each, 4 MPUB publishers cycling over them
   idle-10k     10,000 idle connections (IDENTIFY only) plus the pub-100B load; reports the
                broker's RSS per idle connection
+
+disk scenarios: broker started with --mem-queue-size=0, so every message goes through the
+disk queue (--data-path on --data-dir; its filesystem is printed in the report header);
+"notes" shows the bytes the broker wrote to the storage layer per published message
+(/proc/PID/io write_bytes, page cache writes included). Before each broker start: sync.
+The four disk-* scenarios are in the default run; with nsqd and ringsqd at 3 runs they add
+about 7 minutes to it (nsqd needs ~45 s per disk-drain-100B run here).
+  disk-pub-100B     as pub-100B (MPUB x200, 4 connections, 1 channel), default sync policy
+  disk-pub-1KiB     the same with 1024 B bodies
+  disk-drain-100B   as drain-2M: backlog of --disk-backlog (2,000,000) x 100 B, then 4
+                    consumers (RDY 2500) drain it; msgs/s = backlog / drain time
+  disk-drain-1KiB   the same with --disk-backlog-1k (500,000) x 1024 B
+opt-in (not in the default run: nsqd at --sync-every=1 fsyncs its queue file and rewrites
+its metadata file after every message, 200-500 msg/s here, so a run lasts until the first
+MPUB of each of the 64 connections is acknowledged, 25-70 s here whatever --duration says,
+longer on a disk with slower fsyncs; publishers wait up to 600 s for an acknowledgement):
+  durable-pub-100B  --sync-every=1 (ringsqd: OK only after fdatasync, group commit; nsqd:
+                    fsync after every message), MPUB x200, --durable-conns (64) connections,
+                    100 B, 1 channel; compare msgs/s and the pub RTT p99 column
+  durable-pub-1KiB  the same with 1024 B bodies
 EOF
 }
 
@@ -53,6 +86,11 @@ RUNS=3
 SCENARIOS=()
 DURATION=10s
 BACKLOG=2000000
+DISK_BACKLOG=2000000
+DISK_BACKLOG_1K=500000
+DURABLE_CONNS=64
+DROP_CACHES=0
+DATA_DIR=""
 IDLE=10000
 MEMQ=1000000
 BROKER_ARGS=()
@@ -69,6 +107,11 @@ while [[ $# -gt 0 ]]; do
         --scenario) IFS=, read -r -a s <<<"$2"; SCENARIOS+=("${s[@]}"); shift 2 ;;
         --duration) DURATION="$2"; shift 2 ;;
         --backlog) BACKLOG="$2"; shift 2 ;;
+        --disk-backlog) DISK_BACKLOG="$2"; shift 2 ;;
+        --disk-backlog-1k) DISK_BACKLOG_1K="$2"; shift 2 ;;
+        --durable-conns) DURABLE_CONNS="$2"; shift 2 ;;
+        --drop-caches) DROP_CACHES=1; shift ;;
+        --data-dir) DATA_DIR="$2"; shift 2 ;;
         --idle-conns) IDLE="$2"; shift 2 ;;
         --mem-queue-size) MEMQ="$2"; shift 2 ;;
         --broker-arg) BROKER_ARGS+=("$2"); shift 2 ;;
@@ -76,7 +119,7 @@ while [[ $# -gt 0 ]]; do
         --out) OUT="$2"; shift 2 ;;
         --loadgen) LOADGEN="$2"; shift 2 ;;
         --progress) PROGRESS=1; shift ;;
-        --list) printf '%s\n' "${ALL_SCENARIOS[@]}"; exit 0 ;;
+        --list) printf '%s\n' "${ALL_SCENARIOS[@]}" "${OPT_IN_SCENARIOS[@]}"; exit 0 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -103,8 +146,26 @@ fi
 
 STAMP="$(date +%Y%m%d-%H%M%S)"
 [[ -n "$OUT" ]] || OUT="${TMPDIR:-/tmp}/ringsq-bench-$STAMP.jsonl"
+[[ -n "$DATA_DIR" ]] || DATA_DIR="${TMPDIR:-/tmp}"
+[[ -d "$DATA_DIR" ]] || { echo "--data-dir $DATA_DIR is not a directory" >&2; exit 2; }
+WORK="$(mktemp -d "$DATA_DIR/ringsq-bench.XXXXXX")"
+
+is_disk_scenario() { [[ "$1" == disk-* || "$1" == durable-* ]]; }
+# Filesystem of the data paths (df -T: stat -f calls ext4 "ext2/ext3").
+read -r FS_DEV FS_TYPE FS_AVAIL_KB FS_MOUNT < <(df -P -T -k "$WORK" | awk 'NR == 2 { print $1, $2, $5, $7 }')
+NEED_DISK=0
+for s in "${SCENARIOS[@]}"; do is_disk_scenario "$s" && NEED_DISK=1; done
+if [[ $NEED_DISK == 1 ]]; then
+    case "$FS_TYPE" in
+        tmpfs|ramfs|devtmpfs)
+            echo "the disk scenarios need a real disk, but $WORK is on $FS_TYPE; use --data-dir (e.g. /var/tmp)" >&2
+            rmdir "$WORK"; exit 2 ;;
+    esac
+    if [[ "$FS_AVAIL_KB" -lt $((20 * 1024 * 1024)) ]]; then
+        echo "warning: only $((FS_AVAIL_KB / 1024 / 1024)) GiB free on $FS_MOUNT; disk-pub-1KiB can write several GiB per run" >&2
+    fi
+fi
 : >"$OUT"
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/ringsq-bench.XXXXXX")"
 
 # 10,000 idle connections need file descriptors on both sides.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -121,7 +182,23 @@ scenario_args() {
         http-mpub)   echo "--mode http-mpub --batch 200 --size 100 --pub-conns 4 --channels 1 --duration $DURATION" ;;
         topics-1000) echo "${common[@]} --topics 1000 --duration $DURATION" ;;
         idle-10k)    echo "${common[@]} --idle-conns $IDLE --duration $DURATION" ;;
+        disk-pub-100B) echo "${common[@]} --duration $DURATION" ;;
+        disk-pub-1KiB) echo "--mode mpub --batch 200 --size 1024 --pub-conns 4 --channels 1 --duration $DURATION" ;;
+        disk-drain-100B) echo "${common[@]} --backlog $DISK_BACKLOG --sub-conns 4 --rdy 2500" ;;
+        disk-drain-1KiB) echo "--mode mpub --batch 200 --size 1024 --pub-conns 4 --channels 1 --backlog $DISK_BACKLOG_1K --sub-conns 4 --rdy 2500" ;;
+        # nsqd at --sync-every=1 needs 25-70 s here to acknowledge one MPUB per connection
+        durable-pub-100B) echo "--mode mpub --batch 200 --size 100 --pub-conns $DURABLE_CONNS --channels 1 --duration $DURATION --ack-timeout 600s" ;;
+        durable-pub-1KiB) echo "--mode mpub --batch 200 --size 1024 --pub-conns $DURABLE_CONNS --channels 1 --duration $DURATION --ack-timeout 600s" ;;
         *) return 1 ;;
+    esac
+}
+
+# Broker flags of a scenario (before --broker-arg ones): sets SB_ARGS.
+scenario_broker_args() {
+    case "$1" in
+        durable-*) SB_ARGS=(--mem-queue-size=0 --sync-every=1) ;;
+        disk-*)    SB_ARGS=(--mem-queue-size=0) ;;
+        *)         SB_ARGS=(--mem-queue-size="$MEMQ") ;;
     esac
 }
 for s in "${SCENARIOS[@]}"; do
@@ -139,9 +216,9 @@ trap 'exit 130' INT TERM
 
 listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 
-start_broker() { # path tcp_port http_port data_dir log
+start_broker() { # path tcp_port http_port data_dir log; flags: SB_ARGS, BROKER_ARGS
     "$1" --tcp-address="127.0.0.1:$2" --http-address="127.0.0.1:$3" --data-path="$4" \
-        --mem-queue-size="$MEMQ" ${BROKER_ARGS[@]+"${BROKER_ARGS[@]}"} >"$5" 2>&1 &
+        "${SB_ARGS[@]}" ${BROKER_ARGS[@]+"${BROKER_ARGS[@]}"} >"$5" 2>&1 &
     BPID=$!
     local i
     for i in $(seq 1 200); do # 10 s
@@ -169,16 +246,36 @@ stop_broker() {
     BPID=""
 }
 
+# ---- report header (also the first lines of the summary)
+HEADER="$WORK/header.txt"
+{
+    echo "# bench.sh $(date '+%Y-%m-%d %H:%M:%S %Z')  $(nproc) CPUs, $(uname -sr); runs $RUNS, duration $DURATION"
+    echo "# data path $WORK: $FS_TYPE on $FS_DEV (mounted on $FS_MOUNT), $((FS_AVAIL_KB / 1024 / 1024)) GiB free$(
+        [[ $DROP_CACHES == 1 ]] && echo "; page cache dropped before each disk drain")"
+    for bi in "${!NAMES[@]}"; do
+        v="$(timeout 5 "${PATHS[$bi]}" --version 2>&1 | head -1 || true)"
+        echo "# broker ${NAMES[$bi]}: ${PATHS[$bi]} (${v:-version unknown})"
+    done
+} >"$HEADER"
+cat "$HEADER" >&2
+
 port_slot=0
 echo "results: $OUT" >&2
 for scen in "${SCENARIOS[@]}"; do
     read -r -a sargs <<<"$(scenario_args "$scen")"
+    scenario_broker_args "$scen"
+    pre_drain=()
+    if [[ $DROP_CACHES == 1 && "$scen" == disk-drain-* ]]; then
+        pre_drain=(--before-drain "sync; echo 3 > /proc/sys/vm/drop_caches")
+    fi
     for run in $(seq 1 "$RUNS"); do
         for bi in "${!NAMES[@]}"; do
             name="${NAMES[$bi]}"; path="${PATHS[$bi]}"
             tcp=$((PORT + 2 * (port_slot % 50))); http=$((tcp + 1)); port_slot=$((port_slot + 1))
             data="$WORK/data-$scen-$name-$run"; log="$WORK/$scen-$name-$run.log"
             mkdir -p "$data"
+            # the previous run's writeback must not slow this broker down
+            if is_disk_scenario "$scen"; then sync; fi
             echo "=== $scen  run $run/$RUNS  $name (127.0.0.1:$tcp)" >&2
             rec=""
             loadgen_err="broker did not start"
@@ -189,7 +286,7 @@ for scen in "${SCENARIOS[@]}"; do
                 errf="$WORK/$scen-$name-$run.nsq-load.txt"
                 json="$(timeout 1800 "$LOADGEN" "${sargs[@]}" --tcp-address "127.0.0.1:$tcp" \
                     --http-address "127.0.0.1:$http" --server-pid "$BPID" --json --label "$scen" \
-                    "${extra[@]}" 2> >(tee "$errf" >&2))"
+                    ${pre_drain[@]+"${pre_drain[@]}"} "${extra[@]}" 2> >(tee "$errf" >&2))"
                 rc=$?
                 set -e
                 sleep 0.1 # let tee finish
@@ -218,7 +315,7 @@ SUMMARY="${OUT%.jsonl}.summary.txt"
 jq -rs --argjson names "$names_json" --argjson scens "$scen_json" '
   def median: map(select(. != null)) | sort | if length == 0 then null
       elif length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-  def k: if . == null then "-" else (. / 1000 | floor | tostring) + "k" end;
+  def k: if . == null then "-" elif . < 10000 then (. | round | tostring) else (. / 1000 | floor | tostring) + "k" end;
   def f0: if . == null then "-" else (. | round | tostring) end;
   def us: if . == null then "-" elif . >= 1e6 then ((. / 1e5 | round) / 10 | tostring) + "ms"
       else ((. / 1e3 | round) | tostring) + "us" end;
@@ -234,8 +331,8 @@ jq -rs --argjson names "$names_json" --argjson scens "$scen_json" '
          "\($r | map(select(.ok == true)) | length)/\($r | length)",
          ($m | k),
          (if $m != null and $base != null and $base > 0 then ($m / $base * 100 | round / 100 | tostring) else "-" end),
-         (if $s == "drain-2M" then ($r | map(.consumed.mib_per_s) | median) else ($r | map(.published.mib_per_s) | median) end | f0),
-         (if ($r | map(.config.sub_conns // 0) | max // 0) > 0 then ($r | map(if $s == "drain-2M" then .consumed.msgs_per_s else .consumed.msgs_per_s_during_publish end) | median | k) else "-" end),
+         (if ($s | test("drain")) then ($r | map(.consumed.mib_per_s) | median) else ($r | map(.published.mib_per_s) | median) end | f0),
+         (if ($r | map(.config.sub_conns // 0) | max // 0) > 0 then ($r | map(if ($s | test("drain")) then .consumed.msgs_per_s else .consumed.msgs_per_s_during_publish end) | median | k) else "-" end),
          ($r | map(.consumed.e2e.p99_ns) | median | us),
          ($r | map(.published.rtt.p99_ns) | median | us),
          ($r | map(.server.cpu_pct) | median | f0),
@@ -244,10 +341,17 @@ jq -rs --argjson names "$names_json" --argjson scens "$scen_json" '
              then "\($r | map(select(.failed == true)) | length) failed: \($r | map(select(.failed == true) | .error) | first)"
              else empty end),
             (if $s == "idle-10k" and ($r | map(.idle.rss_bytes_per_conn) | median) != null
-             then "RSS/idle conn " + ($r | map(.idle.rss_bytes_per_conn) | median | f0) + " B" else empty end)
+             then "RSS/idle conn " + ($r | map(.idle.rss_bytes_per_conn) | median | f0) + " B" else empty end),
+            (if ($s | test("^(disk|durable)-")) then
+               ($r | map(if .server.disk_write_bytes != null and (.published.count // 0) > 0
+                         then .server.disk_write_bytes / .published.count else null end) | median) as $w
+               | ($r | map(.server.disk_read_bytes) | median) as $rd
+               | (if $w != null then "disk write \($w | f0) B/msg" else empty end),
+                 (if $rd != null and $rd >= 16777216 then "disk read \($rd / 1048576 | f0) MiB" else empty end)
+             else empty end)
           ] | if length == 0 then "-" else join("; ") end)
        ] | @tsv)
-' "$OUT" | column -t -s $'\t' | tee "$SUMMARY"
+' "$OUT" | column -t -s $'\t' | cat "$HEADER" - | tee "$SUMMARY"
 echo >&2
 echo "raw results: $OUT" >&2
 echo "summary:     $SUMMARY" >&2

@@ -238,6 +238,21 @@ pub fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
     None
 }
 
+/// (read_bytes, write_bytes) of /proc/PID/io: bytes the process caused to be read from / sent
+/// to the storage layer (writes are counted when pages are dirtied, so page-cache writes count).
+pub fn proc_io_bytes(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let (mut r, mut w) = (None, None);
+    for l in s.lines() {
+        if let Some(v) = l.strip_prefix("read_bytes:") {
+            r = v.trim().parse().ok();
+        } else if let Some(v) = l.strip_prefix("write_bytes:") {
+            w = v.trim().parse().ok();
+        }
+    }
+    Some((r?, w?))
+}
+
 pub fn proc_threads(pid: u32) -> Option<u64> {
     proc_status_kb(pid, "Threads")
 }
@@ -253,5 +268,5 @@ pub fn raise_nofile() -> u64 {
             libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
         }
     }
-    rl.rlim_cur as u64
+    rl.rlim_cur
 }

@@ -113,7 +113,10 @@ fn consume(cfg: &SubCfg, sh: &Shared, ver: Option<&Verifier>, res: &mut SubResul
                 FRAME_ERROR => {
                     sh.error_frames.fetch_add(1, Relaxed);
                     let msg = String::from_utf8_lossy(data).into_owned();
-                    if msg.starts_with("E_FIN_FAILED") || msg.starts_with("E_REQ_FAILED") || msg.starts_with("E_TOUCH_FAILED") {
+                    if msg.starts_with("E_FIN_FAILED")
+                        || msg.starts_with("E_REQ_FAILED")
+                        || msg.starts_with("E_TOUCH_FAILED")
+                    {
                         sh.fin_failed.fetch_add(1, Relaxed);
                         sh.record_error(format!("consumer {}: {msg}", cfg.id));
                     } else {

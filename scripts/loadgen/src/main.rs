@@ -18,7 +18,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use common::{new_hist, proc_cpu_secs, proc_status_kb, Shared, Verifier};
+use common::{new_hist, proc_cpu_secs, proc_io_bytes, proc_status_kb, Shared, Verifier};
 use publisher::Mode;
 
 #[derive(Parser, Debug, Clone)]
@@ -67,6 +67,9 @@ struct Cli {
     /// commands in flight per publisher connection (1 = wait for each OK)
     #[arg(long, default_value_t = 1)]
     inflight: usize,
+    /// a publisher connection fails when no acknowledgement arrives for this long
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    ack_timeout: Duration,
     /// open-loop total publish rate in msg/s (default: closed loop, flat out)
     #[arg(long)]
     rate: Option<f64>,
@@ -98,6 +101,11 @@ struct Cli {
     /// hard cap on the consume / drain phase
     #[arg(long, value_parser = parse_duration, default_value = "300s")]
     max_drain: Duration,
+    /// drain scenario: run this shell command (sh -c, output to stderr) after the backlog is
+    /// published and before RDY, outside the drain timing; e.g.
+    /// 'sync; echo 3 > /proc/sys/vm/drop_caches' for a drain from the device, not the page cache
+    #[arg(long)]
+    before_drain: Option<String>,
 
     /// extra idle connections (IDENTIFY only) opened before the load
     #[arg(long, default_value_t = 0)]
@@ -146,7 +154,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         (s, 1.0)
     };
     let v: f64 = num.trim().parse().map_err(|_| format!("bad duration {s:?}"))?;
-    if !(v >= 0.0) {
+    if !v.is_finite() || v < 0.0 {
         return Err(format!("bad duration {s:?}"));
     }
     Ok(Duration::from_secs_f64(v * mult))
@@ -156,7 +164,7 @@ fn fmt_int(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -208,17 +216,51 @@ fn lat_line(h: &Histogram<u64>) -> String {
 
 struct ServerSample {
     cpu: Option<f64>,
+    /// (read_bytes, write_bytes) of /proc/PID/io
+    io: Option<(u64, u64)>,
     at: Instant,
 }
 
 fn sample(pid: Option<u32>) -> ServerSample {
-    ServerSample { cpu: pid.and_then(proc_cpu_secs), at: Instant::now() }
+    ServerSample { cpu: pid.and_then(proc_cpu_secs), io: pid.and_then(proc_io_bytes), at: Instant::now() }
+}
+
+/// (read bytes, written bytes) to/from the storage layer between two samples.
+fn io_between(a: &ServerSample, b: &ServerSample) -> Option<(u64, u64)> {
+    let ((r0, w0), (r1, w1)) = (a.io?, b.io?);
+    Some((r1.saturating_sub(r0), w1.saturating_sub(w0)))
 }
 
 fn cpu_between(a: &ServerSample, b: &ServerSample) -> Option<(f64, f64)> {
     let (x, y) = (a.cpu?, b.cpu?);
     let wall = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
     Some((y - x, (y - x) / wall * 100.0))
+}
+
+/// Runs the --before-drain command; its output goes to stderr (stdout may carry the JSON).
+fn run_before_drain(cmd: &str, newline: bool) -> Value {
+    if newline {
+        eprintln!();
+    }
+    let t = Instant::now();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(std::io::stderr()))
+        .status();
+    let secs = t.elapsed().as_secs_f64();
+    let code = match &status {
+        Ok(s) => s.code(),
+        Err(e) => {
+            eprintln!("warning: --before-drain: cannot run sh: {e}");
+            None
+        }
+    };
+    if code != Some(0) {
+        eprintln!("warning: --before-drain {cmd:?} exited with {code:?}");
+    }
+    json!({"cmd": cmd, "seconds": secs, "exit_code": code})
 }
 
 fn main() {
@@ -253,6 +295,9 @@ fn run(cli: Cli) -> Result<i32, String> {
     if cli.sub_conns > 0 && cli.channels == 0 {
         return Err("--sub-conns needs --channels >= 1".into());
     }
+    if cli.before_drain.is_some() && !drain {
+        return Err("--before-drain needs --backlog".into());
+    }
     if cli.rdy == 0 && cli.sub_conns > 0 {
         return Err("--rdy must be >= 1".into());
     }
@@ -262,7 +307,8 @@ fn run(cli: Cli) -> Result<i32, String> {
         (None, Some(_)) => None,
         (None, None) => Some(Duration::from_secs(10)),
     };
-    let verify = !cli.no_verify && cli.sub_conns > 0 && cli.pub_conns > 0 && (cli.mode.is_http() || cli.size >= common::BIN_HDR);
+    let verify =
+        !cli.no_verify && cli.sub_conns > 0 && cli.pub_conns > 0 && (cli.mode.is_http() || cli.size >= common::BIN_HDR);
     let topics: Vec<String> = if cli.topics == 1 {
         vec![cli.topic.clone()]
     } else {
@@ -316,8 +362,8 @@ fn run(cli: Cli) -> Result<i32, String> {
             "opened {} idle connections in {:.2}s; broker RSS {} -> {} KiB{}",
             cli.idle_conns,
             open_s,
-            before.map_or("?".into(), |v| fmt_int(v)),
-            after.map_or("?".into(), |v| fmt_int(v)),
+            before.map_or("?".into(), fmt_int),
+            after.map_or("?".into(), fmt_int),
             per.map_or(String::new(), |p| format!(" ({p:.0} bytes per connection)"))
         );
         idle_json = json!({
@@ -418,6 +464,7 @@ fn run(cli: Cli) -> Result<i32, String> {
             tcp_addr: cli.tcp_address.clone(),
             http_addr: cli.http_address.clone(),
             identify: pub_ident.clone(),
+            ack_timeout: cli.ack_timeout,
         };
         let s2 = sh.clone();
         pub_handles.push(
@@ -456,6 +503,8 @@ fn run(cli: Cli) -> Result<i32, String> {
     }
     let mut phase = Phase::Load;
     let mut s_pub_end: Option<ServerSample> = None;
+    let mut s_drain_start: Option<ServerSample> = None;
+    let mut before_drain_json = Value::Null;
     let mut cons_at_pub_end = 0u64;
     let mut t_drain_ns = 0u64;
     let mut stalled = false;
@@ -521,6 +570,10 @@ fn run(cli: Cli) -> Result<i32, String> {
                         s_pub_end = Some(sample(pid));
                         cons_at_pub_end = sh.consumed.load(SeqCst);
                         if drain {
+                            if let Some(cmd) = &cli.before_drain {
+                                before_drain_json = run_before_drain(cmd, progress && tty);
+                            }
+                            s_drain_start = Some(sample(pid));
                             t_drain_ns = proto::now_ns();
                             sh.go_rdy.store(true, SeqCst);
                             phase = Phase::Drain;
@@ -554,7 +607,7 @@ fn run(cli: Cli) -> Result<i32, String> {
                     stalled = nchan_cov > 0;
                     break;
                 }
-                if let Some(ref p) = s_pub_end {
+                if let Some(p) = s_drain_start.as_ref().or(s_pub_end.as_ref()) {
                     if now.duration_since(p.at) > cli.max_drain {
                         stalled = true;
                         break;
@@ -604,7 +657,8 @@ fn run(cli: Cli) -> Result<i32, String> {
     let last_ns = sh.last_consume_ns.load(SeqCst);
     let cons_from_ns = if drain { t_drain_ns } else { t_start_ns };
     let cons_secs = if last_ns > cons_from_ns { (last_ns - cons_from_ns) as f64 / 1e9 } else { 0.0 };
-    let expected = if cli.sub_conns > 0 && covered && cli.pub_conns > 0 { Some(published * channels.len() as u64) } else { None };
+    let expected =
+        if cli.sub_conns > 0 && covered && cli.pub_conns > 0 { Some(published * channels.len() as u64) } else { None };
     let mut missing: Option<u64> = None;
     if let Some(v) = &verifier {
         let mut m = 0;
@@ -623,7 +677,11 @@ fn run(cli: Cli) -> Result<i32, String> {
     let cons_rate_during_pub = match &s_pub_end {
         Some(m) if !drain && cli.pub_conns > 0 => {
             let w = m.at.duration_since(t_start).as_secs_f64();
-            if w > 0.0 { cons_at_pub_end as f64 / w } else { 0.0 }
+            if w > 0.0 {
+                cons_at_pub_end as f64 / w
+            } else {
+                0.0
+            }
         }
         _ => cons_rate,
     };
@@ -650,9 +708,13 @@ fn run(cli: Cli) -> Result<i32, String> {
                 active = s_end.at.duration_since(t_start).as_secs_f64().max(1e-3);
             }
             let (pub_cpu, drain_cpu) = match &s_pub_end {
-                Some(m) => (cpu_between(&s_start, m), if drain { cpu_between(m, &s_end) } else { None }),
+                Some(m) => (
+                    cpu_between(&s_start, m),
+                    if drain { cpu_between(s_drain_start.as_ref().unwrap_or(m), &s_end) } else { None },
+                ),
                 None => (None, None),
             };
+            let io = io_between(&s_start, &s_end);
             json!({
                 "pid": p,
                 "cpu_seconds": cpu_total,
@@ -664,6 +726,8 @@ fn run(cli: Cli) -> Result<i32, String> {
                 "rss_end_kb": proc_status_kb(p, "VmRSS"),
                 "rss_peak_kb": proc_status_kb(p, "VmHWM"),
                 "threads": common::proc_threads(p),
+                "disk_read_bytes": io.map(|x| x.0),
+                "disk_write_bytes": io.map(|x| x.1),
             })
         }
     };
@@ -700,7 +764,11 @@ fn run(cli: Cli) -> Result<i32, String> {
             "redelivered": sh.redelivered.load(SeqCst), "stale": sh.stale.load(SeqCst),
             "foreign": sh.foreign.load(SeqCst), "stalled": stalled,
         },
-        "drain": if drain { json!({"backlog": cli.backlog, "seconds": cons_secs, "msgs_per_s": cons_rate}) } else { Value::Null },
+        "drain": if drain {
+            json!({"backlog": cli.backlog, "seconds": cons_secs, "msgs_per_s": cons_rate, "before_drain": before_drain_json})
+        } else {
+            Value::Null
+        },
         "errors": {
             "total": errors_total,
             "error_frames": sh.error_frames.load(SeqCst), "fin_failed": sh.fin_failed.load(SeqCst),
@@ -746,7 +814,11 @@ fn run(cli: Cli) -> Result<i32, String> {
             cons_secs,
             fmt_int(cons_rate as u64),
             if cons_secs > 0.0 { cons_bytes as f64 / MIB / cons_secs } else { 0.0 },
-            if drain { "   (drain: from RDY to last message)".to_string() } else if cli.pub_conns == 0 { String::new() } else {
+            if drain {
+                "   (drain: from RDY to last message)".to_string()
+            } else if cli.pub_conns == 0 {
+                String::new()
+            } else {
                 format!("   ({} msg/s while publishing)", fmt_int(cons_rate_during_pub as u64))
             }
         );
@@ -792,6 +864,29 @@ fn run(cli: Cli) -> Result<i32, String> {
             s["rss_end_kb"].as_u64().map_or("?".into(), fmt_int),
             s["rss_peak_kb"].as_u64().map_or("?".into(), fmt_int),
             s["threads"].as_u64().map_or("?".into(), |v| v.to_string()),
+        );
+        if let (Some(r), Some(w)) = (s["disk_read_bytes"].as_u64(), s["disk_write_bytes"].as_u64()) {
+            let per = |b: u64| {
+                if published > 0 {
+                    format!(" ({:.0} B/msg published)", b as f64 / published as f64)
+                } else {
+                    String::new()
+                }
+            };
+            t += &format!(
+                "broker io  read {:.1} MiB, written {:.1} MiB{} (/proc/{p}/io: storage layer, page cache included)\n",
+                r as f64 / MIB,
+                w as f64 / MIB,
+                per(w)
+            );
+        }
+    }
+    if let Some(s) = before_drain_json["seconds"].as_f64() {
+        t += &format!(
+            "pre-drain  {:?} took {:.2}s, exit {}\n",
+            before_drain_json["cmd"].as_str().unwrap_or(""),
+            s,
+            before_drain_json["exit_code"]
         );
     }
     if !idle_json.is_null() {

@@ -24,15 +24,12 @@ pub fn now_ns() -> u64 {
 }
 
 pub fn io_err(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::Other, msg.into())
+    io::Error::other(msg.into())
 }
 
 #[inline]
 pub fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-    )
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
 }
 
 /// A growable receive buffer that never loses bytes on read timeouts (unlike
@@ -103,7 +100,7 @@ impl RecvBuf {
         if avail < 8 {
             if avail >= 4 {
                 let size = be32(&self.buf[self.start..]) as usize;
-                if size < 4 || size > MAX_FRAME {
+                if !(4..=MAX_FRAME).contains(&size) {
                     return Err(io_err(format!("bad frame size {size}")));
                 }
                 self.reserve(4 + size);
@@ -112,7 +109,7 @@ impl RecvBuf {
         }
         let b = &self.buf[self.start..self.end];
         let size = be32(b) as usize;
-        if size < 4 || size > MAX_FRAME {
+        if !(4..=MAX_FRAME).contains(&size) {
             return Err(io_err(format!("bad frame size {size}")));
         }
         if avail < 4 + size {
@@ -154,11 +151,7 @@ pub fn tcp_connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
 }
 
 /// Reads one frame, blocking up to `timeout`; answers heartbeats.
-pub fn read_frame_blocking(
-    s: &mut TcpStream,
-    rb: &mut RecvBuf,
-    timeout: Duration,
-) -> io::Result<(u32, Vec<u8>)> {
+pub fn read_frame_blocking(s: &mut TcpStream, rb: &mut RecvBuf, timeout: Duration) -> io::Result<(u32, Vec<u8>)> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some((ty, data)) = rb.next_frame()? {
@@ -188,12 +181,7 @@ pub fn identify_body(role: &str, extra: &[(String, serde_json::Value)]) -> Vec<u
 }
 
 /// Sends magic + IDENTIFY and waits for the answer (OK or feature JSON).
-pub fn handshake(
-    s: &mut TcpStream,
-    rb: &mut RecvBuf,
-    ident: &[u8],
-    timeout: Duration,
-) -> io::Result<Vec<u8>> {
+pub fn handshake(s: &mut TcpStream, rb: &mut RecvBuf, ident: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(16 + ident.len());
     out.extend_from_slice(b"  V2IDENTIFY\n");
     out.extend_from_slice(&(ident.len() as u32).to_be_bytes());
@@ -206,20 +194,11 @@ pub fn handshake(
     Ok(data)
 }
 
-pub fn subscribe(
-    s: &mut TcpStream,
-    rb: &mut RecvBuf,
-    topic: &str,
-    channel: &str,
-    timeout: Duration,
-) -> io::Result<()> {
+pub fn subscribe(s: &mut TcpStream, rb: &mut RecvBuf, topic: &str, channel: &str, timeout: Duration) -> io::Result<()> {
     s.write_all(format!("SUB {topic} {channel}\n").as_bytes())?;
     let (ty, data) = read_frame_blocking(s, rb, timeout)?;
     if ty != FRAME_RESPONSE || data != b"OK" {
-        return Err(io_err(format!(
-            "SUB {topic} {channel} failed: {}",
-            String::from_utf8_lossy(&data)
-        )));
+        return Err(io_err(format!("SUB {topic} {channel} failed: {}", String::from_utf8_lossy(&data))));
     }
     Ok(())
 }
@@ -264,7 +243,9 @@ pub fn next_http_response(rb: &mut RecvBuf) -> io::Result<Option<HttpResp>> {
     let mut chunked = false;
     let mut close = ver == "HTTP/1.0";
     for l in lines {
-        let Some((k, v)) = l.split_once(':') else { continue };
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
         let v = v.trim();
         if k.eq_ignore_ascii_case("content-length") {
             clen = v.parse().ok();
@@ -287,7 +268,9 @@ pub fn next_http_response(rb: &mut RecvBuf) -> io::Result<Option<HttpResp>> {
         let mut total = 0usize;
         loop {
             let rest = &d[p..];
-            let Some(le) = rest.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
+            let Some(le) = rest.windows(2).position(|w| w == b"\r\n") else {
+                return Ok(None);
+            };
             let sz_str = std::str::from_utf8(&rest[..le]).unwrap_or("");
             let sz_str = sz_str.split(';').next().unwrap_or("").trim();
             let sz = usize::from_str_radix(sz_str, 16).map_err(|_| io_err("bad chunk size"))?;
@@ -299,7 +282,9 @@ pub fn next_http_response(rb: &mut RecvBuf) -> io::Result<Option<HttpResp>> {
                     p = cstart + 2;
                     break;
                 }
-                let Some(te) = find_crlfcrlf(rest) else { return Ok(None) };
+                let Some(te) = find_crlfcrlf(rest) else {
+                    return Ok(None);
+                };
                 p = cstart + te + 4;
                 break;
             }

@@ -82,10 +82,8 @@ impl Encoder {
                 prefixes = topics
                     .iter()
                     .map(|t| {
-                        format!(
-                            "POST /pub?topic={t} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {size}\r\n\r\n"
-                        )
-                        .into_bytes()
+                        format!("POST /pub?topic={t} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {size}\r\n\r\n")
+                            .into_bytes()
                     })
                     .collect();
                 offsets.push(0);
@@ -96,10 +94,8 @@ impl Encoder {
                 prefixes = topics
                     .iter()
                     .map(|t| {
-                        format!(
-                            "POST /mpub?topic={t} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len}\r\n\r\n"
-                        )
-                        .into_bytes()
+                        format!("POST /mpub?topic={t} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len}\r\n\r\n")
+                            .into_bytes()
                     })
                     .collect();
                 for i in 0..n {
@@ -137,6 +133,8 @@ pub struct PubCfg {
     pub tcp_addr: String,
     pub http_addr: String,
     pub identify: Vec<u8>,
+    /// give up when no acknowledgement arrives for this long
+    pub ack_timeout: Duration,
 }
 
 pub struct PubResult {
@@ -320,8 +318,8 @@ fn pump(cfg: &PubCfg, sh: &Shared, c: &mut Conn, res: &mut PubResult) -> io::Res
             if sh.abort.load(Relaxed) {
                 return Ok(());
             }
-            if last_progress.elapsed() > Duration::from_secs(60) {
-                return Err(proto::io_err("no response for 60 s"));
+            if last_progress.elapsed() > cfg.ack_timeout {
+                return Err(proto::io_err(format!("no response for {:?}", cfg.ack_timeout)));
             }
             c.rb.fill(&mut c.s)?;
         }

@@ -6,7 +6,7 @@
 //! per queue (`io_task`) plus one task per write in flight:
 //!
 //! - `put` encodes the record into the current 512 KiB DMA buffer. A full
-//!   buffer, or one a sync needs now, is sealed (padded to 512 bytes, so no
+//!   buffer, or one a sync needs now, is sealed (padded to 4 KiB, so no
 //!   two writes ever touch the same block) and handed to the io task, which
 //!   creates and preallocates segment files and keeps up to four writes in
 //!   flight. A failed write keeps its buffer and is retried: nothing
@@ -41,7 +41,7 @@ use super::{CoreStorage, StorageError};
 use crate::protocol::Message;
 
 /// Write buffer size; bigger records get a buffer of their own.
-const WRITE_BUF: usize = 512 << 10;
+const WRITE_BUF: usize = 1 << 20;
 const MAX_WRITES_IN_FLIGHT: usize = 8;
 /// Segment files grow by this much at a time (ext4 serialises writes that
 /// extend a file; preallocated ones run in parallel).
@@ -49,9 +49,10 @@ const PREALLOC_STEP: u64 = 8 << 20;
 const READ_CHUNK: u64 = 1 << 20;
 /// The io task reads more once `ready` holds fewer messages than this.
 const READY_LOW: usize = 4096;
+const READY_LOW_BYTES: usize = 1 << 20;
 /// New messages go to `ready` too while it is below these.
-const READY_CAP: usize = 16384;
-const READY_CAP_BYTES: usize = 16 << 20;
+const READY_CAP: usize = 8192;
+const READY_CAP_BYTES: usize = 4 << 20;
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 const READ_RETRY: Duration = Duration::from_millis(50);
 /// Segment ordinals: imported nsqd files keep their numbers (below this),
@@ -234,6 +235,14 @@ impl DiskQueue {
             kept.push_back(seg);
         }
         nsqd_import::remove_meta_if_done(dir, name, kept.iter().any(|s| s.format == Format::Nsqd));
+        // New segments must sort after the saved consume position even when
+        // every file before it is gone, or the next start would take them
+        // for consumed.
+        if let Some(c) = consumed {
+            if c.seg >= OWN_BASE {
+                next_own = next_own.max(c.seg - OWN_BASE + 1);
+            }
+        }
         if depth > 0 {
             tracing::info!(
                 queue = name,
@@ -293,7 +302,7 @@ impl DiskQueue {
         let s = &self.shared;
         let mut inner = s.inner.borrow_mut();
         let r = inner.ready.pop_front();
-        let low = inner.ready.len() < READY_LOW && inner.loaded < inner.write_end();
+        let low = inner.wants_more();
         let Some(Ready { pos, mut msg }) = r else {
             if inner.depth > 0 && !inner.reading {
                 drop(inner);
@@ -428,6 +437,13 @@ impl Inner {
                 })
                 .unwrap_or_default(),
         }
+    }
+
+    /// Below the read-ahead mark with more on disk.
+    fn wants_more(&self) -> bool {
+        self.ready.len() < READY_LOW
+            && self.ready_bytes < READY_LOW_BYTES
+            && self.loaded < self.write_end()
     }
 
     fn segment(&self, ord: u64) -> Option<&Segment> {
@@ -755,9 +771,9 @@ impl QueueShared {
                 f
             }
         };
-        let mut buf = file.alloc_dma_buffer(512);
+        let mut buf = file.alloc_dma_buffer(META_SLOT);
         encode_meta(buf.as_bytes_mut(), seq, consume);
-        let slot = (seq % 2) * 512;
+        let slot = (seq % 2) * META_SLOT as u64;
         let r = async {
             file.write_at(buf, slot).await?;
             file.fdatasync().await
@@ -905,7 +921,7 @@ impl QueueShared {
         // Decide what to read.
         let (ord, format, path, file, from, to, limit, epoch) = {
             let mut inner = self.inner.borrow_mut();
-            if inner.ready.len() >= READY_LOW || inner.loaded >= inner.write_end() {
+            if !inner.wants_more() {
                 return false;
             }
             let loaded = inner.loaded;
@@ -1090,8 +1106,17 @@ async fn io_task(q: Rc<QueueShared>) {
                 Ok(Some(file)) => {
                     q.inner.borrow_mut().in_flight += 1;
                     let q2 = q.clone();
+                    let inflight = q.inner.borrow().in_flight;
                     glommio::spawn_local(async move {
+                        let t0 = std::time::Instant::now();
                         let r = file.write_rc_at(job.buf.clone(), job.off).await;
+                        tracing::trace!(
+                            len = job.buf.len(),
+                            off = job.off,
+                            inflight,
+                            us = t0.elapsed().as_micros() as u64,
+                            "write done"
+                        );
                         q2.complete_write(job, epoch, r);
                     })
                     .detach();
@@ -1115,7 +1140,7 @@ async fn io_task(q: Rc<QueueShared>) {
         // Read ahead.
         let wants_read = {
             let inner = q.inner.borrow();
-            inner.ready.len() < READY_LOW && inner.loaded < inner.write_end() && !inner.closed
+            inner.wants_more() && !inner.closed
         };
         if wants_read {
             q.inner.borrow_mut().reading = true;
@@ -1147,7 +1172,7 @@ async fn io_task(q: Rc<QueueShared>) {
         // Wait for news; a write waiting on its data also wakes us.
         let wait_write = {
             let inner = q.inner.borrow();
-            inner.ready.len() < READY_LOW && inner.loaded < inner.write_end()
+            inner.wants_more()
         };
         if wait_write {
             let pseen = q.progress.generation();
@@ -1346,7 +1371,10 @@ fn tail_is_zero(file: &std::fs::File, from: u64, to: u64) -> std::io::Result<boo
 
 const META_MAGIC: &[u8; 8] = b"RSQMETA1";
 
-/// One of the meta file's two 512-byte slots (written alternately, so a
+/// Each of the meta file's two slots is one file-system block.
+const META_SLOT: usize = 4096;
+
+/// One of the meta file's two slots (written alternately, so a
 /// torn write leaves the other one valid).
 fn encode_meta(out: &mut [u8], seq: u64, pos: DiskPos) {
     out.fill(0);
@@ -1379,8 +1407,8 @@ fn decode_meta(slot: &[u8]) -> Option<(u64, DiskPos)> {
 /// The saved consume position, if any.
 fn read_meta(path: &Path) -> Option<DiskPos> {
     let data = std::fs::read(path).ok()?;
-    let a = decode_meta(data.get(..512).unwrap_or(&[]));
-    let b = decode_meta(data.get(512..1024).unwrap_or(&[]));
+    let a = decode_meta(data.get(..META_SLOT).unwrap_or(&[]));
+    let b = decode_meta(data.get(META_SLOT..2 * META_SLOT).unwrap_or(&[]));
     match (a, b) {
         (Some(a), Some(b)) => Some(if a.0 >= b.0 { a.1 } else { b.1 }),
         (Some(x), None) | (None, Some(x)) => Some(x.1),
@@ -1397,8 +1425,8 @@ mod tests {
 
     #[test]
     fn meta_slots_round_trip_and_newest_wins() {
-        let mut a = [0u8; 512];
-        let mut b = [0u8; 512];
+        let mut a = [0u8; META_SLOT];
+        let mut b = [0u8; META_SLOT];
         encode_meta(&mut a, 4, DiskPos { seg: 1, off: 600 });
         encode_meta(&mut b, 5, DiskPos { seg: 2, off: 512 });
         let dir = std::env::temp_dir().join(format!("ringsq-meta-{}", std::process::id()));
@@ -1408,7 +1436,7 @@ mod tests {
         data.extend_from_slice(&b);
         std::fs::write(&path, &data).unwrap();
         assert_eq!(read_meta(&path), Some(DiskPos { seg: 2, off: 512 }));
-        data[512 + 20] ^= 1; // torn newer slot: the older one counts
+        data[META_SLOT + 20] ^= 1; // torn newer slot: the older one counts
         std::fs::write(&path, &data).unwrap();
         assert_eq!(read_meta(&path), Some(DiskPos { seg: 1, off: 600 }));
         let _ = std::fs::remove_dir_all(&dir);

@@ -439,6 +439,15 @@ impl Inner {
         }
     }
 
+    /// Keeps a failed write for the retry, counted until it succeeds.
+    fn retry_later(&mut self, mut job: Job) {
+        if !job.failed_once {
+            job.failed_once = true;
+            self.failing_jobs += 1;
+        }
+        self.retry.push_back(job);
+    }
+
     /// Below the read-ahead mark with more on disk.
     fn wants_more(&self) -> bool {
         self.ready.len() < READY_LOW
@@ -823,21 +832,11 @@ impl QueueShared {
                 }
             }
             Err(e) => {
-                let err = describe(e);
-                if inner.failed.is_none() {
-                    tracing::error!(queue = %self.name, error = %err, "disk write failed; keeping the data in memory and retrying");
-                    self.ctx.health.fail(&err);
-                    inner.failed = Some(err);
-                }
-                let mut job = job;
-                if !job.failed_once {
-                    job.failed_once = true;
-                    inner.failing_jobs += 1;
-                }
-                inner.retry.push_back(job);
+                inner.retry_later(job);
+                drop(inner);
+                self.fail(describe(e));
             }
         }
-        drop(inner);
         self.progress.notify();
         self.work.notify();
     }
@@ -1124,12 +1123,7 @@ async fn io_task(q: Rc<QueueShared>) {
                 Err(e) => {
                     let mut inner = q.inner.borrow_mut();
                     if inner.epoch == epoch {
-                        let mut job = job;
-                        if !job.failed_once {
-                            job.failed_once = true;
-                            inner.failing_jobs += 1;
-                        }
-                        inner.retry.push_back(job);
+                        inner.retry_later(job);
                         drop(inner);
                         q.fail(e);
                     }

@@ -29,6 +29,8 @@ import time
 import pytest
 
 from conftest import BIN, FRAME_ERROR, FRAME_MESSAGE, FRAME_RESPONSE, Broker, free_port  # noqa: F401
+from test_http_support import find_channel, find_topic, wait_for  # noqa: F401
+from test_wire_support import mpub_body  # noqa: F401
 
 OK = (FRAME_RESPONSE, b"OK")
 HEARTBEAT = b"_heartbeat_"
@@ -149,32 +151,11 @@ def stats(b):
 
 
 def topic_stats(b, topic):
-    for t in stats(b)["topics"]:
-        if t["topic_name"] == topic:
-            return t
-    return None
+    return find_topic(stats(b), topic)
 
 
 def channel_stats(b, topic, channel):
-    t = topic_stats(b, topic)
-    if t is None:
-        return None
-    for c in t["channels"]:
-        if c["channel_name"] == channel:
-            return c
-    return None
-
-
-def wait_for(pred, timeout=20.0, interval=0.05, what="condition"):
-    """Poll `pred()` until it returns a truthy value; fail with the last value."""
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what} not reached in {timeout}s (last: {last!r})")
+    return find_channel(stats(b), topic, channel)
 
 
 def wait_channel(b, topic, channel, timeout=20.0, **expect):
@@ -189,7 +170,7 @@ def wait_channel(b, topic, channel, timeout=20.0, **expect):
 
     try:
         return wait_for(check, timeout=timeout, what=f"{topic}/{channel} {expect}")
-    except AssertionError:
+    except pytest.fail.Exception:
         raise AssertionError(f"{topic}/{channel}: wanted {expect}, have {channel_stats(b, topic, channel)}")
 
 
@@ -202,7 +183,7 @@ def wait_topic(b, topic, timeout=20.0, **expect):
 
     try:
         return wait_for(check, timeout=timeout, what=f"{topic} {expect}")
-    except AssertionError:
+    except pytest.fail.Exception:
         t = topic_stats(b, topic)
         if t is not None:
             t = {k: v for k, v in t.items() if k != "channels"}
@@ -212,12 +193,6 @@ def wait_topic(b, topic, timeout=20.0, **expect):
 # ----------------------------------------------------------------------------- wire
 
 
-def mpub_body(messages):
-    parts = [struct.pack(">i", len(messages))]
-    for m in messages:
-        parts.append(struct.pack(">i", len(m)))
-        parts.append(m)
-    return b"".join(parts)
 
 
 def cmd_bytes(line, body=None):

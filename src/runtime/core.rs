@@ -292,6 +292,8 @@ pub async fn run_core(setup: CoreSetup) {
     }
     // D10: memory, in-flight and deferred messages to disk, then every
     // queue synced with its consume position saved.
+    core.storage.begin_close();
+    refill_task.await;
     let queues = core.shard.borrow_mut().persist_for_shutdown();
     for q in &queues {
         if let Err(e) = q.sync(true).await {
@@ -300,7 +302,6 @@ pub async fn run_core(setup: CoreSetup) {
     }
     core.storage.close();
     sync_task.await;
-    refill_task.await;
     core.shared
         .exit_metadata
         .lock()
@@ -340,6 +341,11 @@ async fn inbox_loop(core: Rc<Core>, mut inbox: Inbox) {
                     CoreCounters::add(&core.counters.received_messages, p.bodies.len() as u64);
                     // Names were validated by the sender: ASCII.
                     let topic = String::from_utf8_lossy(&p.topic);
+                    if core.storage.is_closing() {
+                        // Queues are being written out: too late to take it.
+                        let _ = p.reply.send(Err("exiting".to_string()));
+                        continue;
+                    }
                     let result = core.shard.borrow_mut().publish(&topic, &p.bodies, p.defer);
                     let durable = result.is_ok() && core.storage.config.durable();
                     if durable || core.storage.over_limit() {

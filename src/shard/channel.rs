@@ -230,12 +230,14 @@ impl Channel {
                 (d.msg, wall.saturating_add(wait))
             })
             .collect();
-        if let Err(e) =
-            crate::storage::deferred::write(&storage.config.dir, &self.queue_name, &deferred)
-        {
-            tracing::error!(channel = %self.queue_name, error = %e, "cannot save deferred messages");
+        match crate::storage::deferred::write(&storage.config.dir, &self.queue_name, &deferred) {
+            // Deferred messages read from disk now live in the snapshot:
+            // their old positions may be passed.
+            Ok(()) => disk.forget_outstanding(),
+            Err(e) => {
+                tracing::error!(channel = %self.queue_name, error = %e, "cannot save deferred messages; those read from disk stay where they are")
+            }
         }
-        disk.forget_outstanding();
         Some(disk.shared().clone())
     }
 
@@ -249,6 +251,11 @@ impl Channel {
 
     pub fn depth(&self) -> u64 {
         self.queue.depth()
+    }
+
+    /// Its disk is failing: its topic holds messages back meanwhile.
+    pub fn disk_failing(&self) -> bool {
+        self.queue.disk_failing()
     }
     pub fn backend_depth(&self) -> u64 {
         self.queue.backend_depth()
@@ -465,8 +472,11 @@ impl Channel {
             // A deferred message stored on disk (durable DPUB) waits here
             // for the rest of its time.
             if let Some(delay) = msg.deferred.take() {
-                if !delay.is_zero() {
-                    self.push_deferred(msg, now + delay);
+                // `deferred` counts from the publish time.
+                let due = msg.timestamp.saturating_add(delay.as_nanos() as i64);
+                let left = due - crate::protocol::message::now_nanos();
+                if left > 0 {
+                    self.push_deferred(msg, now + Duration::from_nanos(left as u64));
                     continue;
                 }
             }

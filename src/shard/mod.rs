@@ -139,7 +139,13 @@ impl Shard {
     pub fn refilled(&mut self, queue: &str) {
         match queue.split_once(':') {
             Some((topic, channel)) => {
-                if let Some(c) = self.channel_mut(topic, channel) {
+                let Some(t) = self.topics.get_mut(topic) else {
+                    return;
+                };
+                // A channel whose disk recovered takes its topic's messages
+                // again.
+                t.pump_held();
+                if let Some(c) = t.channels.get_mut(channel) {
                     c.dispatch();
                 }
             }

@@ -38,7 +38,10 @@ impl Backend {
             match DiskQueue::open(storage, name, ack_on_pop) {
                 Ok(q) => return Backend::Disk(q),
                 Err(e) => {
-                    tracing::error!(queue = name, error = %e, "cannot open disk queue; starting it empty")
+                    tracing::error!(queue = name, error = %e, "cannot open disk queue; new messages go to new segments");
+                    return Backend::Disk(DiskQueue::create_after_failed_open(
+                        storage, name, ack_on_pop,
+                    ));
                 }
             }
         }
@@ -153,6 +156,11 @@ impl MessageQueue {
         if let Backend::Disk(d) = &self.backend {
             d.destroy();
         }
+    }
+
+    /// The disk part is failing (full disk): stop handing it more.
+    pub fn disk_failing(&self) -> bool {
+        self.disk().is_some_and(|d| d.is_failing())
     }
 
     pub fn disk(&self) -> Option<&DiskQueue> {

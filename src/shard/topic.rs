@@ -118,6 +118,12 @@ impl Topic {
         if !self.pumping() {
             return;
         }
+        // A channel whose disk is failing would take the backlog into
+        // memory; it stays on the topic's disk until the channel recovers
+        // (its recovery calls this again through `Shard::refilled`).
+        if self.channels.values().any(|c| c.disk_failing()) {
+            return;
+        }
         while let Some(msg) = self.queue.pop() {
             if let Err(e) = self.fan_out(msg, true) {
                 tracing::error!(topic = %self.name, error = %e, "fan-out failed");

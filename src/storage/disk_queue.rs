@@ -175,6 +175,30 @@ impl DiskQueue {
         DiskQueue::start(ctx, name, ack_on_pop, inner)
     }
 
+    /// A fresh queue where `open` failed: its numbers start past every
+    /// file and saved position left behind, so nothing old is reused or
+    /// later taken for consumed.
+    pub fn create_after_failed_open(
+        ctx: &Rc<CoreStorage>,
+        name: &str,
+        ack_on_pop: bool,
+    ) -> DiskQueue {
+        let dir = &ctx.config.dir;
+        let mut next_own = own_segments(dir, name)
+            .ok()
+            .and_then(|v| v.last().map(|(n, _)| n + 1))
+            .unwrap_or(1);
+        let saved = read_meta(&meta_path(dir, name));
+        if let Some((_, pos)) = saved {
+            if pos.seg >= OWN_BASE {
+                next_own = next_own.max(pos.seg - OWN_BASE + 1);
+            }
+        }
+        let mut inner = Inner::new(VecDeque::new(), next_own, None);
+        inner.meta_seq = saved.map(|(seq, _)| seq).unwrap_or(0);
+        DiskQueue::start(ctx, name, ack_on_pop, inner)
+    }
+
     /// Opens what an earlier run (or nsqd) left: reads the meta file, scans
     /// every unconsumed segment to count its records and find damage.
     pub fn open(
@@ -184,7 +208,8 @@ impl DiskQueue {
     ) -> Result<DiskQueue, StorageError> {
         let dir = &ctx.config.dir;
         let max_body = ctx.config.max_msg_size;
-        let consumed = read_meta(&meta_path(dir, name));
+        let saved = read_meta(&meta_path(dir, name));
+        let consumed = saved.map(|(_, pos)| pos);
         let mut segments: Vec<Segment> = Vec::new();
         for legacy in nsqd_import::segments(dir, name) {
             segments.push(Segment::sealed(
@@ -253,6 +278,8 @@ impl DiskQueue {
         }
         let mut inner = Inner::new(kept, next_own, consumed);
         inner.depth = depth;
+        // Slots alternate by sequence: go on from the newest one saved.
+        inner.meta_seq = saved.map(|(seq, _)| seq).unwrap_or(0);
         Ok(DiskQueue::start(ctx, name, ack_on_pop, inner))
     }
 
@@ -275,6 +302,11 @@ impl DiskQueue {
 
     pub fn depth(&self) -> u64 {
         self.shared.inner.borrow().depth
+    }
+
+    /// Writes are failing (disk full, I/O error) and being retried.
+    pub fn is_failing(&self) -> bool {
+        self.shared.inner.borrow().failed.is_some()
     }
 
     /// Appends a message. Fails only while the disk is failing.
@@ -646,12 +678,20 @@ impl QueueShared {
     fn after_consume(self: &Rc<Self>) {
         let mut inner = self.inner.borrow_mut();
         let consume = inner.consume_pos();
-        // Segments wholly before the consume position are done (D6).
+        if inner.meta_saved != Some(consume) {
+            self.mark_dirty(&mut inner);
+        }
+    }
+
+    /// Segments wholly before the saved consume position are done (D6).
+    /// Only a position already on disk may delete anything: a crash must
+    /// find every segment its meta file still points into.
+    fn drop_consumed(&self, inner: &mut Inner, saved: DiskPos) {
         while inner.segments.len() > 1
             && inner
                 .segments
                 .front()
-                .is_some_and(|s| s.ord < consume.seg && s.sealed)
+                .is_some_and(|s| s.ord < saved.seg && s.sealed)
         {
             if let Some(seg) = inner.segments.pop_front() {
                 remove_file(&seg.path);
@@ -662,9 +702,24 @@ impl QueueShared {
                 }
             }
         }
-        if inner.meta_saved != Some(consume) {
-            self.mark_dirty(&mut inner);
-        }
+    }
+
+    /// The position a topic's meta may save once the channels it handed
+    /// messages to are synced (group commit, before the channel phase).
+    pub fn consume_snapshot(&self) -> DiskPos {
+        self.inner.borrow().consume_pos()
+    }
+
+    /// A failed sync: the queue stays in the next round.
+    pub fn still_dirty(self: &Rc<Self>) {
+        let mut inner = self.inner.borrow_mut();
+        inner.in_sync_list = false;
+        self.mark_dirty(&mut inner);
+    }
+
+    /// Taken into a sync round: later appends must join the next one.
+    pub fn taken_for_sync(&self) {
+        self.inner.borrow_mut().in_sync_list = false;
     }
 
     fn reset(self: &Rc<Self>, destroy: bool) {
@@ -688,8 +743,10 @@ impl QueueShared {
         let failed = inner.failed.is_some();
         let epoch = inner.epoch + 1;
         let meta_file = inner.meta_file.take();
+        let meta_seq = inner.meta_seq;
         *inner = Inner::new(VecDeque::new(), next_own, None);
         inner.epoch = epoch;
+        inner.meta_seq = meta_seq;
         inner.closed = destroy;
         if destroy {
             remove_file(&meta_path(&self.ctx.config.dir, &self.name));
@@ -710,6 +767,16 @@ impl QueueShared {
     /// Makes everything appended so far durable: seals the buffer, waits for
     /// every write, fdatasyncs the files written, saves the consume position.
     pub async fn sync(self: &Rc<Self>, force_meta: bool) -> Result<(), StorageError> {
+        self.sync_at(force_meta, None).await
+    }
+
+    /// `sync`, saving `meta_at` (a topic's snapshot) instead of the current
+    /// consume position.
+    pub async fn sync_at(
+        self: &Rc<Self>,
+        force_meta: bool,
+        meta_at: Option<DiskPos>,
+    ) -> Result<(), StorageError> {
         let (target, epoch) = {
             let mut inner = self.inner.borrow_mut();
             inner.in_sync_list = false;
@@ -734,7 +801,7 @@ impl QueueShared {
             }
             self.progress.changed(seen).await;
         }
-        let files: Vec<Rc<DmaFile>> = {
+        let files: Vec<(u64, Rc<DmaFile>)> = {
             let mut inner = self.inner.borrow_mut();
             inner
                 .segments
@@ -742,25 +809,33 @@ impl QueueShared {
                 .filter(|s| s.unsynced)
                 .filter_map(|s| {
                     s.unsynced = false;
-                    s.file.clone()
+                    s.file.clone().map(|f| (s.ord, f))
                 })
                 .collect()
         };
-        let results = futures::future::join_all(files.iter().map(|f| f.fdatasync())).await;
-        for r in results {
+        let results = futures::future::join_all(files.iter().map(|(_, f)| f.fdatasync())).await;
+        for ((ord, _), r) in files.iter().zip(results) {
             if let Err(e) = r {
                 let err = describe(e);
                 tracing::error!(queue = %self.name, error = %err, "fdatasync failed");
+                // The next round must sync this file again.
+                if let Some(seg) = self.inner.borrow_mut().segment_mut(*ord) {
+                    seg.unsynced = true;
+                }
                 return Err(StorageError::Failing(err));
             }
         }
-        self.save_meta(force_meta).await
+        self.save_meta(force_meta, meta_at).await
     }
 
-    async fn save_meta(self: &Rc<Self>, force: bool) -> Result<(), StorageError> {
-        let (consume, seq, file) = {
+    async fn save_meta(
+        self: &Rc<Self>,
+        force: bool,
+        at: Option<DiskPos>,
+    ) -> Result<(), StorageError> {
+        let (consume, seq, file, epoch) = {
             let mut inner = self.inner.borrow_mut();
-            let consume = inner.consume_pos();
+            let consume = at.unwrap_or_else(|| inner.consume_pos());
             if inner.meta_saved == Some(consume) && !force {
                 return Ok(());
             }
@@ -769,13 +844,19 @@ impl QueueShared {
                 return Ok(());
             }
             inner.meta_seq += 1;
-            (consume, inner.meta_seq, inner.meta_file.clone())
+            (
+                consume,
+                inner.meta_seq,
+                inner.meta_file.clone(),
+                inner.epoch,
+            )
         };
         let path = meta_path(&self.ctx.config.dir, &self.name);
         let file = match file {
             Some(f) => f,
             None => {
                 let f = Rc::new(open_rw(&path).await?);
+                sync_dir(&self.ctx.config.dir);
                 self.inner.borrow_mut().meta_file = Some(f.clone());
                 f
             }
@@ -784,21 +865,26 @@ impl QueueShared {
         encode_meta(buf.as_bytes_mut(), seq, consume);
         let slot = (seq % 2) * META_SLOT as u64;
         let r = async {
-            file.write_at(buf, slot).await?;
-            file.fdatasync().await
+            let n = file.write_at(buf, slot).await.map_err(describe)?;
+            if n < META_SLOT {
+                return Err(format!("short write ({n} bytes) to {}", path.display()));
+            }
+            file.fdatasync().await.map_err(describe)
         }
         .await;
         if let Err(e) = r {
-            return Err(StorageError::io("writing", &path, e.into()));
+            return Err(StorageError::Failing(e));
         }
-        let mut inner = self.inner.borrow_mut();
-        if inner.meta_seq == seq {
+        let mut guard = self.inner.borrow_mut();
+        let inner = &mut *guard;
+        if inner.epoch == epoch && inner.meta_seq == seq {
             inner.meta_saved = Some(consume);
+            self.drop_consumed(inner, consume);
         }
         Ok(())
     }
 
-    fn complete_write(self: &Rc<Self>, job: Job, epoch: u64, result: glommio::Result<usize, ()>) {
+    fn complete_write(self: &Rc<Self>, job: Job, epoch: u64, result: Result<(), String>) {
         let mut inner = self.inner.borrow_mut();
         if inner.epoch != epoch {
             self.ctx.sub_unwritten(job.buf.len() as u64);
@@ -829,12 +915,14 @@ impl QueueShared {
                     inner.failed = None;
                     tracing::info!(queue = %self.name, "disk writes work again");
                     self.ctx.health.recover();
+                    // A topic stopped handing messages to this channel.
+                    self.ctx.refilled(&self.name);
                 }
             }
             Err(e) => {
                 inner.retry_later(job);
                 drop(inner);
-                self.fail(describe(e));
+                self.fail(e);
             }
         }
         self.progress.notify();
@@ -883,7 +971,11 @@ impl QueueShared {
                     let f = open_rw(&path).await.map_err(|e| e.to_string())?;
                     let mut head = f.alloc_dma_buffer(HEADER_LEN as usize);
                     record::encode_header(head.as_bytes_mut(), ord - OWN_BASE);
-                    f.write_at(head, 0).await.map_err(describe)?;
+                    let n = f.write_at(head, 0).await.map_err(describe)?;
+                    if n < HEADER_LEN as usize {
+                        return Err(format!("short write to {}", path.display()));
+                    }
+                    sync_dir(&self.ctx.config.dir);
                     Ok::<_, String>(f)
                 }
                 .await;
@@ -981,7 +1073,12 @@ impl QueueShared {
                     f
                 }
                 Err(e) => {
-                    self.skip_segment(ord, &format!("cannot open: {e}"));
+                    let err = std::io::Error::from(e);
+                    if err.kind() == std::io::ErrorKind::NotFound {
+                        return self.skip_segment(ord, "file is missing");
+                    }
+                    tracing::error!(path = %path.display(), error = %err, "cannot open segment; retrying");
+                    glommio::timer::sleep(READ_RETRY).await;
                     return true;
                 }
             },
@@ -1026,8 +1123,9 @@ impl QueueShared {
                     }
                     let mut msg = r.msg;
                     if let Some(due) = r.due {
-                        let left = due.saturating_sub(crate::protocol::message::now_nanos());
-                        msg.deferred = Some(Duration::from_nanos(left.max(0) as u64));
+                        // `deferred` counts from the publish time.
+                        let delay = due.saturating_sub(msg.timestamp).max(0);
+                        msg.deferred = Some(Duration::from_nanos(delay as u64));
                     }
                     inner.ready_bytes += msg.body.len();
                     inner.ready.push_back(Ready {
@@ -1055,18 +1153,21 @@ impl QueueShared {
         true
     }
 
-    fn skip_segment(self: &Rc<Self>, ord: u64, why: &str) {
+    /// Returns whether the reader moved on.
+    fn skip_segment(self: &Rc<Self>, ord: u64, why: &str) -> bool {
         let mut inner = self.inner.borrow_mut();
         tracing::error!(queue = %self.name, segment = ord, why, "corrupt segment skipped");
         let Some(idx) = inner.segments.iter().position(|s| s.ord == ord) else {
-            return;
+            return false;
         };
-        if let Some(next) = inner.segments.get(idx + 1) {
-            inner.loaded = DiskPos {
-                seg: next.ord,
-                off: next.start,
-            };
-        }
+        let Some(next) = inner.segments.get(idx + 1) else {
+            return false;
+        };
+        inner.loaded = DiskPos {
+            seg: next.ord,
+            off: next.start,
+        };
+        true
     }
 }
 
@@ -1093,14 +1194,20 @@ async fn io_task(q: Rc<QueueShared>) {
             if gone {
                 // Consumed and deleted before its last write went out.
                 q.inner.borrow_mut().in_flight += 1;
-                q.complete_write(job, epoch, Ok(0));
+                q.complete_write(job, epoch, Ok(()));
                 continue;
             }
             let until = job.off + job.buf.len() as u64;
-            match q.file_for_write(job.ord, until).await {
+            let file = q.file_for_write(job.ord, until).await;
+            if q.inner.borrow().epoch != epoch {
+                // Emptied or deleted meanwhile: this write is not wanted.
+                q.ctx.sub_unwritten(job.buf.len() as u64);
+                continue;
+            }
+            match file {
                 Ok(None) => {
                     q.inner.borrow_mut().in_flight += 1;
-                    q.complete_write(job, epoch, Ok(0));
+                    q.complete_write(job, epoch, Ok(()));
                 }
                 Ok(Some(file)) => {
                     q.inner.borrow_mut().in_flight += 1;
@@ -1108,7 +1215,12 @@ async fn io_task(q: Rc<QueueShared>) {
                     let inflight = q.inner.borrow().in_flight;
                     glommio::spawn_local(async move {
                         let t0 = std::time::Instant::now();
-                        let r = file.write_rc_at(job.buf.clone(), job.off).await;
+                        // A short write is a failure too: rewritten whole.
+                        let r = match file.write_rc_at(job.buf.clone(), job.off).await {
+                            Ok(n) if n >= job.buf.len() => Ok(()),
+                            Ok(n) => Err(format!("short write ({n} of {} bytes)", job.buf.len())),
+                            Err(e) => Err(describe(e)),
+                        };
                         tracing::trace!(
                             len = job.buf.len(),
                             off = job.off,
@@ -1176,6 +1288,14 @@ async fn io_task(q: Rc<QueueShared>) {
         }
     }
     q.task_running.set(false);
+}
+
+/// Makes a new file's directory entry durable (a crash must not lose the
+/// file itself). Rare: once per segment and meta file.
+fn sync_dir(dir: &Path) {
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot fsync the data directory");
+    }
 }
 
 /// Closes a file asynchronously once its last user lets go.
@@ -1398,14 +1518,14 @@ fn decode_meta(slot: &[u8]) -> Option<(u64, DiskPos)> {
     ))
 }
 
-/// The saved consume position, if any.
-fn read_meta(path: &Path) -> Option<DiskPos> {
+/// The saved consume position and its sequence number, if any.
+fn read_meta(path: &Path) -> Option<(u64, DiskPos)> {
     let data = std::fs::read(path).ok()?;
     let a = decode_meta(data.get(..META_SLOT).unwrap_or(&[]));
     let b = decode_meta(data.get(META_SLOT..2 * META_SLOT).unwrap_or(&[]));
     match (a, b) {
-        (Some(a), Some(b)) => Some(if a.0 >= b.0 { a.1 } else { b.1 }),
-        (Some(x), None) | (None, Some(x)) => Some(x.1),
+        (Some(a), Some(b)) => Some(if a.0 >= b.0 { a } else { b }),
+        (Some(x), None) | (None, Some(x)) => Some(x),
         (None, None) => {
             tracing::warn!(path = %path.display(), "corrupt meta file; reading the queue from its start");
             None
@@ -1429,10 +1549,10 @@ mod tests {
         let mut data = a.to_vec();
         data.extend_from_slice(&b);
         std::fs::write(&path, &data).unwrap();
-        assert_eq!(read_meta(&path), Some(DiskPos { seg: 2, off: 512 }));
+        assert_eq!(read_meta(&path), Some((5, DiskPos { seg: 2, off: 512 })));
         data[META_SLOT + 20] ^= 1; // torn newer slot: the older one counts
         std::fs::write(&path, &data).unwrap();
-        assert_eq!(read_meta(&path), Some(DiskPos { seg: 1, off: 600 }));
+        assert_eq!(read_meta(&path), Some((4, DiskPos { seg: 1, off: 600 })));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -151,13 +151,24 @@ impl SyncGroup {
         self.requested.set(false);
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
         let queues = std::mem::take(&mut *self.dirty.borrow_mut());
+        for q in &queues {
+            q.taken_for_sync();
+        }
         // Channels first, topics after: a topic's consume position must not
-        // reach the disk before the channel records it handed messages to.
+        // reach the disk before the channel records it handed messages to,
+        // so topics save the position they had when the round started.
         let (topics, channels): (Vec<_>, Vec<_>) = queues.into_iter().partition(|q| q.is_topic());
+        let snapshots: Vec<DiskPos> = topics.iter().map(|q| q.consume_snapshot()).collect();
+        let mut results = futures::future::join_all(channels.iter().map(|q| q.sync(false))).await;
+        let topic_syncs = topics
+            .iter()
+            .zip(&snapshots)
+            .map(|(q, at)| q.sync_at(false, Some(*at)));
+        results.extend(futures::future::join_all(topic_syncs).await);
         let mut failed = None;
-        for phase in [channels, topics] {
-            let results = futures::future::join_all(phase.iter().map(|q| q.sync(false))).await;
-            if let Some(e) = results.into_iter().find_map(|r| r.err()) {
+        for (q, r) in channels.iter().chain(topics.iter()).zip(results) {
+            if let Err(e) = r {
+                q.still_dirty();
                 failed.get_or_insert(e);
             }
         }
@@ -195,6 +206,9 @@ pub struct CoreStorage {
     pub sync: SyncGroup,
     refills: RefCell<Vec<Rc<str>>>,
     refill_signal: Notify,
+    /// Set when the core starts writing everything out at shutdown: nothing
+    /// may enter a queue after that.
+    closing: Cell<bool>,
     /// Set once the core has written everything out at shutdown.
     closed: Cell<bool>,
     /// Bytes sealed for writing but not written yet, over all queues.
@@ -207,11 +221,23 @@ pub struct CoreStorage {
 const MAX_UNWRITTEN: u64 = 64 << 20;
 
 impl CoreStorage {
+    /// Shutdown: queues are about to be written out; from now on publishes
+    /// are refused and read-ahead is not delivered.
+    pub fn begin_close(&self) {
+        self.closing.set(true);
+        self.refill_signal.notify();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
     /// Ends the sync loop (after the shutdown flush).
     pub fn close(&self) {
         self.closed.set(true);
         self.sync.wake.notify();
         self.refill_signal.notify();
+        self.written.notify();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -254,6 +280,7 @@ impl CoreStorage {
             sync: SyncGroup::default(),
             refills: RefCell::new(Vec::new()),
             refill_signal: Notify::default(),
+            closing: Cell::new(false),
             closed: Cell::new(false),
             unwritten: Cell::new(0),
             written: Notify::default(),
@@ -273,7 +300,10 @@ impl CoreStorage {
         loop {
             let seen = self.refill_signal.generation();
             let names = std::mem::take(&mut *self.refills.borrow_mut());
-            if !names.is_empty() || self.closed.get() {
+            if self.closing.get() {
+                return Vec::new();
+            }
+            if !names.is_empty() {
                 return names;
             }
             self.refill_signal.changed(seen).await;

@@ -5,12 +5,12 @@
 //! plain single-threaded code; the file work happens in one background task
 //! per queue (`io_task`) plus one task per write in flight:
 //!
-//! - `put` encodes the record into the current 512 KiB DMA buffer. A full
+//! - `put` encodes the record into the current 1 MiB DMA buffer. A full
 //!   buffer, or one a sync needs now, is sealed (padded to 4 KiB, so no
 //!   two writes ever touch the same block) and handed to the io task, which
-//!   creates and preallocates segment files and keeps up to four writes in
-//!   flight. A failed write keeps its buffer and is retried: nothing
-//!   acknowledged is dropped while the disk is full.
+//!   creates and preallocates segment files and keeps up to eight writes
+//!   in flight. A failed (or short) write keeps its buffer and is retried:
+//!   nothing acknowledged is dropped while the disk is full.
 //! - Reading: the newest messages are also kept in `ready` while the reader
 //!   has caught up, so a consumer that keeps up never reads the file. A
 //!   backlog is read back in 1 MiB chunks by the io task, which then asks
@@ -18,7 +18,12 @@
 //! - Consumption: a channel's message read from disk carries its position
 //!   (`Message::origin`) until FIN; the position saved in the meta file is
 //!   the oldest one not finished, so a crash redelivers what was in flight
-//!   instead of losing it. Segments wholly before it are deleted.
+//!   instead of losing it. Segments wholly before the *saved* position are
+//!   deleted, never before it reached the disk.
+//! - Durability: `sync` seals, waits for the writes, fdatasyncs and saves
+//!   the consume position; `CoreStorage`'s group commit runs it for every
+//!   queue written since the last round (--sync-every, --sync-timeout, and
+//!   every durable publish with --sync-every=1).
 //!
 //! Files (in --data-path): `<name>.ringsq.NNNNNN.dat` segments and
 //! `<name>.ringsq.meta.dat`; `<name>` is the topic or `topic:channel`.

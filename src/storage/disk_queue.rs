@@ -45,12 +45,18 @@ use super::record::{self, align_up, DiskPos, Format, Step, HEADER_LEN};
 use super::{CoreStorage, StorageError};
 use crate::protocol::Message;
 
-/// Write buffer size; bigger records get a buffer of their own.
-const WRITE_BUF: usize = 1 << 20;
+/// Write buffers grow (to the max) while they fill up before being sealed
+/// and shrink when syncs seal them mostly empty: a busy queue writes 2 MiB
+/// at a time, an idle one holds little memory. Bigger records get a buffer
+/// of their own.
+const MIN_WRITE_BUF: usize = 128 << 10;
+const MAX_WRITE_BUF: usize = 2 << 20;
 const MAX_WRITES_IN_FLIGHT: usize = 8;
 /// Segment files grow by this much at a time (ext4 serialises writes that
-/// extend a file; preallocated ones run in parallel).
+/// extend a file; preallocated ones run in parallel), doubling for a busy
+/// queue (each fallocate waits for the writes in flight) up to the max.
 const PREALLOC_STEP: u64 = 8 << 20;
+const MAX_PREALLOC_STEP: u64 = 64 << 20;
 const READ_CHUNK: u64 = 1 << 20;
 /// The io task reads more once `ready` holds fewer messages than this.
 const READY_LOW: usize = 4096;
@@ -151,6 +157,10 @@ struct Inner {
     ops: u64,
     /// Sealed bytes not yet handed to CoreStorage's unwritten count.
     unwritten: u64,
+    /// Size of the next write buffer (adapts, see MIN_WRITE_BUF).
+    buf_size: usize,
+    /// Next preallocation step (adapts, see PREALLOC_STEP).
+    prealloc_step: u64,
     in_sync_list: bool,
     closed: bool,
 }
@@ -455,6 +465,8 @@ impl Inner {
             meta_file: None,
             ops: 0,
             unwritten: 0,
+            buf_size: 2 * MIN_WRITE_BUF,
+            prealloc_step: PREALLOC_STEP,
             in_sync_list: false,
             closed: false,
         }
@@ -516,6 +528,12 @@ impl Inner {
         };
         if cur.len == 0 {
             return;
+        }
+        let cap = cur.buf.len();
+        if cur.len * 4 >= cap * 3 {
+            self.buf_size = (cap * 2).clamp(MIN_WRITE_BUF, MAX_WRITE_BUF);
+        } else if cur.len * 4 < cap {
+            self.buf_size = (self.buf_size / 2).max(MIN_WRITE_BUF);
         }
         let padded = align_up(cur.len as u64) as usize;
         cur.buf.as_bytes_mut()[cur.len..padded].fill(0);
@@ -642,10 +660,11 @@ impl QueueShared {
                 sealed = true;
             }
             let w = inner.write.unwrap_or_default();
+            let buf_size = inner.buf_size;
             let cur = inner.cur.get_or_insert_with(|| WriteBuf {
                 ord: w.seg,
                 file_off: w.off,
-                buf: glommio::allocate_dma_buffer(WRITE_BUF.max(align_up(len as u64) as usize)),
+                buf: glommio::allocate_dma_buffer(buf_size.max(align_up(len as u64) as usize)),
                 len: 0,
             });
             let at = cur.len;
@@ -953,7 +972,7 @@ impl QueueShared {
         ord: u64,
         until: u64,
     ) -> Result<Option<Rc<DmaFile>>, String> {
-        let (path, existing, preallocated, epoch) = {
+        let (path, existing, preallocated, epoch, step) = {
             let inner = self.inner.borrow();
             let Some(seg) = inner.segment(ord) else {
                 return Ok(None);
@@ -963,6 +982,7 @@ impl QueueShared {
                 seg.file.clone(),
                 seg.preallocated,
                 inner.epoch,
+                inner.prealloc_step,
             )
         };
         let still_there = |q: &Rc<Self>| {
@@ -998,11 +1018,13 @@ impl QueueShared {
             }
         };
         if until > preallocated {
-            let want = (until + PREALLOC_STEP).min(self.ctx.config.max_bytes_per_file.max(until));
+            let want = (until + step).min(self.ctx.config.max_bytes_per_file.max(until));
             let want = align_up(want);
             // Only a speed-up: a failure shows again at the write.
             if file.pre_allocate(want, false).await.is_ok() {
-                if let Some(seg) = self.inner.borrow_mut().segment_mut(ord) {
+                let mut inner = self.inner.borrow_mut();
+                inner.prealloc_step = (step * 2).min(MAX_PREALLOC_STEP);
+                if let Some(seg) = inner.segment_mut(ord) {
                     seg.preallocated = want;
                 }
             }

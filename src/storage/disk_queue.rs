@@ -199,17 +199,11 @@ impl DiskQueue {
         ack_on_pop: bool,
     ) -> DiskQueue {
         let dir = &ctx.config.dir;
-        let mut next_own = own_segments(dir, name)
+        let last_file = own_segments(dir, name)
             .ok()
-            .and_then(|v| v.last().map(|(n, _)| n + 1))
-            .unwrap_or(1);
+            .and_then(|v| v.last().map(|(n, _)| *n));
         let saved = read_meta(&meta_path(dir, name));
-        if let Some((_, pos)) = saved {
-            if pos.seg >= OWN_BASE {
-                next_own = next_own.max(pos.seg - OWN_BASE + 1);
-            }
-        }
-        let mut inner = Inner::new(VecDeque::new(), next_own, None);
+        let mut inner = Inner::new(VecDeque::new(), next_number(last_file, saved), None);
         inner.meta_seq = saved.map(|(seq, _)| seq).unwrap_or(0);
         DiskQueue::start(ctx, name, ack_on_pop, inner)
     }
@@ -235,9 +229,9 @@ impl DiskQueue {
                 legacy.len,
             ));
         }
-        let mut next_own = 1;
-        for (num, path) in own_segments(dir, name)? {
-            next_own = next_own.max(num + 1);
+        let own = own_segments(dir, name)?;
+        let last_file = own.last().map(|(n, _)| *n);
+        for (num, path) in own {
             let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             let start = match read_header(&path) {
                 Ok(start) => start,
@@ -275,14 +269,6 @@ impl DiskQueue {
             kept.push_back(seg);
         }
         nsqd_import::remove_meta_if_done(dir, name, kept.iter().any(|s| s.format == Format::Nsqd));
-        // New segments must sort after the saved consume position even when
-        // every file before it is gone, or the next start would take them
-        // for consumed.
-        if let Some(c) = consumed {
-            if c.seg >= OWN_BASE {
-                next_own = next_own.max(c.seg - OWN_BASE + 1);
-            }
-        }
         if depth > 0 {
             tracing::info!(
                 queue = name,
@@ -291,7 +277,7 @@ impl DiskQueue {
                 "disk queue opened"
             );
         }
-        let mut inner = Inner::new(kept, next_own, consumed);
+        let mut inner = Inner::new(kept, next_number(last_file, saved), consumed);
         inner.depth = depth;
         // Slots alternate by sequence: go on from the newest one saved.
         inner.meta_seq = saved.map(|(seq, _)| seq).unwrap_or(0);
@@ -1364,6 +1350,17 @@ fn remove_file(path: &Path) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(path = %path.display(), error = %e, "cannot remove file");
         }
+    }
+}
+
+/// The number of the next new segment: past the last file on disk and past
+/// the saved consume position, even when every file before it is gone (or
+/// the next start would take the new segments for consumed).
+fn next_number(last_file: Option<u64>, saved: Option<(u64, DiskPos)>) -> u64 {
+    let after_file = last_file.map_or(1, |n| n + 1);
+    match saved {
+        Some((_, pos)) if pos.seg >= OWN_BASE => after_file.max(pos.seg - OWN_BASE + 1),
+        _ => after_file,
     }
 }
 

@@ -158,36 +158,32 @@ def channel_stats(b, topic, channel):
     return find_channel(stats(b), topic, channel)
 
 
+def _wait_stats(lookup, expect, timeout, what, shown=lambda x: x):
+    """Wait until `lookup()` (a /stats object) has the fields `expect`."""
+
+    def check():
+        x = lookup()
+        if x is not None and all(x.get(k) == v for k, v in expect.items()):
+            return x
+        return None
+
+    try:
+        return wait_for(check, timeout=timeout, what=f"{what} {expect}")
+    except pytest.fail.Exception:
+        raise AssertionError(f"{what}: wanted {expect}, have {shown(lookup())}")
+
+
 def wait_channel(b, topic, channel, timeout=20.0, **expect):
     """Wait until the channel's /stats fields equal `expect` (e.g. depth=10,
     in_flight_count=0); returns the channel object."""
-
-    def check():
-        c = channel_stats(b, topic, channel)
-        if c is not None and all(c.get(k) == v for k, v in expect.items()):
-            return c
-        return None
-
-    try:
-        return wait_for(check, timeout=timeout, what=f"{topic}/{channel} {expect}")
-    except pytest.fail.Exception:
-        raise AssertionError(f"{topic}/{channel}: wanted {expect}, have {channel_stats(b, topic, channel)}")
+    return _wait_stats(lambda: channel_stats(b, topic, channel), expect, timeout, f"{topic}/{channel}")
 
 
 def wait_topic(b, topic, timeout=20.0, **expect):
-    def check():
-        t = topic_stats(b, topic)
-        if t is not None and all(t.get(k) == v for k, v in expect.items()):
-            return t
-        return None
+    def without_channels(t):
+        return None if t is None else {k: v for k, v in t.items() if k != "channels"}
 
-    try:
-        return wait_for(check, timeout=timeout, what=f"{topic} {expect}")
-    except pytest.fail.Exception:
-        t = topic_stats(b, topic)
-        if t is not None:
-            t = {k: v for k, v in t.items() if k != "channels"}
-        raise AssertionError(f"{topic}: wanted {expect}, have {t}")
+    return _wait_stats(lambda: topic_stats(b, topic), expect, timeout, topic, without_channels)
 
 
 # ----------------------------------------------------------------------------- wire

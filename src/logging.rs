@@ -40,7 +40,12 @@ pub fn init(level: &str) {
     let _ = tracing_log::LogTracer::init();
     let installed = tracing_subscriber::registry()
         .with(filter)
-        .with(fmt::layer().with_writer(std::io::stderr))
+        // Colours only on a terminal: log files and journald get plain text.
+        .with(
+            fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .try_init();
     if installed.is_ok() {
         let _ = RELOAD.set(handle);

@@ -39,6 +39,33 @@ pub enum StartError {
     Metadata(String),
     #[error("failed to start core {core}: {err}")]
     Executor { core: usize, err: String },
+    #[error("a core panicked (see the log above); the broker stopped")]
+    CorePanicked,
+}
+
+/// Set by the panic hook: some thread (a core) panicked.
+static CORE_PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// How long the other cores get to write out what they hold after a core
+/// panicked; they may wait on the dead core forever.
+const PANIC_STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// A core that panics must not leave a process that looks alive but serves
+/// nothing: the panic stops the whole broker the way SIGTERM does (the other
+/// cores write out what they hold), and the exit code says it failed.
+fn stop_on_core_panic() {
+    let default_hook = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        tracing::error!("{info}; stopping the broker");
+        if !CORE_PANICKED.swap(true, Ordering::SeqCst) {
+            // SAFETY: kill(2) on our own pid; the main thread's signal
+            // iterator turns SIGTERM into the normal shutdown.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGTERM);
+            }
+        }
+    }));
 }
 
 /// State every core can see.
@@ -253,6 +280,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     }
     let io_memory = prepare_memlock(opts.cores)?;
     probe_io_uring(io_memory)?;
+    stop_on_core_panic();
     let _data_lock = lock_data_path(&opts)?;
     let data_path = opts.effective_data_path();
     let mut restored =
@@ -365,6 +393,13 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         if let Some(sig) = signals.forever().next() {
             tracing::info!(signal = sig, "shutting down");
         }
+        if CORE_PANICKED.load(Ordering::SeqCst) {
+            std::thread::spawn(|| {
+                std::thread::sleep(PANIC_STOP_GRACE);
+                eprintln!("ringsqd: cores did not stop after a panic; exiting");
+                std::process::exit(70);
+            });
+        }
     }
     signal_handle.close();
 
@@ -392,6 +427,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     std::thread::sleep(Duration::from_millis(1));
     match startup_error {
         Some(e) => Err(e),
+        None if CORE_PANICKED.load(Ordering::SeqCst) => Err(StartError::CorePanicked),
         None => Ok(()),
     }
 }

@@ -557,7 +557,9 @@ impl Inner {
 
     /// Ends the write segment (D6: before a record that would pass
     /// --max-bytes-per-file) and starts the next one.
-    fn roll(&mut self, dir: &Path, name: &str) {
+    /// `busy`: paths still being opened for an earlier life of this
+    /// queue (emptied, or deleted and re-created); their numbers are skipped.
+    fn roll(&mut self, dir: &Path, name: &str, busy: impl Fn(&Path) -> bool) {
         self.seal();
         let old_end = self.write_end();
         if let Some(w) = self.write {
@@ -565,13 +567,19 @@ impl Inner {
                 seg.sealed = true;
             }
         }
-        let num = self.next_own;
-        self.next_own += 1;
+        let (num, path) = loop {
+            let num = self.next_own;
+            self.next_own += 1;
+            let path = segment_path(dir, name, num);
+            if !busy(&path) {
+                break (num, path);
+            }
+        };
         let ord = OWN_BASE + num;
         self.segments.push_back(Segment {
             ord,
             format: Format::Ringsq,
-            path: segment_path(dir, name, num),
+            path,
             start: HEADER_LEN,
             end: HEADER_LEN,
             written_end: HEADER_LEN,
@@ -635,7 +643,7 @@ impl QueueShared {
             };
             if needs_roll {
                 sealed = inner.cur.is_some();
-                inner.roll(&cfg.dir, &self.name);
+                inner.roll(&cfg.dir, &self.name, |p| self.ctx.is_opening(p));
             }
             if inner
                 .cur
@@ -693,6 +701,14 @@ impl QueueShared {
         }
     }
 
+    /// Deletes a segment's file unless it is being opened; then its opener
+    /// deletes it (`open_segment`).
+    fn remove_segment_file(&self, path: &Path) {
+        if !self.ctx.is_opening(path) {
+            remove_file(path);
+        }
+    }
+
     /// Segments wholly before the saved consume position are done (D6).
     /// Only a position already on disk may delete anything: a crash must
     /// find every segment its meta file still points into.
@@ -704,7 +720,7 @@ impl QueueShared {
                 .is_some_and(|s| s.ord < saved.seg && s.sealed)
         {
             if let Some(seg) = inner.segments.pop_front() {
-                remove_file(&seg.path);
+                self.remove_segment_file(&seg.path);
                 close_later(seg.file);
                 if seg.format == Format::Nsqd {
                     let more = inner.segments.iter().any(|s| s.format == Format::Nsqd);
@@ -735,7 +751,7 @@ impl QueueShared {
     fn reset(self: &Rc<Self>, destroy: bool) {
         let mut inner = self.inner.borrow_mut();
         for seg in inner.segments.drain(..) {
-            remove_file(&seg.path);
+            self.remove_segment_file(&seg.path);
             if seg.format == Format::Nsqd {
                 nsqd_import::remove_meta_if_done(&self.ctx.config.dir, &self.name, false);
             }
@@ -950,6 +966,31 @@ impl QueueShared {
         self.progress.notify();
     }
 
+    /// Runs `open` (which opens the file of segment `ord` at `path`) while
+    /// nothing may delete `path` (`CoreStorage::opening`). None when the
+    /// segment went away meanwhile: then its file is deleted here, once no
+    /// other open of it is under way.
+    async fn open_segment<T>(
+        &self,
+        ord: u64,
+        epoch: u64,
+        path: &Path,
+        open: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        self.ctx.begin_opening(path);
+        let opened = open.await;
+        let last = self.ctx.end_opening(path);
+        let inner = self.inner.borrow();
+        if inner.epoch == epoch && inner.segment(ord).is_some() {
+            return Some(opened);
+        }
+        drop(inner);
+        if last {
+            remove_file(path);
+        }
+        None
+    }
+
     /// Opens (creating and preallocating as needed) the file a job writes.
     /// None: the segment is gone (consumed and deleted, or the queue was
     /// emptied) and the write is not needed any more.
@@ -971,31 +1012,28 @@ impl QueueShared {
                 inner.prealloc_step,
             )
         };
-        let still_there = |q: &Rc<Self>| {
-            let inner = q.inner.borrow();
-            inner.epoch == epoch && inner.segment(ord).is_some()
-        };
         let file = match existing {
             Some(f) => f,
             None => {
-                let created = async {
-                    let f = open_rw(&path).await.map_err(|e| e.to_string())?;
-                    let mut head = f.alloc_dma_buffer(HEADER_LEN as usize);
-                    record::encode_header(head.as_bytes_mut(), ord - OWN_BASE);
-                    let n = f.write_at(head, 0).await.map_err(describe)?;
-                    if n < HEADER_LEN as usize {
-                        return Err(format!("short write to {}", path.display()));
-                    }
-                    sync_dir(&self.ctx.config.dir);
-                    Ok::<_, String>(f)
-                }
-                .await;
+                let created = self
+                    .open_segment(ord, epoch, &path, async {
+                        let f = open_rw(&path).await.map_err(|e| e.to_string())?;
+                        let mut head = f.alloc_dma_buffer(HEADER_LEN as usize);
+                        record::encode_header(head.as_bytes_mut(), ord - OWN_BASE);
+                        let n = f.write_at(head, 0).await.map_err(describe)?;
+                        if n < HEADER_LEN as usize {
+                            return Err(format!("short write to {}", path.display()));
+                        }
+                        sync_dir(&self.ctx.config.dir);
+                        Ok::<_, String>(f)
+                    })
+                    .await;
                 // Consumers may finish a whole segment before its file
-                // exists; then it is deleted and nothing needs writing.
-                if !still_there(self) {
-                    remove_file(&path);
+                // exists, and /channel/empty or a delete may drop it while
+                // it is created; then nothing needs writing.
+                let Some(created) = created else {
                     return Ok(None);
-                }
+                };
                 let f = Rc::new(created?);
                 if let Some(seg) = self.inner.borrow_mut().segment_mut(ord) {
                     seg.file = Some(f.clone());
@@ -1075,8 +1113,13 @@ impl QueueShared {
         };
         let file = match file {
             Some(f) => f,
-            None => match DmaFile::open(&path).await {
-                Ok(f) => {
+            None => match self
+                .open_segment(ord, epoch, &path, async { DmaFile::open(&path).await })
+                .await
+            {
+                // Emptied or deleted while opening.
+                None => return true,
+                Some(Ok(f)) => {
                     let f = Rc::new(f);
                     if let Some(seg) = self.inner.borrow_mut().segment_mut(ord) {
                         if seg.sealed {
@@ -1085,7 +1128,7 @@ impl QueueShared {
                     }
                     f
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     let err = std::io::Error::from(e);
                     if err.kind() == std::io::ErrorKind::NotFound {
                         return self.skip_segment(ord, "file is missing");

@@ -214,6 +214,13 @@ pub struct CoreStorage {
     /// Bytes sealed for writing but not written yet, over all queues.
     unwritten: Cell<u64>,
     written: Notify,
+    /// Segment files being opened right now (created for writing, or opened
+    /// for reading), with how many opens of each are under way. Nothing else
+    /// may delete such a path meanwhile: glommio's open panics when the file
+    /// vanishes under it, and a queue re-created under the same name must
+    /// not pick the number either. The last opener deletes the file itself
+    /// if its segment went away meanwhile.
+    opening: RefCell<std::collections::HashMap<std::path::PathBuf, u32>>,
 }
 
 /// Publishers wait while this much is waiting for the disk (backpressure
@@ -284,7 +291,35 @@ impl CoreStorage {
             closed: Cell::new(false),
             unwritten: Cell::new(0),
             written: Notify::default(),
+            opening: RefCell::new(Default::default()),
         })
+    }
+
+    fn begin_opening(&self, path: &std::path::Path) {
+        *self
+            .opening
+            .borrow_mut()
+            .entry(path.to_path_buf())
+            .or_insert(0) += 1;
+    }
+
+    /// True when no other open of `path` is under way.
+    fn end_opening(&self, path: &std::path::Path) -> bool {
+        let mut opening = self.opening.borrow_mut();
+        match opening.get_mut(path) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                opening.remove(path);
+                true
+            }
+        }
+    }
+
+    fn is_opening(&self, path: &std::path::Path) -> bool {
+        self.opening.borrow().contains_key(path)
     }
 
     /// A queue read backlog into memory: its topic or channel can deliver.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::record::{self, Format, Step, HEADER_LEN};
+use super::record::{self, Format, Walk, Walker, HEADER_LEN};
 use crate::protocol::Message;
 
 pub fn path(dir: &Path, name: &str) -> PathBuf {
@@ -52,24 +52,19 @@ pub fn load(dir: &Path, name: &str, max_body: u64) -> Vec<(Message, i64)> {
     };
     let data = Bytes::from(data);
     let len = data.len() as u64;
-    let mut pos = HEADER_LEN;
+    let mut walker = Walker::new(Format::Ringsq, HEADER_LEN);
     let mut out = Vec::new();
     let mut damaged = false;
-    while pos < len {
-        match record::step(Format::Ringsq, &data, 0, pos, len, max_body) {
-            Step::Record(r, next) => {
-                out.push((r.msg, r.due.unwrap_or(0)));
-                pos = next;
-            }
-            Step::Pad(next) if !damaged => pos = next,
-            Step::Pad(_) => pos += 1,
-            Step::NeedMore | Step::Corrupt => {
-                damaged = true;
-                pos += 1;
-            }
+    loop {
+        match walker.next(&data, 0, len, max_body) {
+            Walk::Record { record, .. } => out.push((record.msg, record.due.unwrap_or(0))),
+            Walk::Damaged { .. } => damaged = true,
+            // The whole file is in memory: a record longer than that is damage.
+            Walk::NeedMore => walker.skip_damaged(len),
+            Walk::End => break,
         }
     }
-    if damaged {
+    if damaged || walker.open_damage().is_some() {
         tracing::warn!(path = %p.display(), "corrupt records skipped in deferred snapshot");
     }
     out

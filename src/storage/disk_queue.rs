@@ -41,7 +41,7 @@ use bytes::Bytes;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
 use super::nsqd_import;
-use super::record::{self, align_up, DiskPos, Format, Step, HEADER_LEN};
+use super::record::{self, align_up, DiskPos, Format, Walk, Walker, HEADER_LEN};
 use super::{CoreStorage, StorageError};
 use crate::protocol::Message;
 
@@ -1150,7 +1150,8 @@ impl QueueShared {
                 }
             };
             // A record longer than the chunk: read it whole.
-            if let Step::NeedMore = record::step(format, &read, from, from, limit, max_body) {
+            if let record::Step::NeedMore = record::step(format, &read, from, from, limit, max_body)
+            {
                 if to < limit && read.len() as u64 == to - from {
                     to = limit.min(from + (READ_CHUNK.max(max_body) + 64) * 2);
                     continue;
@@ -1158,7 +1159,6 @@ impl QueueShared {
             }
             break read;
         };
-        let end = from + chunk.len() as u64;
         let mut inner = self.inner.borrow_mut();
         if inner.epoch != epoch
             || inner.loaded
@@ -1169,36 +1169,30 @@ impl QueueShared {
         {
             return true;
         }
-        let mut pos = from;
-        let mut damaged_from: Option<u64> = None;
-        while pos < end {
-            match record::step(format, &chunk, from, pos, limit, max_body) {
-                Step::Record(r, next) => {
-                    if let Some(d) = damaged_from.take() {
-                        tracing::debug!(path = %path.display(), from = d, to = pos, "skipped corrupt bytes");
-                    }
-                    let mut msg = r.msg;
-                    if let Some(due) = r.due {
+        let mut walker = Walker::new(format, from);
+        loop {
+            match walker.next(&chunk, from, limit, max_body) {
+                Walk::Record { record, at } => {
+                    let mut msg = record.msg;
+                    if let Some(due) = record.due {
                         // `deferred` counts from the publish time.
                         let delay = due.saturating_sub(msg.timestamp).max(0);
                         msg.deferred = Some(Duration::from_nanos(delay as u64));
                     }
                     inner.ready_bytes += msg.body.len();
                     inner.ready.push_back(Ready {
-                        pos: DiskPos { seg: ord, off: pos },
+                        pos: DiskPos { seg: ord, off: at },
                         msg,
                     });
-                    pos = next;
                 }
-                Step::Pad(_) if damaged_from.is_some() => pos += 1,
-                Step::Pad(next) => pos = next,
-                Step::NeedMore => break,
-                Step::Corrupt => {
-                    damaged_from.get_or_insert(pos);
-                    pos += 1;
+                // The start-up scan has reported it already.
+                Walk::Damaged { from, to } => {
+                    tracing::debug!(path = %path.display(), from, to, "skipped corrupt bytes");
                 }
+                Walk::NeedMore | Walk::End => break,
             }
         }
+        let pos = walker.pos();
         inner.loaded = DiskPos { seg: ord, off: pos };
         if inner.ready.is_empty() && inner.loaded >= inner.write_end() && inner.depth > 0 {
             tracing::warn!(queue = %self.name, depth = inner.depth, "depth did not match the records on disk; reset");
@@ -1459,60 +1453,38 @@ pub fn scan_segment(
         records: 0,
         end: start,
     };
-    let mut pos = start;
+    let mut walker = Walker::new(format, start);
     let mut chunk_off = start;
     let mut chunk = Bytes::new();
-    let mut damaged_from: Option<u64> = None;
     let report = |from: u64, to: u64| {
         tracing::warn!(path = %path.display(), offset = from, skipped = to - from, "corrupt records skipped");
     };
-    while pos < len {
-        let chunk_end = chunk_off + chunk.len() as u64;
-        let step = if pos >= chunk_off && pos < chunk_end {
-            record::step(format, &chunk, chunk_off, pos, len, max_body)
-        } else {
-            Step::NeedMore
-        };
-        match step {
-            Step::Record(_, next) => {
-                if let Some(d) = damaged_from.take() {
-                    report(d, pos);
-                }
+    loop {
+        match walker.next(&chunk, chunk_off, len, max_body) {
+            Walk::Record { .. } => {
                 scan.records += 1;
-                scan.end = next;
-                pos = next;
+                scan.end = walker.pos();
             }
-            Step::Pad(_) if damaged_from.is_some() => pos += 1,
-            Step::Pad(next) => pos = next,
-            Step::Corrupt => {
-                damaged_from.get_or_insert(pos);
-                if format == Format::Nsqd {
-                    // nsqd files have no checksum to resync on: the rest of
-                    // the file is unreadable (nsqd renames it .bad).
-                    pos = len;
-                } else {
-                    pos += 1;
-                }
-            }
-            Step::NeedMore => {
+            Walk::Damaged { from, to } => report(from, to),
+            Walk::End => break,
+            Walk::NeedMore => {
+                let pos = walker.pos();
                 let want = (len - pos).min((4 << 20).max(max_body + 64));
                 let mut buf = vec![0u8; want as usize];
                 let n = read_full_at(&file, &mut buf, pos)?;
-                if n == 0 {
+                let chunk_end = chunk_off + chunk.len() as u64;
+                if n == 0 || (pos >= chunk_off && (n as u64) <= chunk_end.saturating_sub(pos)) {
+                    // No progress possible: the file is shorter than it said.
+                    walker.skip_damaged(len);
                     break;
                 }
                 buf.truncate(n);
-                if pos >= chunk_off && pos < chunk_end && (n as u64) <= chunk_end - pos {
-                    // No progress possible: the file is shorter than it said.
-                    damaged_from.get_or_insert(pos);
-                    break;
-                }
                 chunk = Bytes::from(buf);
                 chunk_off = pos;
             }
         }
     }
-    if let Some(d) = damaged_from {
+    if let Some(d) = walker.open_damage() {
         // Zeros up to the end are preallocated space, not damage.
         if !tail_is_zero(&file, d, len)? {
             report(d, len);

@@ -273,6 +273,89 @@ fn step_nsqd(
     Step::Record(Record { msg, due: None }, end)
 }
 
+/// Walks the records of a file chunk by chunk: skips padding, and resyncs
+/// over damage (byte by byte in our format, where a crc tells a record
+/// start; nsqd's format has no checksum, so the rest of the file is lost, as
+/// nsqd loses it to `.bad`). One walk for the start-up scan, the backlog
+/// reader and the deferred snapshot.
+pub struct Walker {
+    format: Format,
+    pos: u64,
+    damaged_from: Option<u64>,
+}
+
+/// What `Walker::next` found.
+#[derive(Debug)]
+pub enum Walk {
+    /// A record that starts at `at`.
+    Record { record: Record, at: u64 },
+    /// `from..to` was damage, skipped; a record follows at `to`.
+    Damaged { from: u64, to: u64 },
+    /// The bytes at `pos()` go past the chunk: read more from there.
+    NeedMore,
+    /// `limit` reached (`open_damage` tells whether damage ran up to it).
+    End,
+}
+
+impl Walker {
+    pub fn new(format: Format, pos: u64) -> Walker {
+        Walker {
+            format,
+            pos,
+            damaged_from: None,
+        }
+    }
+
+    /// Where the walk stands: the next record, or the damage being skipped.
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Where damage began that no record has ended yet.
+    pub fn open_damage(&self) -> Option<u64> {
+        self.damaged_from
+    }
+
+    /// The next record in `chunk` (the file bytes from `chunk_off`), not
+    /// past `limit`.
+    pub fn next(&mut self, chunk: &Bytes, chunk_off: u64, limit: u64, max_body: u64) -> Walk {
+        loop {
+            if self.pos >= limit {
+                return Walk::End;
+            }
+            if self.pos < chunk_off || self.pos >= chunk_off + chunk.len() as u64 {
+                return Walk::NeedMore;
+            }
+            match step(self.format, chunk, chunk_off, self.pos, limit, max_body) {
+                Step::Record(record, next) => {
+                    if let Some(from) = self.damaged_from.take() {
+                        // Reported first; the record is decoded again on the
+                        // next call (damage is rare).
+                        return Walk::Damaged { from, to: self.pos };
+                    }
+                    let at = self.pos;
+                    self.pos = next;
+                    return Walk::Record { record, at };
+                }
+                Step::Pad(_) if self.damaged_from.is_some() => self.pos += 1,
+                Step::Pad(next) => self.pos = next,
+                Step::NeedMore => return Walk::NeedMore,
+                Step::Corrupt => self.skip_damaged(limit),
+            }
+        }
+    }
+
+    /// Takes the bytes at `pos()` for damage and moves past them (for a
+    /// record that claims more bytes than the file has).
+    pub fn skip_damaged(&mut self, limit: u64) {
+        self.damaged_from.get_or_insert(self.pos);
+        self.pos = match self.format {
+            Format::Ringsq => self.pos + 1,
+            Format::Nsqd => limit,
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,29 +370,24 @@ mod tests {
         m
     }
 
-    fn decode_all(buf: &[u8]) -> (Vec<Record>, usize) {
+    /// Every record of `buf` and the damaged ranges skipped.
+    fn decode_all(buf: &[u8]) -> (Vec<Record>, Vec<(u64, u64)>) {
         let chunk = Bytes::copy_from_slice(buf);
         let limit = buf.len() as u64;
-        let (mut pos, mut out, mut corrupt) = (0u64, Vec::new(), 0);
-        let mut damaged = false;
-        while pos < limit {
-            match step(Format::Ringsq, &chunk, 0, pos, limit, 1 << 20) {
-                Step::Record(r, next) => {
-                    out.push(r);
-                    pos = next;
-                    damaged = false;
-                }
-                Step::Pad(_) if damaged => pos += 1,
-                Step::Pad(next) => pos = next,
-                Step::NeedMore => break,
-                Step::Corrupt => {
-                    corrupt += 1;
-                    damaged = true;
-                    pos += 1;
-                }
+        let mut walker = Walker::new(Format::Ringsq, 0);
+        let (mut out, mut damaged) = (Vec::new(), Vec::new());
+        loop {
+            match walker.next(&chunk, 0, limit, 1 << 20) {
+                Walk::Record { record, .. } => out.push(record),
+                Walk::Damaged { from, to } => damaged.push((from, to)),
+                Walk::NeedMore => walker.skip_damaged(limit),
+                Walk::End => break,
             }
         }
-        (out, corrupt)
+        if let Some(from) = walker.open_damage() {
+            damaged.push((from, limit));
+        }
+        (out, damaged)
     }
 
     #[test]
@@ -318,8 +396,8 @@ mod tests {
         let n = encode(&mut buf, &msg(b"hello"), None);
         let m = encode(&mut buf[ALIGN as usize..], &msg(b"later"), Some(123));
         assert!(n < 512 && m < 512);
-        let (recs, corrupt) = decode_all(&buf);
-        assert_eq!(corrupt, 0);
+        let (recs, damaged) = decode_all(&buf);
+        assert_eq!(damaged, []);
         assert_eq!(recs.len(), 2);
         assert_eq!(&recs[0].msg.body[..], b"hello");
         assert_eq!(recs[0].msg.attempts, 3);
@@ -337,12 +415,79 @@ mod tests {
             pos += encode(&mut buf[pos..], &msg(body), None);
         }
         buf[100] ^= 0xff; // inside the second record
-        let (recs, corrupt) = decode_all(&buf);
-        assert!(corrupt > 0);
+        let (recs, damaged) = decode_all(&buf);
+        let second = encoded_len(&msg(&[0; 40]), None) as u64;
+        assert_eq!(damaged, [(second, 2 * second)]);
         assert_eq!(recs.len(), 9);
         assert!(recs
             .iter()
             .all(|r| r.msg.body.iter().all(|b| *b == r.msg.body[0])));
+    }
+
+    #[test]
+    fn a_record_cut_short_is_damage_up_to_the_end() {
+        let mut buf = vec![0u8; 4096];
+        let n = encode(&mut buf, &msg(b"whole"), None);
+        let m = encode(&mut buf[n..], &msg(b"cut short"), None);
+        let (recs, damaged) = decode_all(&buf[..n + m - 3]);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(damaged, [(n as u64, (n + m - 3) as u64)]);
+    }
+
+    #[test]
+    fn the_walk_asks_for_more_at_the_end_of_a_chunk() {
+        let mut buf = vec![0u8; 4096];
+        let n = encode(&mut buf, &msg(b"one"), None);
+        let m = encode(&mut buf[n..], &msg(b"two"), None);
+        let limit = (n + m) as u64;
+        let mut walker = Walker::new(Format::Ringsq, 0);
+        let first = Bytes::copy_from_slice(&buf[..n + 5]);
+        assert!(matches!(
+            walker.next(&first, 0, limit, 1 << 20),
+            Walk::Record { at: 0, .. }
+        ));
+        assert!(matches!(
+            walker.next(&first, 0, limit, 1 << 20),
+            Walk::NeedMore
+        ));
+        assert_eq!(walker.pos(), n as u64);
+        let rest = Bytes::copy_from_slice(&buf[n..n + m]);
+        match walker.next(&rest, n as u64, limit, 1 << 20) {
+            Walk::Record { record, at } => {
+                assert_eq!(at, n as u64);
+                assert_eq!(&record.msg.body[..], b"two");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            walker.next(&rest, n as u64, limit, 1 << 20),
+            Walk::End
+        ));
+        assert_eq!(walker.open_damage(), None);
+    }
+
+    #[test]
+    fn nsqd_damage_loses_the_rest_of_the_file() {
+        // nsqd record: [i32 BE size][ts i64][attempts u16][id 16][body].
+        let mut buf = Vec::new();
+        for body in [&b"first"[..], b"second"] {
+            buf.extend_from_slice(&((26 + body.len()) as i32).to_be_bytes());
+            buf.extend_from_slice(&7i64.to_be_bytes());
+            buf.extend_from_slice(&1u16.to_be_bytes());
+            buf.extend_from_slice(b"0123456789abcdef");
+            buf.extend_from_slice(body);
+        }
+        let first_len = 4 + 26 + 5;
+        buf[first_len..first_len + 4].copy_from_slice(&(-1i32).to_be_bytes());
+        let chunk = Bytes::from(buf);
+        let limit = chunk.len() as u64;
+        let mut walker = Walker::new(Format::Nsqd, 0);
+        match walker.next(&chunk, 0, limit, 1 << 20) {
+            Walk::Record { record, .. } => assert_eq!(&record.msg.body[..], b"first"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(walker.next(&chunk, 0, limit, 1 << 20), Walk::End));
+        assert_eq!(walker.open_damage(), Some(first_len as u64));
     }
 
     #[test]

@@ -438,7 +438,11 @@ async fn metrics(core: &Rc<Core>) -> Reply {
             ..StatsFilter::default()
         })
         .await;
-    let body = crate::metrics::prometheus::render(&all, crate::metrics::resident_bytes());
+    let body = crate::metrics::prometheus::render(
+        &all,
+        crate::metrics::resident_bytes(),
+        core.shared.health.failing_queues(),
+    );
     hyper::Response::builder()
         .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         .body(http_body_util::Full::new(Bytes::from(body)))

@@ -45,6 +45,9 @@ pub struct CoreSnapshot {
     pub file_bytes_written: u64,
     pub tasks_executed: u64,
     pub connections: u64,
+    /// Bytes waiting for the disk.
+    pub disk_unwritten_bytes: u64,
+    pub disk_sync: crate::storage::SyncFigures,
 }
 
 impl CoreCounters {

@@ -38,7 +38,7 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-pub fn render(stats: &CoreStats, resident_bytes: u64) -> String {
+pub fn render(stats: &CoreStats, resident_bytes: u64, failing_queues: usize) -> String {
     let mut out = String::with_capacity(4096);
     type TopicMetric = (
         &'static str,
@@ -194,7 +194,7 @@ pub fn render(stats: &CoreStats, resident_bytes: u64) -> String {
         &'static str,
         fn(&super::CoreSnapshot) -> u64,
     );
-    let core_metrics: [CoreMetric; 11] = [
+    let core_metrics: [CoreMetric; 15] = [
         (
             "ringsq_core_forwarded_batches_total",
             "counter",
@@ -261,6 +261,30 @@ pub fn render(stats: &CoreStats, resident_bytes: u64) -> String {
             "TCP client connections on this core.",
             |c| c.connections,
         ),
+        (
+            "ringsq_core_disk_unwritten_bytes",
+            "gauge",
+            "Bytes of this core's disk queues waiting to be written (publishers wait past 64 MiB).",
+            |c| c.disk_unwritten_bytes,
+        ),
+        (
+            "ringsq_core_disk_sync_rounds_total",
+            "counter",
+            "Group commits (fdatasync of every queue written, consume positions saved) run by this core.",
+            |c| c.disk_sync.rounds,
+        ),
+        (
+            "ringsq_core_disk_sync_failures_total",
+            "counter",
+            "Group commits that failed on some queue (retried in the next round).",
+            |c| c.disk_sync.failed_rounds,
+        ),
+        (
+            "ringsq_core_disk_queues_synced_total",
+            "counter",
+            "Queue syncs done by this core's group commits.",
+            |c| c.disk_sync.queues_synced,
+        ),
     ];
     for (name, kind, help, get) in core_metrics {
         let mut f = Family::new(&mut out, name, kind, help);
@@ -268,6 +292,25 @@ pub fn render(stats: &CoreStats, resident_bytes: u64) -> String {
             f.sample(name, &[("core", &c.core.to_string())], get(c));
         }
     }
+    let name = "ringsq_core_disk_sync_seconds_total";
+    let mut f = Family::new(
+        &mut out,
+        name,
+        "counter",
+        "Time this core's group commits took.",
+    );
+    for c in &stats.cores {
+        let seconds = c.disk_sync.busy_micros as f64 / 1e6;
+        f.sample(name, &[("core", &c.core.to_string())], seconds);
+    }
+    let name = "ringsq_disk_failing_queues";
+    let mut f = Family::new(
+        &mut out,
+        name,
+        "gauge",
+        "Disk queues whose writes are failing now (full disk, I/O error); /ping says NOK meanwhile.",
+    );
+    f.sample(name, &[], failing_queues);
     let mut f = Family::new(
         &mut out,
         "ringsq_process_resident_memory_bytes",

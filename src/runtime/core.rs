@@ -109,6 +109,8 @@ impl Core {
                 let mut snapshot = self.counters.snapshot(self.id);
                 snapshot.ring_occupancy = self.router.occupancy();
                 snapshot.connections = self.conns.borrow().len() as u64;
+                snapshot.disk_unwritten_bytes = self.storage.unwritten_bytes();
+                snapshot.disk_sync = self.storage.sync.figures();
                 return AdminReply::Stats(CoreStats {
                     topics,
                     producers,

@@ -104,6 +104,11 @@ impl Health {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
+    /// Queues whose disk writes are failing now.
+    pub fn failing_queues(&self) -> usize {
+        self.failing.load(Ordering::Acquire)
+    }
+
     /// None when healthy, else the last error.
     pub fn error(&self) -> Option<String> {
         (self.failing.load(Ordering::Acquire) > 0).then(|| {
@@ -123,9 +128,23 @@ pub struct SyncGroup {
     waiters: RefCell<Vec<oneshot::Sender<Result<(), StorageError>>>>,
     requested: Cell<bool>,
     wake: Notify,
+    figures: Cell<SyncFigures>,
+}
+
+/// What the group commit has done so far (for /metrics).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncFigures {
+    pub rounds: u64,
+    pub failed_rounds: u64,
+    pub queues_synced: u64,
+    pub busy_micros: u64,
 }
 
 impl SyncGroup {
+    pub fn figures(&self) -> SyncFigures {
+        self.figures.get()
+    }
+
     fn add(&self, q: Rc<QueueShared>) {
         self.dirty.borrow_mut().push(q);
     }
@@ -148,6 +167,7 @@ impl SyncGroup {
 
     /// One round: sync every dirty queue concurrently, answer the waiters.
     async fn round(&self) {
+        let started = std::time::Instant::now();
         self.requested.set(false);
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
         let queues = std::mem::take(&mut *self.dirty.borrow_mut());
@@ -172,6 +192,12 @@ impl SyncGroup {
                 failed.get_or_insert(e);
             }
         }
+        let mut figures = self.figures.get();
+        figures.rounds += 1;
+        figures.failed_rounds += u64::from(failed.is_some());
+        figures.queues_synced += (channels.len() + topics.len()) as u64;
+        figures.busy_micros += started.elapsed().as_micros() as u64;
+        self.figures.set(figures);
         for w in waiters {
             let _ = w.send(match &failed {
                 Some(e) => Err(e.clone()),
@@ -262,6 +288,11 @@ impl CoreStorage {
         if before > MAX_UNWRITTEN && after <= MAX_UNWRITTEN {
             self.written.notify();
         }
+    }
+
+    /// Bytes sealed for writing and not written yet (for /metrics).
+    pub fn unwritten_bytes(&self) -> u64 {
+        self.unwritten.get()
     }
 
     /// Whether publishers should wait for the disk.

@@ -26,6 +26,7 @@ from test_disk_support import (  # noqa: F401  (brokers is a fixture)
     brokers,
     cmd_bytes,
     http_request,
+    metric,
     mpub_body,
     post,
     wait_for,
@@ -177,6 +178,7 @@ def test_disk_full_fails_publishes_then_recovers(small_disk, brokers):
     status, text = http_request(b, "GET", "/ping")
     assert status == 500 and text.startswith(b"NOK - ") and len(text) > 6, (status, text)
     assert b.alive()
+    assert metric(b, "ringsq_disk_failing_queues") >= 1
 
     os.unlink(filler)
 
@@ -198,6 +200,7 @@ def test_disk_full_fails_publishes_then_recovers(small_disk, brokers):
 
     wait_for(publish_again, timeout=10, what="PUB OK once space is back")
     wait_for(lambda: http_request(b, "GET", "/ping") == (200, b"OK"), timeout=5, what="/ping 200 OK")
+    assert metric(b, "ringsq_disk_failing_queues") == 0
     p = Conn(b)
     more = [body(b"more", i) for i in range(300)]
     sent.extend(more)

@@ -144,6 +144,22 @@ def post(b, path):
     return body
 
 
+def metric(b, name):
+    """The sum over all label sets of one /metrics sample (ringsq_* names)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = http_request(b, "GET", "/metrics")
+    assert status == 200, (status, body)
+    total, seen = 0.0, False
+    for fam in text_string_to_metric_families(body.decode()):
+        for s in fam.samples:
+            if s.name == name:
+                total += s.value
+                seen = True
+    assert seen, f"{name} missing from /metrics"
+    return total
+
+
 def stats(b):
     status, body = http_request(b, "GET", "/stats?format=json&include_clients=false")
     assert status == 200, (status, body)

@@ -100,6 +100,10 @@ LOADGEN=""
 PROGRESS=0
 
 while [[ $# -gt 0 ]]; do
+    # --flag=value means --flag value (so --broker-arg=--sync-every=1 works).
+    if [[ "$1" == --*=* ]]; then
+        set -- "${1%%=*}" "${1#*=}" "${@:2}"
+    fi
     case "$1" in
         --broker) BROKERS+=("$2"); shift 2 ;;
         --broker=*) BROKERS+=("${1#*=}"); shift ;;

@@ -5,12 +5,13 @@
 //! and forwards it over an SPSC ring if needed, `shard` (topic → channels)
 //! queues it and delivers it to subscribers whose connections live on the
 //! same core. `runtime` starts the pinned executors; `config` holds nsqd's
-//! flags.
+//! flags; `lookup` keeps nsqlookupd told what topics and channels exist.
 
 pub mod config;
 pub mod conn;
 pub mod http;
 pub mod logging;
+pub mod lookup;
 pub mod metrics;
 pub mod protocol;
 pub mod route;

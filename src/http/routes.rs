@@ -667,7 +667,8 @@ async fn config(core: &Rc<Core>, req: Request<Incoming>, opt: &str, put: bool) -
                         .shared
                         .lookupd_addresses
                         .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = addrs
+                        .unwrap_or_else(|e| e.into_inner()) = addrs;
+                    core.shared.lookup.peers_changed();
                 }
                 Err(_) => return reply::error(400, "INVALID_VALUE"),
             },

@@ -245,6 +245,7 @@ pub async fn run_core(setup: CoreSetup) {
                 shared.node_id,
                 shared.metadata_dirty.clone(),
                 Some(storage.clone()),
+                Some(shared.lookup.clone()),
             ),
         )),
         storage: storage.clone(),

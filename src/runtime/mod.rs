@@ -78,7 +78,9 @@ pub struct Shared {
     /// None when HTTP is disabled (`--http-address=""`).
     pub http_port: Option<u16>,
     /// Changed at run time through PUT /config (H21).
-    pub lookupd_addresses: std::sync::Mutex<Vec<String>>,
+    pub lookupd_addresses: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The nsqlookupd client thread (L1-L6).
+    pub lookup: crate::lookup::LookupHandle,
     pub log_level: std::sync::Mutex<String>,
     pub data_path: std::path::PathBuf,
     /// Set by any core when nsqd.dat must be rewritten; core 0 writes it.
@@ -231,6 +233,31 @@ fn probe_io_uring(io_memory: usize) -> Result<(), StartError> {
     result.map_err(StartError::NoIoUring)
 }
 
+/// L3: what nsqlookupd is told; ports 0 mean the real listening ports.
+fn lookup_identity(
+    opts: &Options,
+    tcp: &ListenAddr,
+    http: Option<&ListenAddr>,
+) -> crate::lookup::Identity {
+    let hostname = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let port = |configured: i64, real: Option<u16>| match configured {
+        p if p > 0 => p as u16,
+        _ => real.unwrap_or(0),
+    };
+    crate::lookup::Identity {
+        broadcast_address: opts
+            .broadcast_address
+            .clone()
+            .unwrap_or_else(|| hostname.clone()),
+        hostname,
+        tcp_port: port(opts.broadcast_tcp_port, tcp.port()),
+        http_port: port(opts.broadcast_http_port, http.and_then(ListenAddr::port)),
+        max_response: opts.max_body_size.max(0) as u64,
+    }
+}
+
 /// C6: one broker per data path.
 fn lock_data_path(opts: &Options) -> Result<std::fs::File, StartError> {
     use std::os::fd::AsRawFd;
@@ -297,12 +324,22 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     let cores = opts.cores;
     let node_id = opts.effective_node_id();
     let (routers, inboxes, wakers) = build_mesh(cores);
+    let lookupd_addresses = Arc::new(std::sync::Mutex::new(opts.lookupd_tcp_address.clone()));
+    let (lookup, lookup_thread) = crate::lookup::start(
+        lookup_identity(&opts, &tcp_addr, http_addr.as_ref()),
+        lookupd_addresses.clone(),
+    )
+    .map_err(|e| StartError::Executor {
+        core: 0,
+        err: format!("lookup thread: {e}"),
+    })?;
     let shared = Arc::new(Shared {
         node_id,
         start_time: std::time::SystemTime::now(),
         tcp_port: tcp_addr.port(),
         http_port: http_addr.as_ref().and_then(ListenAddr::port),
-        lookupd_addresses: std::sync::Mutex::new(opts.lookupd_tcp_address.clone()),
+        lookupd_addresses,
+        lookup: lookup.clone(),
         log_level: std::sync::Mutex::new(opts.log_level.to_ascii_lowercase()),
         data_path: data_path.clone(),
         // C3: nsqd persists the metadata right after loading it.
@@ -412,6 +449,9 @@ pub fn run(opts: Options) -> Result<(), StartError> {
             tracing::error!(core, error = %e, "core stopped with an error");
         }
     }
+    // Closing the connections makes nsqlookupd forget this broker.
+    lookup.stop();
+    let _ = lookup_thread.join();
     if startup_error.is_none() {
         let topics = std::mem::take(
             &mut *shared

@@ -34,6 +34,8 @@ pub struct ShardConfig {
     pub e2e: Option<E2eConfig>,
     /// Set when a topic or channel that belongs in nsqd.dat comes or goes.
     pub metadata_dirty: Arc<AtomicBool>,
+    /// Tells nsqlookupd what comes and goes (L5); None in unit tests.
+    pub lookup: Option<crate::lookup::LookupHandle>,
 }
 
 impl ShardConfig {
@@ -42,9 +44,11 @@ impl ShardConfig {
         node_id: u16,
         metadata_dirty: Arc<AtomicBool>,
         storage: Option<Rc<crate::storage::CoreStorage>>,
+        lookup: Option<crate::lookup::LookupHandle>,
     ) -> ShardConfig {
         ShardConfig {
             storage,
+            lookup,
             metadata_dirty,
             node_id,
             mem_queue_size: o.mem_queue_size.max(0) as usize,
@@ -73,6 +77,20 @@ impl ShardConfig {
     /// --sync-every=1: every acknowledged message is on disk.
     pub fn durable(&self) -> bool {
         self.storage.as_ref().is_some_and(|s| s.config.durable())
+    }
+
+    /// L5: a topic (channel None) or channel now exists.
+    pub fn announce(&self, topic: &str, channel: Option<&str>) {
+        if let Some(l) = &self.lookup {
+            l.register(topic, channel);
+        }
+    }
+
+    /// L5: a topic (channel None) or channel was deleted.
+    pub fn withdraw(&self, topic: &str, channel: Option<&str>) {
+        if let Some(l) = &self.lookup {
+            l.unregister(topic, channel);
+        }
     }
 
     /// D2: creating or deleting a non-ephemeral topic or channel rewrites
@@ -107,6 +125,7 @@ impl Shard {
                 Topic::new(name.to_string(), &self.config, false),
             );
             self.config.metadata_changed(name);
+            self.config.announce(name, None);
         }
         self.topics
             .get_mut(name)
@@ -195,9 +214,11 @@ impl Shard {
                 "deleting ephemeral channel"
             );
             topic.channels.remove(channel_name);
+            self.config.withdraw(topic_name, Some(channel_name));
             if topic.ephemeral && topic.channels.is_empty() {
                 tracing::info!(topic = topic_name, "deleting ephemeral topic");
                 self.topics.remove(topic_name);
+                self.config.withdraw(topic_name, None);
             }
         } else {
             // Its share of the queue goes to the others.
@@ -241,6 +262,11 @@ impl Shard {
         let mut topic = self.topics.remove(name).ok_or(AdminError::TopicNotFound)?;
         topic.destroy();
         self.config.metadata_changed(name);
+        // nsqd unregisters the topic, then each of its channels.
+        self.config.withdraw(name, None);
+        for channel in topic.channels.values() {
+            self.config.withdraw(name, Some(&channel.name));
+        }
         for channel in topic.channels.values() {
             for sub in &channel.subscribers {
                 sub.info.disconnect();
@@ -299,11 +325,13 @@ impl Shard {
             .ok_or(AdminError::ChannelNotFound)?;
         ch.destroy();
         self.config.metadata_changed(channel);
+        self.config.withdraw(topic_name, Some(channel));
         for sub in &ch.subscribers {
             sub.info.disconnect();
         }
         if topic.ephemeral && topic.channels.is_empty() {
             self.topics.remove(topic_name);
+            self.config.withdraw(topic_name, None);
         }
         tracing::info!(topic = topic_name, channel, "deleted channel");
         Ok(())
@@ -362,6 +390,7 @@ impl Shard {
             if !self.topics.contains_key(&meta.name) {
                 let topic = Topic::new(meta.name.clone(), &self.config, true);
                 self.topics.insert(meta.name.clone(), topic);
+                self.config.announce(&meta.name, None);
             }
             let Some(topic) = self.topics.get_mut(&meta.name) else {
                 continue;

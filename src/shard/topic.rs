@@ -177,6 +177,7 @@ impl Topic {
                 Channel::new(&self.name, name.to_string(), &self.config, false),
             );
             self.config.metadata_changed(name);
+            self.config.announce(&self.name, Some(name));
             self.pump_held();
         }
         // Just inserted or already present.
@@ -191,6 +192,7 @@ impl Topic {
         if !self.channels.contains_key(name) {
             let channel = Channel::new(&self.name, name.to_string(), &self.config, true);
             self.channels.insert(name.to_string(), channel);
+            self.config.announce(&self.name, Some(name));
         }
         self.channels
             .get_mut(name)

@@ -1,0 +1,248 @@
+"""nsqlookupd integration (reference L1-L6): ringsqd identifies itself to every
+`--lookupd-tcp-address`, registers its topics and channels as they come and go,
+re-registers everything on a new connection, follows PUT
+/config/nsqlookupd_tcp_addresses, and a pynsq Reader that only knows the lookupd
+finds the broker through it and gets every message.
+
+No nsqlookupd package installs here, so the peer is `lookupd_stub.LookupdStub` (the
+V1 protocol and /lookup as nsqlookupd 1.3 speaks them). With NSQLOOKUPD_BIN set to a
+real nsqlookupd binary, the last test runs the discovery path against it too.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import Wire, free_port
+from lookupd_stub import LookupdStub
+from test_clients_support import Collector, PynsqLoop
+from test_disk_support import brokers, http_request, post, wait_for  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+def stub():
+    s = LookupdStub()
+    yield s
+    s.close()
+
+
+def start(brokers, stub=None, args=(), **kw):
+    extra = ["--broadcast-address=127.0.0.1"]
+    if stub is not None:
+        extra.append(f"--lookupd-tcp-address={stub.tcp_address}")
+    return brokers(args=extra + list(args), **kw)
+
+
+def wait_peer(stub, index=0, timeout=5.0):
+    """The index-th connection the stub accepted, once it has identified."""
+    def ready():
+        peers = stub.all_peers()
+        return len(peers) > index and peers[index].identify is not None
+
+    wait_for(ready, timeout=timeout, what=f"lookupd connection #{index + 1} identified")
+    return stub.all_peers()[index]
+
+
+def wait_command(stub, peer, text, timeout=5.0):
+    wait_for(lambda: text in stub.commands(peer), timeout=timeout, what=repr(text))
+
+
+def test_identify_then_register_and_unregister_as_things_change(brokers, stub):
+    """L2/L3: magic, then IDENTIFY with version, broadcast ports and address, hostname.
+    L5: topic and channel creation (HTTP, PUB, SUB) send REGISTER, deletion
+    UNREGISTER (a deleted topic: the topic, then each channel), ephemeral channels
+    included; every command gets its OK (the stub answers, the broker goes on)."""
+    b = start(brokers, stub)
+    peer = wait_peer(stub)
+    assert peer.commands[0] == "IDENTIFY"
+    assert peer.identify == {
+        "version": "1.3.0",
+        "tcp_port": b.tcp_port,
+        "http_port": b.http_port,
+        "hostname": socket.gethostname(),
+        "broadcast_address": "127.0.0.1",
+    }
+
+    post(b, "/topic/create?topic=alpha")
+    wait_command(stub, peer, "REGISTER alpha")
+    post(b, "/channel/create?topic=alpha&channel=c1")
+    wait_command(stub, peer, "REGISTER alpha c1")
+
+    p = Wire(b.tcp_address)
+    p.cmd(b"PUB beta", b"x")
+    assert p.read_frame() == (0, b"OK")
+    wait_command(stub, peer, "REGISTER beta")
+    s = Wire(b.tcp_address)
+    s.cmd(b"SUB beta tmp#ephemeral")
+    assert s.read_frame() == (0, b"OK")
+    wait_command(stub, peer, "REGISTER beta tmp#ephemeral")
+    s.close()
+    wait_command(stub, peer, "UNREGISTER beta tmp#ephemeral")
+
+    post(b, "/channel/create?topic=beta&channel=keep")
+    wait_command(stub, peer, "REGISTER beta keep")
+    post(b, "/channel/delete?topic=alpha&channel=c1")
+    wait_command(stub, peer, "UNREGISTER alpha c1")
+    post(b, "/topic/delete?topic=beta")
+    wait_command(stub, peer, "UNREGISTER beta keep")
+    cmds = stub.commands(peer)
+    assert cmds.index("UNREGISTER beta") < cmds.index("UNREGISTER beta keep"), cmds
+    p.close()
+
+    # nothing else was sent, and one connection did it all
+    assert set(cmds) == {
+        "IDENTIFY", "REGISTER alpha", "REGISTER alpha c1", "REGISTER beta",
+        "REGISTER beta tmp#ephemeral", "UNREGISTER beta tmp#ephemeral",
+        "REGISTER beta keep", "UNREGISTER alpha c1", "UNREGISTER beta",
+        "UNREGISTER beta keep",
+    }, cmds
+    assert len(stub.all_peers()) == 1
+
+
+def test_a_restarted_broker_registers_what_it_restored(brokers, stub):
+    """L4: after IDENTIFY, a topic without channels is registered alone and every
+    channel of the others, from what nsqd.dat and the disk restored. A clean stop
+    closes the connection (nsqlookupd then forgets the producer)."""
+    b = start(brokers, cores=2)
+    post(b, "/topic/create?topic=lonely")
+    post(b, "/topic/create?topic=busy")
+    post(b, "/channel/create?topic=busy&channel=c1")
+    post(b, "/channel/create?topic=busy&channel=c2")
+    assert b.terminate() == 0
+
+    b = start(brokers, stub, data_dir=b.data_dir, cores=2)
+    peer = wait_peer(stub)
+    want = {"REGISTER lonely", "REGISTER busy c1", "REGISTER busy c2"}
+    wait_for(lambda: want <= set(stub.commands(peer)), what=f"{want}")
+    cmds = stub.commands(peer)
+    assert cmds[0] == "IDENTIFY", cmds
+    assert not [c for c in cmds if c.startswith("UNREGISTER")], cmds
+    assert b.terminate() == 0
+    assert peer.closed.wait(5), "the lookupd connection outlived the broker"
+
+
+def test_a_dropped_lookupd_connection_is_remade_with_everything_registered(brokers, stub):
+    """L6: when nsqlookupd goes away (its connections close), the command that
+    finds out fails and closes; a later one reconnects, identifies again and
+    registers every topic and channel, including those created meanwhile."""
+    b = start(brokers, stub)
+    first = wait_peer(stub)
+    post(b, "/topic/create?topic=before")
+    post(b, "/channel/create?topic=before&channel=c")
+    wait_command(stub, first, "REGISTER before c")
+    stub.drop_all()
+
+    created = []
+    for i in range(10):
+        created.append(f"during{i}")
+        post(b, f"/topic/create?topic=during{i}")
+        time.sleep(0.1)
+        if len(stub.all_peers()) > 1:
+            break
+    second = wait_peer(stub, index=1)
+    want = {"REGISTER before c"} | {f"REGISTER {t}" for t in created}
+    wait_for(lambda: want <= set(stub.commands(second)), what=f"{want}")
+    assert stub.commands(second)[0] == "IDENTIFY"
+    assert b.alive()
+
+
+def test_put_config_lookupd_addresses_adds_and_removes_peers(brokers, stub):
+    """L1: PUT /config/nsqlookupd_tcp_addresses connects to a new peer right away
+    (identify, register what exists) and closes the connection to a removed one."""
+    b = start(brokers)
+    post(b, "/topic/create?topic=t")
+    post(b, "/channel/create?topic=t&channel=c")
+    status, body = http_request(b, "PUT", "/config/nsqlookupd_tcp_addresses",
+                                body=json.dumps([stub.tcp_address]).encode())
+    assert status == 200, body
+    assert json.loads(body) == [stub.tcp_address]
+    peer = wait_peer(stub)
+    wait_command(stub, peer, "REGISTER t c")
+
+    status, body = http_request(b, "PUT", "/config/nsqlookupd_tcp_addresses", body=b"[]")
+    assert status == 200 and json.loads(body) == [], (status, body)
+    assert peer.closed.wait(5), "the removed peer's connection stayed open"
+
+
+def test_an_unreachable_lookupd_never_blocks_the_broker(brokers):
+    """L1: a peer that refuses connections costs a logged error per command and
+    nothing else: publishing and consuming work."""
+    dead = f"127.0.0.1:{free_port()}"
+    b = start(brokers, args=[f"--lookupd-tcp-address={dead}"])
+    p = Wire(b.tcp_address)
+    c = Wire(b.tcp_address)
+    c.cmd(b"SUB t c")
+    assert c.read_frame() == (0, b"OK")
+    c.cmd(b"RDY 10")
+    for i in range(5):
+        p.cmd(b"PUB t", b"m%d" % i)
+        assert p.read_frame() == (0, b"OK")
+    assert [c.read_message()["body"] for _ in range(5)] == [b"m%d" % i for i in range(5)]
+    p.close()
+    c.close()
+
+
+def discover_and_consume(b, lookupd_http, topic):
+    """A pynsq Reader given only the lookupd HTTP address gets 200 messages
+    published before it started, byte for byte, once each."""
+    bodies = [b"lookup %03d " % i + bytes(range(256)) for i in range(200)]
+    p = Wire(b.tcp_address)
+    for i in range(0, 200, 50):
+        payload = b"".join(len(x).to_bytes(4, "big") + x for x in bodies[i:i + 50])
+        p.cmd(f"MPUB {topic}".encode(), (50).to_bytes(4, "big") + payload)
+        assert p.read_frame() == (0, b"OK")
+    p.close()
+    loop = PynsqLoop()
+    try:
+        got = Collector()
+        import nsq
+        r = nsq.Reader(topic=topic, channel="found", message_handler=got,
+                       lookupd_http_addresses=[f"http://{lookupd_http}"],
+                       lookupd_poll_interval=1, max_in_flight=50)
+        loop.clients.append(r)
+        assert loop.run_until(lambda: len(got.got) >= 200, 20), f"{len(got.got)} of 200"
+        loop.sleep(0.3)
+        assert sorted(got.bodies) == sorted(bodies)
+        assert len(got.got) == 200
+    finally:
+        loop.close()
+
+
+def test_a_pynsq_reader_finds_the_broker_through_lookupd(brokers, stub):
+    """The point of L1-L6: consumers that only know nsqlookupd (pynsq 0.9.1 with
+    lookupd_http_addresses) find ringsqd at its broadcast address and consume."""
+    b = start(brokers, stub)
+    discover_and_consume(b, stub.http_address, "discovered")
+
+
+@pytest.mark.skipif(not os.environ.get("NSQLOOKUPD_BIN"),
+                    reason="set NSQLOOKUPD_BIN to a real nsqlookupd to run this")
+def test_with_a_real_nsqlookupd(brokers):
+    """The same discovery against a real nsqlookupd: /lookup lists ringsqd as the
+    producer with its ports and version, and pynsq consumes through it."""
+    tcp, http = free_port(), free_port()
+    proc = subprocess.Popen([os.environ["NSQLOOKUPD_BIN"], f"--tcp-address=127.0.0.1:{tcp}",
+                             f"--http-address=127.0.0.1:{http}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        b = start(brokers, args=[f"--lookupd-tcp-address=127.0.0.1:{tcp}"])
+        post(b, "/topic/create?topic=real")
+        lookupd = type("L", (), {"http_port": http})()
+
+        def producers():
+            status, body = http_request(lookupd, "GET", "/lookup?topic=real")
+            return status == 200 and json.loads(body)["producers"]
+
+        wait_for(producers, what="ringsqd listed by nsqlookupd")
+        (prod,) = producers()
+        assert (prod["broadcast_address"], prod["tcp_port"], prod["http_port"],
+                prod["version"]) == ("127.0.0.1", b.tcp_port, b.http_port, "1.3.0")
+        discover_and_consume(b, f"127.0.0.1:{http}", "real")
+    finally:
+        proc.terminate()
+        proc.wait(5)

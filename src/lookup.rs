@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +37,9 @@ enum Event {
 #[derive(Clone)]
 pub struct LookupHandle {
     tx: Sender<Event>,
+    /// Set by `stop`: events still queued are dropped, not sent (each could
+    /// wait a second on a dead peer and hold up the exit).
+    stopping: Arc<AtomicBool>,
 }
 
 impl LookupHandle {
@@ -60,6 +64,7 @@ impl LookupHandle {
     }
 
     pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
         let _ = self.tx.send(Event::Stop);
     }
 }
@@ -81,10 +86,12 @@ pub fn start(
     peers: Arc<std::sync::Mutex<Vec<String>>>,
 ) -> std::io::Result<(LookupHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let flag = stopping.clone();
     let thread = std::thread::Builder::new()
         .name("ringsq-lookup".into())
-        .spawn(move || LookupLoop::new(identity, peers, rx).run())?;
-    Ok((LookupHandle { tx }, thread))
+        .spawn(move || LookupLoop::new(identity, peers, rx, flag).run())?;
+    Ok((LookupHandle { tx, stopping }, thread))
 }
 
 struct LookupLoop {
@@ -94,6 +101,7 @@ struct LookupLoop {
     peers: Vec<Peer>,
     /// topic -> its channels: what a (re)connected peer is told (L4).
     known: BTreeMap<String, BTreeSet<String>>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl LookupLoop {
@@ -101,6 +109,7 @@ impl LookupLoop {
         identity: Identity,
         peer_list: Arc<std::sync::Mutex<Vec<String>>>,
         rx: Receiver<Event>,
+        stopping: Arc<AtomicBool>,
     ) -> LookupLoop {
         LookupLoop {
             identity,
@@ -108,6 +117,7 @@ impl LookupLoop {
             rx,
             peers: Vec::new(),
             known: BTreeMap::new(),
+            stopping,
         }
     }
 
@@ -120,7 +130,7 @@ impl LookupLoop {
         }
         self.reconcile_peers();
         let mut next_ping = Instant::now() + PING_INTERVAL;
-        loop {
+        while !self.stopping.load(Ordering::Acquire) {
             let wait = next_ping.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(wait) {
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => break,
@@ -188,6 +198,9 @@ impl LookupLoop {
 
     fn send_all(&mut self, cmd: &[u8]) {
         for peer in &mut self.peers {
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
             if let Err(e) = peer.command(Some(cmd), &self.identity, &self.known) {
                 tracing::error!(peer = %peer.addr, command = %command_name(cmd), error = %e, "LOOKUPD: command failed");
             }
@@ -210,6 +223,9 @@ impl LookupLoop {
             keep
         });
         for addr in wanted {
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
             if self.peers.iter().any(|p| p.addr == addr) {
                 continue;
             }
@@ -273,12 +289,20 @@ impl Peer {
         known: &BTreeMap<String, BTreeSet<String>>,
     ) -> std::io::Result<()> {
         tracing::info!(peer = %self.addr, "LOOKUP connecting");
-        let addr = self
-            .addr
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| std::io::Error::other("address resolves to nothing"))?;
-        let conn = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        // Every address the name resolves to, in turn (localhost may be
+        // ::1 first while nsqlookupd listens on 127.0.0.1).
+        let mut last_error = std::io::Error::other("address resolves to nothing");
+        let mut connected = None;
+        for addr in self.addr.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
+                Ok(c) => {
+                    connected = Some(c);
+                    break;
+                }
+                Err(e) => last_error = e,
+            }
+        }
+        let conn = connected.ok_or(last_error)?;
         conn.set_read_timeout(Some(IO_TIMEOUT))?;
         conn.set_write_timeout(Some(IO_TIMEOUT))?;
         let _ = conn.set_nodelay(true);
@@ -402,7 +426,7 @@ mod tests {
             http_port: 2,
             max_response: 1024,
         };
-        let mut l = LookupLoop::new(identity, Default::default(), rx);
+        let mut l = LookupLoop::new(identity, Default::default(), rx, Default::default());
         l.apply(Event::Register("t".into(), None));
         l.apply(Event::Register("t".into(), Some("a".into())));
         l.apply(Event::Register("t".into(), Some("b".into())));

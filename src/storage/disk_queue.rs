@@ -701,9 +701,9 @@ impl QueueShared {
         }
     }
 
-    /// Deletes a segment's file unless it is being opened; then its opener
-    /// deletes it (`open_segment`).
-    fn remove_segment_file(&self, path: &Path) {
+    /// Deletes a segment or meta file unless it is being opened; then its
+    /// opener deletes it (`open_segment`, `save_meta`).
+    fn remove_file_unless_opening(&self, path: &Path) {
         if !self.ctx.is_opening(path) {
             remove_file(path);
         }
@@ -720,7 +720,7 @@ impl QueueShared {
                 .is_some_and(|s| s.ord < saved.seg && s.sealed)
         {
             if let Some(seg) = inner.segments.pop_front() {
-                self.remove_segment_file(&seg.path);
+                self.remove_file_unless_opening(&seg.path);
                 close_later(seg.file);
                 if seg.format == Format::Nsqd {
                     let more = inner.segments.iter().any(|s| s.format == Format::Nsqd);
@@ -751,7 +751,7 @@ impl QueueShared {
     fn reset(self: &Rc<Self>, destroy: bool) {
         let mut inner = self.inner.borrow_mut();
         for seg in inner.segments.drain(..) {
-            self.remove_segment_file(&seg.path);
+            self.remove_file_unless_opening(&seg.path);
             if seg.format == Format::Nsqd {
                 nsqd_import::remove_meta_if_done(&self.ctx.config.dir, &self.name, false);
             }
@@ -775,7 +775,7 @@ impl QueueShared {
         inner.meta_seq = meta_seq;
         inner.closed = destroy;
         if destroy {
-            remove_file(&meta_path(&self.ctx.config.dir, &self.name));
+            self.remove_file_unless_opening(&meta_path(&self.ctx.config.dir, &self.name));
             drop(meta_file);
         } else {
             inner.meta_file = meta_file;
@@ -881,10 +881,33 @@ impl QueueShared {
         let file = match file {
             Some(f) => f,
             None => {
-                let f = Rc::new(open_rw(&path).await?);
+                // Guarded like a segment: a delete of the queue meanwhile
+                // must neither pull the file from under glommio's open nor
+                // leave a re-created meta file behind with a stale position.
+                self.ctx.begin_opening(&path);
+                let opened = open_rw(&path).await;
+                let last = self.ctx.end_opening(&path);
+                let destroyed = {
+                    let inner = self.inner.borrow();
+                    inner.epoch != epoch && inner.closed
+                };
+                if destroyed {
+                    if last {
+                        remove_file(&path);
+                    }
+                    return Ok(());
+                }
+                let f = Rc::new(opened?);
                 sync_dir(&self.ctx.config.dir);
-                self.inner.borrow_mut().meta_file = Some(f.clone());
-                f
+                let mut inner = self.inner.borrow_mut();
+                match &inner.meta_file {
+                    // Emptied meanwhile, and a later save opened it too.
+                    Some(existing) => existing.clone(),
+                    None => {
+                        inner.meta_file = Some(f.clone());
+                        f
+                    }
+                }
             }
         };
         let mut buf = file.alloc_dma_buffer(META_SLOT);

@@ -168,6 +168,16 @@ def test_put_config_lookupd_addresses_adds_and_removes_peers(brokers, stub):
     assert peer.closed.wait(5), "the removed peer's connection stayed open"
 
 
+def test_a_lookupd_named_by_host_name_is_reached(brokers, stub):
+    """L1: `localhost:PORT` is dialled at each address the name resolves to, so an
+    nsqlookupd listening on 127.0.0.1 is reached even where localhost is ::1 first."""
+    port = stub.tcp_address.rsplit(":", 1)[1]
+    b = start(brokers, args=[f"--lookupd-tcp-address=localhost:{port}"])
+    peer = wait_peer(stub)
+    post(b, "/topic/create?topic=named")
+    wait_command(stub, peer, "REGISTER named")
+
+
 def test_an_unreachable_lookupd_never_blocks_the_broker(brokers):
     """L1: a peer that refuses connections costs a logged error per command and
     nothing else: publishing and consuming work."""

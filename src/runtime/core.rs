@@ -15,6 +15,7 @@ use super::listen::{Accepted, ListenAddr, Listener};
 use super::{Shared, StartError};
 use crate::conn;
 use crate::conn::info::ClientInfo;
+use crate::lookup::discovery::Discovery;
 use crate::metrics::CoreCounters;
 use crate::route::{AdminOp, AdminReply, AdminRequest, CoreMsg, Inbox, PublishBatch, Router};
 use crate::shard::AdminError;
@@ -236,18 +237,22 @@ pub async fn run_core(setup: CoreSetup) {
     };
     let storage = CoreStorage::new(StorageConfig::from_options(&opts), shared.health.clone());
     crate::storage::probe_direct_reads(&storage.config.dir, id).await;
+    let discovery = Rc::new(Discovery::new(
+        shared.lookup.clone(),
+        opts.http_client_connect_timeout,
+        opts.http_client_request_timeout,
+    ));
+    let mut shard_config = ShardConfig::from_options(
+        &opts,
+        shared.node_id,
+        shared.metadata_dirty.clone(),
+        Some(storage.clone()),
+        Some(shared.lookup.clone()),
+    );
+    shard_config.discovery = Some(discovery.clone());
     let core = Rc::new(Core {
         id,
-        shard: RefCell::new(Shard::new(
-            id,
-            ShardConfig::from_options(
-                &opts,
-                shared.node_id,
-                shared.metadata_dirty.clone(),
-                Some(storage.clone()),
-                Some(shared.lookup.clone()),
-            ),
-        )),
+        shard: RefCell::new(Shard::new(id, shard_config)),
         storage: storage.clone(),
         shared,
         router,
@@ -262,6 +267,14 @@ pub async fn run_core(setup: CoreSetup) {
     let inbox_task = glommio::spawn_local(inbox_loop(core.clone(), inbox));
     let sync_task = glommio::spawn_local(storage.clone().sync_loop());
     let refill_task = glommio::spawn_local(refill_loop(core.clone()));
+    // L7: a weak handle, so the detached task never keeps the core alive.
+    let weak = Rc::downgrade(&core);
+    glommio::spawn_local(discovery.run(move |topic, channels| {
+        if let Some(core) = weak.upgrade() {
+            core.shard.borrow_mut().channels_discovered(topic, channels);
+        }
+    }))
+    .detach();
     let timer_task = glommio::spawn_local(timer_loop(core.clone()));
     let http_task =
         http_listener.map(|l| glommio::spawn_local(crate::http::serve(core.clone(), l)));

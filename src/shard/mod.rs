@@ -36,6 +36,8 @@ pub struct ShardConfig {
     pub metadata_dirty: Arc<AtomicBool>,
     /// Tells nsqlookupd what comes and goes (L5); None in unit tests.
     pub lookup: Option<crate::lookup::LookupHandle>,
+    /// Asks nsqlookupd for a new topic's channels (L7); None in unit tests.
+    pub discovery: Option<Rc<crate::lookup::discovery::Discovery>>,
 }
 
 impl ShardConfig {
@@ -49,6 +51,7 @@ impl ShardConfig {
         ShardConfig {
             storage,
             lookup,
+            discovery: None,
             metadata_dirty,
             node_id,
             mem_queue_size: o.mem_queue_size.max(0) as usize,
@@ -126,6 +129,13 @@ impl Shard {
             );
             self.config.metadata_changed(name);
             self.config.announce(name, None);
+            if let Some(d) = &self.config.discovery {
+                if d.request(name) {
+                    if let Some(t) = self.topics.get_mut(name) {
+                        t.awaiting_channels = true;
+                    }
+                }
+            }
         }
         self.topics
             .get_mut(name)
@@ -152,6 +162,26 @@ impl Shard {
             .values_mut()
             .flat_map(|t| t.persist_for_shutdown())
             .collect()
+    }
+
+    /// L7: what nsqlookupd knows of a topic created at run time came back
+    /// (or the query failed: `channels` empty). The channels are created,
+    /// then the topic lets its messages go.
+    pub fn channels_discovered(&mut self, topic: &str, channels: Vec<String>) {
+        let Some(t) = self.topics.get_mut(topic) else {
+            return;
+        };
+        if !t.awaiting_channels {
+            return;
+        }
+        for c in &channels {
+            t.get_or_create_channel(c);
+        }
+        t.awaiting_channels = false;
+        if !channels.is_empty() {
+            tracing::info!(topic, ?channels, "channels pre-created from nsqlookupd");
+        }
+        t.pump_held();
     }
 
     /// A disk queue read backlog into memory: deliver it.

@@ -19,6 +19,9 @@ pub struct Topic {
     pub name: String,
     pub ephemeral: bool,
     pub paused: bool,
+    /// Created at run time while nsqlookupds are known: holds its messages
+    /// until it has created the channels they know of (L7, Q16).
+    pub awaiting_channels: bool,
     /// Sorted by name, as /stats lists them.
     pub channels: BTreeMap<String, Channel>,
     /// Messages waiting for a first channel or for unpause.
@@ -41,6 +44,7 @@ impl Topic {
             name,
             ephemeral,
             paused: false,
+            awaiting_channels: false,
             channels: BTreeMap::new(),
             ids: IdGenerator::new(config.node_id),
             config: config.clone(),
@@ -57,7 +61,7 @@ impl Topic {
     }
 
     fn pumping(&self) -> bool {
-        !self.paused && !self.channels.is_empty()
+        !self.paused && !self.awaiting_channels && !self.channels.is_empty()
     }
 
     /// Stamps and enqueues a batch; all or nothing is counted as published.

@@ -9,6 +9,9 @@ consumers query, built from what nsqlookupd 1.3 does:
 - HTTP: `GET /lookup?topic=T` answers `{"channels": [...], "producers": [...]}`
   (V1 shape, producers with broadcast_address, tcp_port, http_port, version) for a
   topic some live connection registered, 404 `{"message":"TOPIC_NOT_FOUND"}` else.
+  `GET /channels?topic=T` answers `{"channels": [...]}`: the registered ones plus
+  those `seed_channels` adds (channels other nsqd nodes would have registered);
+  `fail_channels(T)` makes it answer 500 for T.
 
 Everything received is recorded per connection, for the tests to check.
 """
@@ -45,6 +48,9 @@ class LookupdStub:
         self.http = ThreadingHTTPServer(("127.0.0.1", 0), self._http_handler())
         self.http_address = "127.0.0.1:%d" % self.http.server_address[1]
         self._stopped = False
+        self.seeded = {}  # topic -> [channel], as if other nodes registered them
+        self.failing = set()  # topics whose /channels answers 500
+        self.channel_queries = []  # topics asked for by /channels
         threading.Thread(target=self._accept, daemon=True).start()
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
 
@@ -80,7 +86,7 @@ class LookupdStub:
                         "tcp_port": self.tcp.getsockname()[1],
                         "http_port": self.http.server_address[1],
                         "version": "1.3.0",
-                        "broadcast_address": "lookupd-stub",
+                        "broadcast_address": "127.0.0.1",
                         "hostname": "lookupd-stub",
                     }).encode())
                 elif name in ("REGISTER", "UNREGISTER") and len(parts) in (2, 3):
@@ -130,6 +136,8 @@ class LookupdStub:
             def do_GET(self):
                 url = urlparse(self.path)
                 topic = parse_qs(url.query).get("topic", [""])[0]
+                if url.path == "/channels" and topic:
+                    return self._channels(topic)
                 if url.path != "/lookup" or not topic:
                     return self._reply(400, {"message": "MISSING_ARG_TOPIC"})
                 producers, channels = [], set()
@@ -153,6 +161,17 @@ class LookupdStub:
                     return self._reply(404, {"message": "TOPIC_NOT_FOUND"})
                 self._reply(200, {"channels": sorted(channels), "producers": producers})
 
+            def _channels(self, topic):
+                with stub.lock:
+                    stub.channel_queries.append(topic)
+                    if topic in stub.failing:
+                        return self._reply(500, {"message": "INTERNAL_ERROR"})
+                    names = set(stub.seeded.get(topic, []))
+                    for p in stub.peers:
+                        if not p.closed.is_set():
+                            names.update(c for t, c in p.registrations if t == topic and c)
+                self._reply(200, {"channels": sorted(names)})
+
             def _reply(self, status, obj):
                 body = json.dumps(obj).encode()
                 self.send_response(status)
@@ -164,6 +183,14 @@ class LookupdStub:
         return Handler
 
     # ------------------------------------------------------------------ for tests
+
+    def seed_channels(self, topic, channels):
+        with self.lock:
+            self.seeded[topic] = list(channels)
+
+    def fail_channels(self, topic):
+        with self.lock:
+            self.failing.add(topic)
 
     def live_peers(self):
         with self.lock:

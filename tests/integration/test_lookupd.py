@@ -1,8 +1,9 @@
-"""nsqlookupd integration (reference L1-L6): ringsqd identifies itself to every
-`--lookupd-tcp-address`, registers its topics and channels as they come and go,
-re-registers everything on a new connection, follows PUT
-/config/nsqlookupd_tcp_addresses, and a pynsq Reader that only knows the lookupd
-finds the broker through it and gets every message.
+"""nsqlookupd integration (reference L1-L7, Q16): ringsqd identifies itself to
+every `--lookupd-tcp-address`, registers its topics and channels as they come and
+go, re-registers everything on a new connection, follows PUT
+/config/nsqlookupd_tcp_addresses, creates the channels nsqlookupd knows for a new
+topic before its first message moves on, and a pynsq Reader that only knows the
+lookupd finds the broker through it and gets every message.
 
 No nsqlookupd package installs here, so the peer is `lookupd_stub.LookupdStub` (the
 V1 protocol and /lookup as nsqlookupd 1.3 speaks them). With NSQLOOKUPD_BIN set to a
@@ -194,6 +195,70 @@ def test_an_unreachable_lookupd_never_blocks_the_broker(brokers):
     assert [c.read_message()["body"] for _ in range(5)] == [b"m%d" % i for i in range(5)]
     p.close()
     c.close()
+
+
+def wait_lookupd_known(b, stub):
+    """Once a REGISTER made after the connection arrived, the broker has taken in
+    the lookupd's IDENTIFY answer (its HTTP address, for L7)."""
+    peer = wait_peer(stub)
+    post(b, "/topic/create?topic=marker")
+    wait_command(stub, peer, "REGISTER marker")
+    return peer
+
+
+def consume(b, topic, channel, n):
+    c = Wire(b.tcp_address, timeout=10)
+    c.cmd(f"SUB {topic} {channel}".encode())
+    assert c.read_frame() == (0, b"OK")
+    c.cmd(b"RDY %d" % n)
+    got = []
+    for _ in range(n):
+        m = c.read_message()
+        got.append(m["body"])
+        c.cmd(b"FIN " + m["id"])
+    c.close()
+    return got
+
+
+def channel_names(b, topic):
+    status, body = http_request(b, "GET", f"/stats?format=json&topic={topic}")
+    assert status == 200, body
+    topics = json.loads(body)["topics"]
+    return sorted(c["channel_name"] for t in topics for c in t["channels"])
+
+
+def test_a_new_topic_gets_the_channels_lookupd_knows_before_its_first_message(brokers, stub):
+    """L7/Q16: the first PUB creates the topic; it asks the lookupd's /channels,
+    creates `a` and `b` (not the ephemeral one), and only then moves messages, so
+    both channels get all 10 messages although nobody subscribed before."""
+    stub.seed_channels("fresh", ["a", "b", "gone#ephemeral"])
+    b = start(brokers, stub)
+    wait_lookupd_known(b, stub)
+    p = Wire(b.tcp_address)
+    bodies = [b"fresh %d" % i for i in range(10)]
+    for body in bodies:
+        p.cmd(b"PUB fresh", body)
+        assert p.read_frame() == (0, b"OK")
+    p.close()
+    wait_for(lambda: channel_names(b, "fresh") == ["a", "b"], what="channels a and b")
+    assert stub.channel_queries.count("fresh") == 1
+    assert consume(b, "fresh", "a", 10) == bodies
+    assert consume(b, "fresh", "b", 10) == bodies
+
+
+def test_a_failed_channel_query_releases_the_topic(brokers, stub):
+    """L7: a lookupd answering 500 is logged and skipped; the topic does not stay
+    held: the first subscriber gets what was published."""
+    stub.fail_channels("unlucky")
+    b = start(brokers, stub)
+    wait_lookupd_known(b, stub)
+    p = Wire(b.tcp_address)
+    p.cmd(b"PUB unlucky", b"still delivered")
+    assert p.read_frame() == (0, b"OK")
+    p.close()
+    wait_for(lambda: "unlucky" in stub.channel_queries, what="the /channels query")
+    assert consume(b, "unlucky", "c", 1) == [b"still delivered"]
+    assert channel_names(b, "unlucky") == ["c"]
 
 
 def discover_and_consume(b, lookupd_http, topic):

@@ -8,16 +8,22 @@
 //! it topic and channel events (`LookupHandle::register`/`unregister`); it
 //! keeps its own mirror of what exists, to re-register everything whenever a
 //! peer connection is (re)made.
+//!
+//! `discovery` is the core side of L7: a topic created at run time asks the
+//! nsqlookupds which channels it has elsewhere and creates them before its
+//! first message moves on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::NSQD_COMPAT_VERSION;
+
+pub mod discovery;
 
 /// L6: nsqd pings every peer this often.
 const PING_INTERVAL: Duration = Duration::from_secs(15);
@@ -40,6 +46,17 @@ pub struct LookupHandle {
     /// Set by `stop`: events still queued are dropped, not sent (each could
     /// wait a second on a dead peer and hold up the exit).
     stopping: Arc<AtomicBool>,
+    http: Arc<std::sync::Mutex<Vec<LookupdHttp>>>,
+}
+
+/// A lookupd's HTTP address, as its IDENTIFY response gave it
+/// (`broadcast_address:http_port`), resolved by the lookup thread so that
+/// cores never block on name resolution.
+#[derive(Clone, Debug)]
+pub struct LookupdHttp {
+    /// `host:port`, for the Host header and logs.
+    pub host: String,
+    pub addrs: Vec<SocketAddr>,
 }
 
 impl LookupHandle {
@@ -67,6 +84,11 @@ impl LookupHandle {
         self.stopping.store(true, Ordering::Release);
         let _ = self.tx.send(Event::Stop);
     }
+
+    /// The HTTP addresses of the lookupds identified so far (L7).
+    pub fn http_addresses(&self) -> Vec<LookupdHttp> {
+        self.http.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// What the broker tells nsqlookupd about itself (L3).
@@ -86,12 +108,17 @@ pub fn start(
     peers: Arc<std::sync::Mutex<Vec<String>>>,
 ) -> std::io::Result<(LookupHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel();
-    let stopping = Arc::new(AtomicBool::new(false));
-    let flag = stopping.clone();
+    let handle = LookupHandle {
+        tx,
+        stopping: Default::default(),
+        http: Default::default(),
+    };
+    let mut lookup = LookupLoop::new(identity, peers, rx, handle.stopping.clone());
+    lookup.http = handle.http.clone();
     let thread = std::thread::Builder::new()
         .name("ringsq-lookup".into())
-        .spawn(move || LookupLoop::new(identity, peers, rx, flag).run())?;
-    Ok((LookupHandle { tx, stopping }, thread))
+        .spawn(move || lookup.run())?;
+    Ok((handle, thread))
 }
 
 struct LookupLoop {
@@ -102,6 +129,8 @@ struct LookupLoop {
     /// topic -> its channels: what a (re)connected peer is told (L4).
     known: BTreeMap<String, BTreeSet<String>>,
     stopping: Arc<AtomicBool>,
+    /// Where cores read the lookupds' HTTP addresses (L7).
+    http: Arc<std::sync::Mutex<Vec<LookupdHttp>>>,
 }
 
 impl LookupLoop {
@@ -118,6 +147,7 @@ impl LookupLoop {
             peers: Vec::new(),
             known: BTreeMap::new(),
             stopping,
+            http: Default::default(),
         }
     }
 
@@ -205,6 +235,14 @@ impl LookupLoop {
                 tracing::error!(peer = %peer.addr, command = %command_name(cmd), error = %e, "LOOKUPD: command failed");
             }
         }
+        self.publish_http();
+    }
+
+    /// Like nsqd, a lookupd's HTTP address stays known after its connection
+    /// drops, until it leaves the peer list.
+    fn publish_http(&self) {
+        let addrs = self.peers.iter().filter_map(|p| p.http.clone()).collect();
+        *self.http.lock().unwrap_or_else(|e| e.into_inner()) = addrs;
     }
 
     /// L1: peers follow the configured list; new ones connect right away.
@@ -230,12 +268,17 @@ impl LookupLoop {
                 continue;
             }
             tracing::info!(peer = %addr, "LOOKUP: adding peer");
-            let mut peer = Peer { addr, conn: None };
+            let mut peer = Peer {
+                addr,
+                conn: None,
+                http: None,
+            };
             if let Err(e) = peer.command(None, &self.identity, &self.known) {
                 tracing::error!(peer = %peer.addr, error = %e, "LOOKUPD: cannot connect");
             }
             self.peers.push(peer);
         }
+        self.publish_http();
     }
 }
 
@@ -244,6 +287,8 @@ impl LookupLoop {
 struct Peer {
     addr: String,
     conn: Option<TcpStream>,
+    /// From the last IDENTIFY response.
+    http: Option<LookupdHttp>,
 }
 
 impl Peer {
@@ -329,7 +374,13 @@ impl Peer {
             )));
         }
         match serde_json::from_slice::<serde_json::Value>(&resp) {
-            Ok(info) => tracing::info!(peer = %self.addr, %info, "LOOKUPD: peer info"),
+            Ok(info) => {
+                tracing::info!(peer = %self.addr, %info, "LOOKUPD: peer info");
+                self.http = lookupd_http(&info);
+                if self.http.is_none() {
+                    tracing::error!(peer = %self.addr, "LOOKUPD: no broadcast address");
+                }
+            }
             Err(_) => {
                 return Err(std::io::Error::other(format!(
                     "parsing response - {}",
@@ -379,6 +430,22 @@ impl Peer {
         conn.read_exact(&mut data)?;
         Ok(data)
     }
+}
+
+/// `broadcast_address:http_port` of an IDENTIFY response, resolved.
+fn lookupd_http(info: &serde_json::Value) -> Option<LookupdHttp> {
+    let address = info.get("broadcast_address")?.as_str()?;
+    let port = info.get("http_port")?.as_u64()?;
+    if address.is_empty() {
+        return None;
+    }
+    let host = if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    };
+    let addrs: Vec<SocketAddr> = host.to_socket_addrs().ok()?.collect();
+    (!addrs.is_empty()).then_some(LookupdHttp { host, addrs })
 }
 
 /// `NAME[ param]*\n`.

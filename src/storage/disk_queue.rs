@@ -884,19 +884,15 @@ impl QueueShared {
                 // Guarded like a segment: a delete of the queue meanwhile
                 // must neither pull the file from under glommio's open nor
                 // leave a re-created meta file behind with a stale position.
-                self.ctx.begin_opening(&path);
-                let opened = open_rw(&path).await;
-                let last = self.ctx.end_opening(&path);
-                let destroyed = {
-                    let inner = self.inner.borrow();
-                    inner.epoch != epoch && inner.closed
-                };
-                if destroyed {
-                    if last {
-                        remove_file(&path);
-                    }
+                // (Emptied meanwhile, the queue keeps its meta file.)
+                let opened = self
+                    .open_guarded(&path, open_rw(&path), |inner| {
+                        inner.epoch == epoch || !inner.closed
+                    })
+                    .await;
+                let Some(opened) = opened else {
                     return Ok(());
-                }
+                };
                 let f = Rc::new(opened?);
                 sync_dir(&self.ctx.config.dir);
                 let mut inner = self.inner.borrow_mut();
@@ -989,10 +985,30 @@ impl QueueShared {
         self.progress.notify();
     }
 
-    /// Runs `open` (which opens the file of segment `ord` at `path`) while
-    /// nothing may delete `path` (`CoreStorage::opening`). None when the
-    /// segment went away meanwhile: then its file is deleted here, once no
-    /// other open of it is under way.
+    /// Runs `open` (which opens the file at `path`) while nothing may delete
+    /// `path` (`CoreStorage::opening`). None when `still_wanted` says the
+    /// file went away meanwhile (its segment consumed, the queue emptied or
+    /// deleted): then it is deleted here, once no other open of it is under
+    /// way.
+    async fn open_guarded<T>(
+        &self,
+        path: &Path,
+        open: impl std::future::Future<Output = T>,
+        still_wanted: impl Fn(&Inner) -> bool,
+    ) -> Option<T> {
+        self.ctx.begin_opening(path);
+        let opened = open.await;
+        let last = self.ctx.end_opening(path);
+        if still_wanted(&self.inner.borrow()) {
+            return Some(opened);
+        }
+        if last {
+            remove_file(path);
+        }
+        None
+    }
+
+    /// `open_guarded` for segment `ord` as of `epoch`.
     async fn open_segment<T>(
         &self,
         ord: u64,
@@ -1000,18 +1016,10 @@ impl QueueShared {
         path: &Path,
         open: impl std::future::Future<Output = T>,
     ) -> Option<T> {
-        self.ctx.begin_opening(path);
-        let opened = open.await;
-        let last = self.ctx.end_opening(path);
-        let inner = self.inner.borrow();
-        if inner.epoch == epoch && inner.segment(ord).is_some() {
-            return Some(opened);
-        }
-        drop(inner);
-        if last {
-            remove_file(path);
-        }
-        None
+        self.open_guarded(path, open, |inner| {
+            inner.epoch == epoch && inner.segment(ord).is_some()
+        })
+        .await
     }
 
     /// Opens (creating and preallocating as needed) the file a job writes.

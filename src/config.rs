@@ -90,13 +90,24 @@ fn go_bool(s: &str) -> Result<bool, String> {
     }
 }
 
+fn broadcast_port(configured: i64, real: Option<u16>) -> u16 {
+    match configured {
+        p if p > 0 => p as u16,
+        _ => real.unwrap_or(0),
+    }
+}
+
+/// The OS hostname ("" if it cannot be read).
+pub fn hostname() -> String {
+    hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 fn default_node_id() -> u16 {
     // nsqd: crc32(md5(hostname)) % 1024
     use md5::{Digest, Md5};
-    let host = hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let digest = Md5::digest(host.as_bytes());
+    let digest = Md5::digest(hostname().as_bytes());
     (crc32fast::hash(&digest) % 1024) as u16
 }
 
@@ -434,6 +445,21 @@ impl Options {
             Some(id) => (id as u16) & 0x3ff,
             None => default_node_id(),
         }
+    }
+
+    /// `--broadcast-address`, default: the OS hostname.
+    pub fn effective_broadcast_address(&self) -> String {
+        self.broadcast_address.clone().unwrap_or_else(hostname)
+    }
+
+    /// `--broadcast-http-port`; 0 (the default) means the real HTTP port.
+    pub fn effective_broadcast_http_port(&self, real: Option<u16>) -> u16 {
+        broadcast_port(self.broadcast_http_port, real)
+    }
+
+    /// `--broadcast-tcp-port`; 0 (the default) means the real TCP port.
+    pub fn effective_broadcast_tcp_port(&self, real: Option<u16>) -> u16 {
+        broadcast_port(self.broadcast_tcp_port, real)
     }
 
     /// The directory for data files (`--data-path`, default: cwd).

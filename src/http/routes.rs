@@ -239,12 +239,6 @@ fn unix_secs(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-fn hostname() -> String {
-    hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 #[derive(Serialize)]
 struct Info {
     version: &'static str,
@@ -261,11 +255,10 @@ struct Info {
 
 fn info(core: &Rc<Core>) -> Reply {
     let o = core.opts();
-    let host = hostname();
     reply::ok_json(&Info {
         version: NSQD_COMPAT_VERSION,
-        broadcast_address: o.broadcast_address.clone().unwrap_or_else(|| host.clone()),
-        hostname: host,
+        broadcast_address: o.effective_broadcast_address(),
+        hostname: crate::config::hostname(),
         http_port: core.shared.http_port.map(i64::from).unwrap_or(-1),
         tcp_port: core.shared.tcp_port.map(i64::from).unwrap_or(-1),
         start_time: unix_secs(core.shared.start_time),
@@ -722,11 +715,7 @@ fn config_value(core: &Rc<Core>, name: &str) -> Option<ConfigValue> {
         "http_address" => return text(&o.http_address),
         "tcp_address" => return text(&o.tcp_address),
         "auth_http_addresses" => json!(o.auth_http_address),
-        "broadcast_address" => {
-            return Some(ConfigValue::Text(
-                o.broadcast_address.clone().unwrap_or_else(hostname),
-            ))
-        }
+        "broadcast_address" => return Some(ConfigValue::Text(o.effective_broadcast_address())),
         "broadcast_tcp_port" => json!(o.broadcast_tcp_port),
         "broadcast_http_port" => json!(o.broadcast_http_port),
         "nsqlookupd_tcp_addresses" => {

@@ -157,16 +157,11 @@ pub async fn run(core: Rc<Core>) {
         return;
     }
     let interval = o.statsd_interval.max(Duration::from_millis(100));
-    let host = o.broadcast_address.clone().unwrap_or_else(|| {
-        hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    });
-    let http_port = match o.broadcast_http_port {
-        p if p > 0 => p as u16,
-        _ => core.shared.http_port.unwrap_or(0),
-    };
-    let prefix = prefix(&o.statsd_prefix, &host, http_port);
+    let prefix = prefix(
+        &o.statsd_prefix,
+        &o.effective_broadcast_address(),
+        o.effective_broadcast_http_port(core.shared.http_port),
+    );
     let mut last: Option<CoreStats> = None;
     loop {
         let stopped = future::or(

@@ -239,21 +239,11 @@ fn lookup_identity(
     tcp: &ListenAddr,
     http: Option<&ListenAddr>,
 ) -> crate::lookup::Identity {
-    let hostname = hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let port = |configured: i64, real: Option<u16>| match configured {
-        p if p > 0 => p as u16,
-        _ => real.unwrap_or(0),
-    };
     crate::lookup::Identity {
-        broadcast_address: opts
-            .broadcast_address
-            .clone()
-            .unwrap_or_else(|| hostname.clone()),
-        hostname,
-        tcp_port: port(opts.broadcast_tcp_port, tcp.port()),
-        http_port: port(opts.broadcast_http_port, http.and_then(ListenAddr::port)),
+        broadcast_address: opts.effective_broadcast_address(),
+        hostname: crate::config::hostname(),
+        tcp_port: opts.effective_broadcast_tcp_port(tcp.port()),
+        http_port: opts.effective_broadcast_http_port(http.and_then(ListenAddr::port)),
         max_response: opts.max_body_size.max(0) as u64,
     }
 }

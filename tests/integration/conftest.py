@@ -125,6 +125,7 @@ class Wire:
         host, port = address.rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.timeout = timeout
         self.buf = b""
         if magic:
             self.sock.sendall(magic)
@@ -175,10 +176,10 @@ class Wire:
                 self.buf += chunk
         except socket.timeout:
             return False
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):
             return True
         finally:
-            self.sock.settimeout(5.0)
+            self.sock.settimeout(self.timeout)
 
     def close(self):
         try:

@@ -9,7 +9,7 @@ import threading
 import time
 
 from conftest import Wire
-from test_disk_support import brokers, metric, post, wait_for  # noqa: F401  (brokers is a fixture)
+from test_disk_support import MpubStorm, brokers, metric, post, wait_for  # noqa: F401  (fixture)
 
 DURABLE = ["--sync-every=1"]
 
@@ -48,37 +48,13 @@ def test_emptying_a_channel_under_durable_load_never_blocks_publishing(brokers):
     b = brokers(args=DURABLE + ["--mem-queue-size=0"], cores=1)
     post(b, "/topic/create?topic=t")
     post(b, "/channel/create?topic=t&channel=c")
-    stop = threading.Event()
-    errors = []
-    counts = [0] * 4
-
-    def publisher(k):
-        w = Wire(b.tcp_address, timeout=10)
-        body = b"\x00\x00\x00\x64" + (b"\x00\x00\x00\x10" + b"x" * 16) * 100
-        try:
-            while not stop.is_set():
-                w.cmd(b"MPUB t", body)
-                frame = w.read_frame()
-                if frame != (0, b"OK"):
-                    errors.append(frame)
-                    return
-                counts[k] += 1
-        except Exception as e:  # a timeout here is the failure this test is about
-            errors.append(repr(e))
-        finally:
-            w.close()
-
-    threads = [threading.Thread(target=publisher, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
+    storm = MpubStorm(b, "t")
     for _ in range(30):
         post(b, "/channel/empty?topic=t&channel=c")
         time.sleep(0.03)
-    stop.set()
-    for t in threads:
-        t.join(timeout=20)
-    assert not errors, errors[:3]
-    assert all(n > 0 for n in counts), counts
+    storm.stop()
+    assert not storm.errors, storm.errors[:3]
+    assert all(n > 0 for n in storm.counts), storm.counts
     w = Wire(b.tcp_address, timeout=5)
     w.cmd(b"PUB t", b"after")
     assert w.read_frame() == (0, b"OK")
@@ -93,30 +69,8 @@ def test_deleting_and_recreating_a_topic_under_load_keeps_the_broker_whole(broke
     last incarnation's files must be intact: a message published after the
     storm is delivered."""
     b = brokers(args=DURABLE + ["--mem-queue-size=0"], cores=1)
-    stop = threading.Event()
-    errors = []
-    counts = [0] * 4
-
-    def publisher(k):
-        w = Wire(b.tcp_address, timeout=10)
-        body = b"\x00\x00\x00\x64" + (b"\x00\x00\x00\x10" + b"y" * 16) * 100
-        try:
-            while not stop.is_set():
-                w.cmd(b"MPUB churn", body)
-                frame = w.read_frame()
-                if frame != (0, b"OK"):
-                    errors.append(frame)
-                    return
-                counts[k] += 1
-        except Exception as e:
-            errors.append(repr(e))
-        finally:
-            w.close()
-
     post(b, "/topic/create?topic=churn")
-    threads = [threading.Thread(target=publisher, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
+    storm = MpubStorm(b, "churn", fill=b"y")
     for i in range(200):
         if i % 2:
             post(b, "/channel/empty?topic=churn&channel=c")
@@ -125,11 +79,9 @@ def test_deleting_and_recreating_a_topic_under_load_keeps_the_broker_whole(broke
             post(b, "/topic/create?topic=churn")
             post(b, "/channel/create?topic=churn&channel=c")
         time.sleep(0.01)
-    stop.set()
-    for t in threads:
-        t.join(timeout=20)
-    assert not errors, errors[:3]
-    assert all(n > 0 for n in counts), counts
+    storm.stop()
+    assert not storm.errors, storm.errors[:3]
+    assert all(n > 0 for n in storm.counts), storm.counts
     assert b.proc.poll() is None, b.log()[-3000:]
 
     post(b, "/topic/delete?topic=churn")

@@ -18,6 +18,7 @@ from nsqd_fixture import make_standard_fixture
 from test_disk_support import (  # noqa: F401  (brokers is a fixture)
     RawConsumer,
     brokers,
+    finish_then_stop,
     post,
     stats,
     wait_channel,
@@ -156,13 +157,7 @@ def test_migrated_backlog_is_not_delivered_again_after_restart(brokers):
     holds its 135 and is still paused."""
     b, fx, _ = start_on_fixture(brokers)
     assert_depths(b)
-    c = RawConsumer(b, "orders", "billing", rdy=60, fin=False)
-    first = c.take(60, quiet=0.3)
-    c.rdy(0)
-    c.finish([m.id for m in first])
-    wait_channel(b, "orders", "billing", depth=115, in_flight_count=0)
-    assert b.terminate() == 0
-    c.close()
+    first = finish_then_stop(b, "orders", "billing", 60, left=115)
 
     b = brokers(data_dir=fx.data_path)
     wait_channel(b, "orders", "billing", timeout=10, depth=115)

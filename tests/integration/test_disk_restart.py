@@ -18,6 +18,7 @@ from test_disk_support import (  # noqa: F401  (brokers is a fixture)
     Conn,
     RawConsumer,
     brokers,
+    finish_then_stop,
     post,
     publish_all,
     topic_stats,
@@ -96,13 +97,7 @@ def test_finished_messages_never_come_back(brokers, mem):
     post(b, "/channel/create?topic=fin&channel=c")
     bodies = [b"fin-%04d" % i for i in range(500)]
     publish_all(b, "fin", bodies)
-    c = RawConsumer(b, "fin", "c", rdy=300, fin=False)
-    first = c.take(300, quiet=0.3)
-    c.rdy(0)
-    c.finish([m.id for m in first])
-    wait_channel(b, "fin", "c", depth=200, in_flight_count=0)
-    assert b.terminate() == 0
-    c.close()
+    first = finish_then_stop(b, "fin", "c", 300, left=200)
     done = {m.body for m in first}
     rest = [x for x in bodies if x not in done]
 
@@ -146,7 +141,7 @@ def test_paused_topic_and_channel_keep_backlog_across_restart(brokers):
     b = brokers(args=args, data_dir=b.data_dir)
     t = wait_topic(b, "pt", depth=100, paused=True)
     assert [(x["channel_name"], x["depth"], x["paused"]) for x in t["channels"]] == [("c", 0, False)]
-    ch = wait_channel(b, "pc", "c", depth=100, paused=True)
+    wait_channel(b, "pc", "c", depth=100, paused=True)
     assert topic_stats(b, "pc")["paused"] is False
     cpt = RawConsumer(b, "pt", "c", rdy=200)
     cpc = RawConsumer(b, "pc", "c", rdy=200)

@@ -24,11 +24,12 @@ import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
 
-from conftest import BIN, FRAME_ERROR, FRAME_MESSAGE, FRAME_RESPONSE, Broker, free_port  # noqa: F401
+from conftest import BIN, FRAME_ERROR, FRAME_MESSAGE, FRAME_RESPONSE, Broker, Wire, free_port  # noqa: F401
 from test_http_support import find_channel, find_topic, wait_for  # noqa: F401
 from test_wire_support import mpub_body  # noqa: F401
 
@@ -214,65 +215,43 @@ def cmd_bytes(line, body=None):
     return data
 
 
-class Conn:
-    """A minimal raw V2 connection (magic sent) with frame reading."""
+def next_frame(sock, buf):
+    """(type, data) of the next non-heartbeat frame on `sock`, read through `buf` (a
+    bytearray kept between calls); heartbeats are answered with NOP. Raises
+    socket.timeout / ConnectionError."""
+    while True:
+        while len(buf) < 4 or len(buf) < 4 + struct.unpack_from(">i", buf)[0]:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("closed by broker")
+            buf += chunk
+        size, ftype = struct.unpack_from(">ii", buf)
+        data = bytes(buf[8:4 + size])
+        del buf[:4 + size]
+        if ftype == FRAME_RESPONSE and data == HEARTBEAT:
+            sock.sendall(b"NOP\n")
+            continue
+        return ftype, data
+
+
+class Conn(Wire):
+    """A raw V2 connection to broker `b` (magic sent) whose read_frame answers
+    heartbeats with NOP and takes a timeout per call."""
 
     def __init__(self, b, timeout=10.0):
-        self.sock = socket.create_connection(("127.0.0.1", b.tcp_port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.timeout = timeout
+        super().__init__(f"127.0.0.1:{b.tcp_port}", timeout=timeout)
         self.buf = bytearray()
-        self.sock.sendall(b"  V2")
-
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def cmd(self, line, body=None):
-        self.sock.sendall(cmd_bytes(line, body))
 
     def read_frame(self, timeout=None):
-        """(type, data) of the next non-heartbeat frame (heartbeats answered with NOP);
-        raises socket.timeout / ConnectionError."""
         self.sock.settimeout(timeout if timeout is not None else self.timeout)
         try:
-            while True:
-                while len(self.buf) < 4 or len(self.buf) < 4 + struct.unpack_from(">i", self.buf)[0]:
-                    chunk = self.sock.recv(1 << 20)
-                    if not chunk:
-                        raise ConnectionError("closed by broker")
-                    self.buf += chunk
-                size = struct.unpack_from(">i", self.buf)[0]
-                ftype = struct.unpack_from(">i", self.buf, 4)[0]
-                data = bytes(self.buf[8:4 + size])
-                del self.buf[:4 + size]
-                if ftype == FRAME_RESPONSE and data == HEARTBEAT:
-                    self.sock.sendall(b"NOP\n")
-                    continue
-                return ftype, data
+            return next_frame(self.sock, self.buf)
         finally:
             self.sock.settimeout(self.timeout)
 
     def is_closed(self, timeout=3.0):
         """True if the broker closes the connection within `timeout` s."""
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return True
-                self.buf += chunk
-        except socket.timeout:
-            return False
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-        finally:
-            self.sock.settimeout(self.timeout)
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        return super().is_closed(timeout)
 
 
 def pub(b_or_conn, topic, body):
@@ -349,19 +328,7 @@ class RawConsumer:
         self.sock.sendall(b"REQ " + mid + b" %d\n" % delay_ms)
 
     def _next_frame(self):
-        while True:
-            while len(self.buf) < 4 or len(self.buf) < 4 + struct.unpack_from(">i", self.buf)[0]:
-                chunk = self.sock.recv(1 << 20)
-                if not chunk:
-                    raise ConnectionError("closed by broker")
-                self.buf += chunk
-            size, ftype = struct.unpack_from(">ii", self.buf)
-            data = bytes(self.buf[8:4 + size])
-            del self.buf[:4 + size]
-            if ftype == FRAME_RESPONSE and data == HEARTBEAT:
-                self.sock.sendall(b"NOP\n")
-                continue
-            return ftype, data
+        return next_frame(self.sock, self.buf)
 
     def _parse(self, out, on_message):
         """Parse every complete frame in the buffer; returns ids to FIN."""
@@ -457,6 +424,57 @@ class RawConsumer:
 
 
 # ----------------------------------------------------------------------------- files
+
+
+def finish_then_stop(b, topic, channel, n, left):
+    """Take `n` messages of topic/channel without FIN, FIN them in one write, wait
+    until the channel holds `left` with nothing in flight, then stop the broker
+    cleanly (D10). Returns the messages finished."""
+    c = RawConsumer(b, topic, channel, rdy=n, fin=False)
+    first = c.take(n, quiet=0.3)
+    c.rdy(0)
+    c.finish([m.id for m in first])
+    wait_channel(b, topic, channel, depth=left, in_flight_count=0)
+    assert b.terminate() == 0
+    c.close()
+    return first
+
+
+class MpubStorm:
+    """`publishers` connections MPUB 100 x 16 B to `topic` back to back until
+    stop(); the first non-OK frame or exception of each (a timeout is a hang)
+    lands in `errors`, OKs are counted per publisher in `counts`."""
+
+    def __init__(self, b, topic, fill=b"x", publishers=4):
+        self.stopping = threading.Event()
+        self.errors = []
+        self.counts = [0] * publishers
+        line = f"MPUB {topic}".encode()
+        body = b"\x00\x00\x00\x64" + (b"\x00\x00\x00\x10" + fill * 16) * 100
+
+        def publisher(k):
+            w = Wire(b.tcp_address, timeout=10)
+            try:
+                while not self.stopping.is_set():
+                    w.cmd(line, body)
+                    frame = w.read_frame()
+                    if frame != (0, b"OK"):
+                        self.errors.append(frame)
+                        return
+                    self.counts[k] += 1
+            except Exception as e:
+                self.errors.append(repr(e))
+            finally:
+                w.close()
+
+        self.threads = [threading.Thread(target=publisher, args=(k,)) for k in range(publishers)]
+        for t in self.threads:
+            t.start()
+
+    def stop(self):
+        self.stopping.set()
+        for t in self.threads:
+            t.join(timeout=20)
 
 
 def segment_files(data_dir, queue):

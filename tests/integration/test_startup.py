@@ -212,7 +212,8 @@ class UnixWire(Wire):
 
     def __init__(self, path):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(5.0)
+        self.timeout = 5.0
+        self.sock.settimeout(self.timeout)
         self.sock.connect(path)
         self.buf = b""
         self.sock.sendall(b"  V2")

@@ -8,14 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{ClientError, ErrorCode};
 use crate::config::{Options, NSQD_COMPAT_VERSION};
 
-/// Go's encoding/json leaves a field alone when the JSON value is `null`.
-fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
+use super::gojson::null_as_default;
 
 /// The keys nsqd reads; unknown keys are ignored.
 #[derive(Debug, Default, Deserialize)]

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod gojson;
 pub mod identify;
 pub mod message;
 pub mod names;

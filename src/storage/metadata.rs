@@ -13,22 +13,20 @@ use serde_json::{json, Value};
 use thiserror::Error;
 
 use crate::config::NSQD_COMPAT_VERSION;
+use crate::protocol::gojson::{self, null_as_default, null_as_empty_list, GoJsonError};
 use crate::protocol::names::{is_ephemeral, is_valid_name};
 
 pub const FILE_NAME: &str = "nsqd.dat";
 
 #[derive(Debug, Error)]
 pub enum MetadataError {
-    #[error("failed to read {path}: {source}")]
+    #[error("failed to read metadata from {path} - {source}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("failed to parse metadata {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    #[error("failed to parse metadata in {path} - {source}")]
+    Parse { path: PathBuf, source: GoJsonError },
     #[error("failed to write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -36,30 +34,39 @@ pub enum MetadataError {
     },
 }
 
+// Decoded as nsqd's loader does (Go's encoding/json): `null` or missing
+// lists and names are empty, keys match in any case, unknown keys (the
+// version among them) are ignored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
 pub struct ChannelMeta {
+    #[serde(deserialize_with = "null_as_default")]
     pub name: String,
-    #[serde(default)]
+    #[serde(deserialize_with = "null_as_default")]
     pub paused: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
 pub struct TopicMeta {
+    #[serde(deserialize_with = "null_as_default")]
     pub name: String,
-    #[serde(default)]
+    #[serde(deserialize_with = "null_as_default")]
     pub paused: bool,
-    #[serde(default)]
+    #[serde(deserialize_with = "null_as_empty_list")]
     pub channels: Vec<ChannelMeta>,
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 struct MetadataFile {
-    #[serde(default)]
+    #[serde(deserialize_with = "null_as_empty_list")]
     topics: Vec<TopicMeta>,
 }
 
-/// Reads `<data_path>/nsqd.dat`; no file means no topics. Invalid names are
-/// skipped with a warning, as nsqd does.
+/// Reads `<data_path>/nsqd.dat`; no file means no topics, an empty one is an
+/// error (nsqd's "unexpected end of JSON input"). Invalid names are skipped
+/// with a warning, as nsqd does.
 pub fn load(data_path: &Path) -> Result<Vec<TopicMeta>, MetadataError> {
     let path = data_path.join(FILE_NAME);
     let text = match fs::read(&path) {
@@ -68,7 +75,7 @@ pub fn load(data_path: &Path) -> Result<Vec<TopicMeta>, MetadataError> {
         Err(source) => return Err(MetadataError::Read { path, source }),
     };
     let file: MetadataFile =
-        serde_json::from_slice(&text).map_err(|source| MetadataError::Parse { path, source })?;
+        gojson::from_slice(&text).map_err(|source| MetadataError::Parse { path, source })?;
     let mut topics = Vec::new();
     for mut t in file.topics {
         if !is_valid_name(t.name.as_bytes()) {
@@ -184,6 +191,43 @@ mod tests {
         )
         .unwrap();
         assert!(load(&dir).unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The shapes nsqd 1.3.0 writes or its loader accepts (D1, D2).
+    #[test]
+    fn loads_what_nsqd_loads() {
+        let dir = std::env::temp_dir().join(format!("ringsq-meta-{}", fastrand::u64(..)));
+        fs::create_dir_all(&dir).unwrap();
+        let load_text = |text: &str| {
+            fs::write(dir.join(FILE_NAME), text).unwrap();
+            load(&dir)
+        };
+        let t = load_text(
+            r#"{"topics":[{"name":"a","paused":true,"channels":null},{"name":"b","channels":[{"name":"c","paused":null},{"name":"bad!"}]}],"version":"1.3.0"}"#,
+        )
+        .unwrap();
+        assert_eq!(t.len(), 2);
+        assert!(t[0].paused && t[0].channels.is_empty());
+        assert_eq!(t[1].channels.len(), 1);
+        assert_eq!(t[1].channels[0].name, "c");
+        assert!(load_text(r#"{"topics":null,"version":"1.3.0"}"#)
+            .unwrap()
+            .is_empty());
+        let t = load_text(r#"{"Topics":[{"Name":"x","extra":1}],"future":{}}"#).unwrap();
+        assert_eq!(t[0].name, "x");
+        let t = load_text(r#"{"topics":[null,{"name":null},{"name":"ok"}]}"#).unwrap();
+        assert_eq!(t.len(), 1);
+        let e = load_text("").unwrap_err().to_string();
+        let path = dir.join(FILE_NAME);
+        assert_eq!(
+            e,
+            format!(
+                "failed to parse metadata in {} - unexpected end of JSON input",
+                path.display()
+            )
+        );
+        assert!(load_text(r#"{"topics":[{"name":5}]}"#).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

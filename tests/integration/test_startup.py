@@ -198,6 +198,41 @@ def test_loads_nsqd_written_metadata_and_skips_bad_names(tmp_path):
         b.stop()
 
 
+def test_loads_nsqd_null_shapes(tmp_path):
+    """D1: nsqd 1.3.0 writes "channels":null for a topic with no channel (and
+    "topics":null with none); its loader also takes keys in any case and
+    unknown keys. ringsqd starts on all of it."""
+    (tmp_path / "nsqd.dat").write_text(
+        '{"topics":[{"name":"lonely","paused":true,"channels":null},'
+        '{"Name":"orders","channels":[{"name":"billing","paused":null,"x":1}],"future":2}],'
+        '"version":"1.3.0"}'
+    )
+    b = Broker(data_dir=str(tmp_path))
+    try:
+        topics = {t["topic_name"]: t for t in _stats(b)["topics"]}
+        assert set(topics) == {"lonely", "orders"}
+        assert topics["lonely"]["paused"] is True
+        assert topics["lonely"]["channels"] == []
+        assert [(c["channel_name"], c["paused"]) for c in topics["orders"]["channels"]] == [("billing", False)]
+    finally:
+        b.stop()
+    (tmp_path / "nsqd.dat").write_text('{"topics":null,"version":"1.3.0"}')
+    b = Broker(data_dir=str(tmp_path))
+    try:
+        assert _stats(b)["topics"] == []
+    finally:
+        b.stop()
+
+
+def test_empty_metadata_is_nsqds_error(tmp_path):
+    """D2: an empty nsqd.dat is fatal with nsqd's message."""
+    (tmp_path / "nsqd.dat").write_text("")
+    r = run([f"--tcp-address=127.0.0.1:{free_port()}", "--http-address=", f"--data-path={tmp_path}"])
+    assert r.returncode == 1
+    expected = f"failed to parse metadata in {tmp_path / 'nsqd.dat'} - unexpected end of JSON input"
+    assert expected.encode() in r.stderr
+
+
 def test_corrupt_metadata_is_a_clean_error(tmp_path):
     """An unparseable nsqd.dat stops start-up with a one-line error (nsqd is fatal too)."""
     (tmp_path / "nsqd.dat").write_text("{not json")

@@ -10,7 +10,8 @@ use crate::config::{Options, NSQD_COMPAT_VERSION};
 
 use super::gojson::null_as_default;
 
-/// The keys nsqd reads; unknown keys are ignored.
+/// The keys nsqd reads, matched in any case as Go's encoding/json does;
+/// unknown keys are ignored.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct IdentifyRequest {
@@ -120,7 +121,7 @@ pub fn apply_identify(
     opts: &Options,
     settings: &mut ClientSettings,
 ) -> Result<IdentifyOutcome, ClientError> {
-    let req: IdentifyRequest = serde_json::from_slice(body)
+    let req: IdentifyRequest = super::gojson::from_slice(body)
         .map_err(|_| ClientError::new(ErrorCode::BadBody, "IDENTIFY failed to decode JSON body"))?;
 
     // nsqd stores the (possibly empty) strings as sent.

@@ -98,6 +98,21 @@ def test_feature_negotiation_echoes_client_values(broker, connect):
     assert_usable(w)
 
 
+def test_keys_match_in_any_case(broker, connect):
+    """T13: nsqd decodes IDENTIFY with Go's encoding/json, which matches keys to fields
+    case-insensitively: "Feature_Negotiation", "MSG_TIMEOUT" and "Client_ID" count."""
+    w = connect(broker)
+    w.cmd(
+        "IDENTIFY",
+        b'{"Feature_Negotiation":true,"MSG_TIMEOUT":7000,"Sample_Rate":3,"Client_ID":"mixed","Other":1}',
+    )
+    ft, data = w.read_frame()
+    assert ft == FRAME_RESPONSE, (ft, data)
+    resp = json.loads(data)
+    assert (resp["msg_timeout"], resp["sample_rate"]) == (7000, 3)
+    assert_usable(w)
+
+
 @pytest.mark.parametrize(
     "fields,size,timeout",
     [

@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== build (release)"
-cargo build --release --locked 2>&1 | tail -n 3
+echo "== build (release; the first build takes about 5 minutes on 2 cores)"
+cargo build --release --locked
 
 echo "== unit tests"
 cargo test --release --locked

@@ -8,8 +8,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::NSQD_COMPAT_VERSION;
@@ -94,25 +93,59 @@ pub fn load(data_path: &Path) -> Result<Vec<TopicMeta>, MetadataError> {
     Ok(topics)
 }
 
-/// The file's bytes: Go marshals maps with sorted keys.
+/// The file's bytes exactly as nsqd 1.3.0 writes them (D1): struct field
+/// order, and `null` for an empty list (Go marshals a nil slice so). Topics
+/// are sorted by name (nsqd's map order is random).
 pub fn render(topics: &[TopicMeta]) -> Vec<u8> {
     let mut sorted: Vec<&TopicMeta> = topics.iter().filter(|t| !is_ephemeral(&t.name)).collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let topics: Vec<Value> = sorted
+    let topics: Vec<GoTopic> = sorted
         .into_iter()
-        .map(|t| {
-            let channels: Vec<Value> = t
-                .channels
-                .iter()
-                .filter(|c| !is_ephemeral(&c.name))
-                .map(|c| json!({"name": c.name, "paused": c.paused}))
-                .collect();
-            json!({"channels": channels, "name": t.name, "paused": t.paused})
+        .map(|t| GoTopic {
+            name: &t.name,
+            paused: t.paused,
+            channels: go_list(
+                t.channels
+                    .iter()
+                    .filter(|c| !is_ephemeral(&c.name))
+                    .map(|c| GoChannel {
+                        name: &c.name,
+                        paused: c.paused,
+                    })
+                    .collect(),
+            ),
         })
         .collect();
-    json!({"topics": topics, "version": NSQD_COMPAT_VERSION})
-        .to_string()
-        .into_bytes()
+    let file = GoMetadata {
+        topics: go_list(topics),
+        version: NSQD_COMPAT_VERSION,
+    };
+    serde_json::to_vec(&file).expect("structs of strings and bools always serialize")
+}
+
+/// Go's marshalling of a slice: `null` when empty.
+fn go_list<T>(items: Vec<T>) -> Option<Vec<T>> {
+    (!items.is_empty()).then_some(items)
+}
+
+// nsqd's structs, fields in its declaration order.
+#[derive(Serialize)]
+struct GoMetadata<'a> {
+    topics: Option<Vec<GoTopic<'a>>>,
+    version: &'a str,
+}
+
+#[derive(Serialize)]
+struct GoTopic<'a> {
+    name: &'a str,
+    paused: bool,
+    channels: Option<Vec<GoChannel<'a>>>,
+}
+
+#[derive(Serialize)]
+struct GoChannel<'a> {
+    name: &'a str,
+    paused: bool,
 }
 
 /// Writes the metadata atomically.
@@ -174,9 +207,13 @@ mod tests {
         let text = fs::read_to_string(dir.join(FILE_NAME)).unwrap();
         assert_eq!(
             text,
-            r#"{"topics":[{"channels":[],"name":"a","paused":false},{"channels":[{"name":"c1","paused":false}],"name":"b","paused":true}],"version":"1.3.0"}"#
+            r#"{"topics":[{"name":"a","paused":false,"channels":null},{"name":"b","paused":true,"channels":[{"name":"c1","paused":false}]}],"version":"1.3.0"}"#
         );
         let loaded = load(&dir).unwrap();
+        assert_eq!(
+            String::from_utf8(render(&[])).unwrap(),
+            r#"{"topics":null,"version":"1.3.0"}"#
+        );
         assert_eq!(loaded.len(), 2);
         assert_eq!(
             loaded[1].channels,

@@ -11,7 +11,7 @@ use crate::stats::{StatsFilter, TopicStats};
 pub struct Tally {
     pub topics: AtomicU64,
     pub channels: AtomicU64,
-    /// Messages the queues held when opened.
+    /// Messages the queues held when opened (deferred ones included).
     pub opened_depth: AtomicU64,
     /// Disk queues written out and closed at stop.
     pub closed_queues: AtomicU64,
@@ -37,7 +37,7 @@ pub fn opened(tally: &Tally, core: usize, shard: &crate::shard::Shard) {
         let depth = t.depth.max(0) as u64
             + t.channels
                 .iter()
-                .map(|c| c.depth.max(0) as u64)
+                .map(|c| (c.depth + c.in_flight_count + c.deferred_count).max(0) as u64)
                 .sum::<u64>();
         add(&tally.opened_depth, depth);
         tracing::debug!(core, topic = %t.topic_name, depth = t.depth, "opened topic");

@@ -187,24 +187,30 @@ def test_start_and_stop_lines_report_queues_and_messages(brokers):
         http(b, "POST", "/pub?topic=a", b"a%d" % i)
     for i in range(3):
         http(b, "POST", "/pub?topic=b", b"b%d" % i)
+    http(b, "POST", "/pub?topic=a&defer=600000", b"later")  # deferred in c1 and c2
     assert stop(b) == 0
     lines = b.log().splitlines()
     wrote = [line for line in lines if "INFO: wrote to disk: " in line]
     assert len(wrote) == 1, lines
-    # 5 in each of a's channels, 3 in b: all in memory until the stop;
+    # 5 + 1 deferred in each of a's channels, 3 in b: all in memory until the stop;
     # 4 queues: topics a and b, channels a:c1 and a:c2.
     assert wrote[0].endswith(
-        "wrote to disk: 13 message(s) from memory, in flight and deferred; "
-        "4 queue(s) closed holding 13 message(s); nsqd.dat written (2 topic(s), 2 channel(s))"
+        "wrote to disk: 15 message(s) from memory, in flight and deferred; "
+        "4 queue(s) closed holding 15 message(s); nsqd.dat written (2 topic(s), 2 channel(s))"
     ), wrote
     assert re.search(r"INFO: ringsqd stopped cleanly in \d+ ms$", lines[-1]), lines[-1]
 
     b2 = brokers(data_dir=data, args=["--log-level=debug"])
     line = started_line(b2)
-    assert "2 topic(s) and 2 channel(s) opened holding 13 message(s)" in line
+    assert "2 topic(s) and 2 channel(s) opened holding 15 message(s)" in line
     log = b2.log()
-    assert re.search(r"DEBUG: opened channel core=\d+ topic=a channel=c1 depth=5 ", log), log
-    assert re.search(r"DEBUG: opened topic core=\d+ topic=b depth=3", log), log
+    assert re.search(r"DEBUG: opened channel core=\d+ topic=a channel=c1 depth=5 in_flight=0 deferred=1$", log, re.M), log
+    assert re.search(r"DEBUG: opened topic core=\d+ topic=b depth=3$", log, re.M), log
+    # At info, the queues are one line, not one per queue.
+    assert stop(b2) == 0
+    b3 = brokers(data_dir=data)
+    started_line(b3)
+    assert "opened" not in b3.log().replace(" opened holding ", ""), b3.log()
 
 
 # ---------------------------------------------------------------- --log-format=json

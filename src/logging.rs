@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use tracing::{Event, Subscriber};
 use tracing_log::NormalizeEvent;
-use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -199,7 +199,12 @@ pub fn init(level: &str, prefix: &str, log_format: LogFormat) {
             .boxed(),
         LogFormat::Json => fmt::layer()
             .with_writer(std::io::stderr)
-            .event_format(format().json().flatten_event(true).with_current_span(false))
+            .event_format(
+                fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false),
+            )
             .boxed(),
     };
     let installed = tracing_subscriber::registry()
@@ -209,10 +214,6 @@ pub fn init(level: &str, prefix: &str, log_format: LogFormat) {
     if installed.is_ok() {
         let _ = RELOAD.set(handle);
     }
-}
-
-fn format() -> format::Format {
-    format::Format::default()
 }
 
 /// Changes the level at run time; false if the name is not a level.

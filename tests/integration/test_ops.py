@@ -431,3 +431,27 @@ def test_deploy_sample_config_loads():
     finally:
         b.stop()
         b.cleanup()
+
+
+@pytest.mark.skipif(not os.environ.get("NSQD_BIN"), reason="set NSQD_BIN to a real nsqd 1.3.0 (shared/tools/build-reference.sh)")
+def test_real_nsqd_reads_deploy_config(tmp_path):
+    """The way back: nsqd 1.3.0 starts on deploy/ringsqd.cfg unchanged (it
+    ignores ringsq's keys) and applies its values."""
+    tcp, http_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            os.environ["NSQD_BIN"], f"--config={DEPLOY_CFG}", f"--data-path={tmp_path}",
+            f"--tcp-address=127.0.0.1:{tcp}", f"--http-address=127.0.0.1:{http_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: accepts(http_port), what="nsqd's HTTP listener")
+        url = f"http://127.0.0.1:{http_port}/config/max_body_size"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert json.loads(r.read()) == 5123840
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

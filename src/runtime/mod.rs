@@ -427,16 +427,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         if let Some(http) = &http_addr {
             tracing::info!("HTTP: listening on {http}");
         }
-        report::warn_if_buffers_unregistered(cores, MAX_IO_MEMORY);
-        report::log_started(
-            &shared.tally,
-            &report::StartFacts {
-                cores,
-                data_path: &data_path,
-                io_memory,
-            },
-        );
-        report::sd_notify("READY=1\nSTATUS=serving");
+        report::serving(&shared.tally, cores, &data_path, io_memory);
         let mut signals = signals;
         if let Some(sig) = signals.forever().next() {
             tracing::info!(signal = sig, "shutting down");

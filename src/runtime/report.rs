@@ -107,8 +107,23 @@ pub fn memlock_needed(cores: usize, io_memory: usize) -> u64 {
     (cores * 3 * io_memory + (16 << 20)) as u64
 }
 
+/// Every core serves: the memlock warning if any, the start line, and
+/// READY=1 for systemd, in that order.
+pub fn serving(tally: &Tally, cores: usize, data_path: &std::path::Path, io_memory: usize) {
+    warn_if_buffers_unregistered(cores, super::MAX_IO_MEMORY);
+    log_started(
+        tally,
+        &StartFacts {
+            cores,
+            data_path,
+            io_memory,
+        },
+    );
+    sd_notify("READY=1\nSTATUS=serving");
+}
+
 /// One line instead of glommio's dump per core, once per process.
-pub fn warn_if_buffers_unregistered(cores: usize, max_io_memory: usize) {
+fn warn_if_buffers_unregistered(cores: usize, max_io_memory: usize) {
     if !crate::logging::take_buffers_unregistered() {
         return;
     }
@@ -123,14 +138,14 @@ pub fn warn_if_buffers_unregistered(cores: usize, max_io_memory: usize) {
     );
 }
 
-pub struct StartFacts<'a> {
+struct StartFacts<'a> {
     pub cores: usize,
     pub data_path: &'a std::path::Path,
     pub io_memory: usize,
 }
 
 /// The one start-up line (item 6), after every core serves.
-pub fn log_started(tally: &Tally, f: &StartFacts<'_>) {
+fn log_started(tally: &Tally, f: &StartFacts<'_>) {
     let (ml_soft, _) = rlimit(libc::RLIMIT_MEMLOCK).unwrap_or((0, 0));
     let (nofile_soft, _) = rlimit(libc::RLIMIT_NOFILE).unwrap_or((0, 0));
     let memlock = if super::is_root() {

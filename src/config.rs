@@ -135,6 +135,9 @@ pub struct Options {
     /// log message prefix
     #[arg(long = "log-prefix", default_value = "[nsqd] ")]
     pub log_prefix: String,
+    /// log line format: text (nsqd's layout) or json (one object per line; ringsq only)
+    #[arg(long = "log-format", value_enum, default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
     /// [deprecated] has no effect, use --log-level
     #[arg(long, default_value = "false", value_parser = go_bool, num_args = 0..=1, default_missing_value = "true")]
     pub verbose: bool,
@@ -144,7 +147,7 @@ pub struct Options {
     /// [deprecated] use --node-id
     #[arg(long = "worker-id", hide = true)]
     pub worker_id: Option<i64>,
-    /// <addr>:<port> to listen on for HTTPS clients
+    /// <addr>:<port> to listen on for HTTPS clients [accepted, not yet in effect]
     #[arg(long = "https-address", default_value = "0.0.0.0:4152")]
     pub https_address: String,
     /// <addr>:<port> to listen on for HTTP clients
@@ -153,7 +156,7 @@ pub struct Options {
     /// <addr>:<port> to listen on for TCP clients
     #[arg(long = "tcp-address", default_value = "0.0.0.0:4150")]
     pub tcp_address: String,
-    /// <addr>:<port> or a full url of authd (may be given multiple times)
+    /// <addr>:<port> or a full url of authd (may be given multiple times) [accepted, not yet in effect]
     #[arg(long = "auth-http-address")]
     pub auth_http_address: Vec<String>,
     /// address that will be registered with lookupd (defaults to the OS hostname)
@@ -189,10 +192,10 @@ pub struct Options {
     /// duration of time per diskqueue fsync
     #[arg(long = "sync-timeout", default_value = "2s", value_parser = parse_go_duration)]
     pub sync_timeout: Duration,
-    /// max concurrency for checking in-flight and deferred message timeouts
+    /// max concurrency for checking in-flight and deferred message timeouts [accepted, not yet in effect]
     #[arg(long = "queue-scan-worker-pool-max", default_value_t = 4)]
     pub queue_scan_worker_pool_max: i64,
-    /// number of channels to check per cycle (every 100ms) for in-flight and deferred timeouts
+    /// number of channels to check per cycle (every 100ms) for in-flight and deferred timeouts [accepted, not yet in effect]
     #[arg(long = "queue-scan-selection-count", default_value_t = 20)]
     pub queue_scan_selection_count: i64,
     /// default duration to wait before auto-requeing a message
@@ -255,22 +258,22 @@ pub struct Options {
     /// calculate end to end latency quantiles for this duration of time
     #[arg(long = "e2e-processing-latency-window-time", default_value = "10m", value_parser = parse_go_duration)]
     pub e2e_processing_latency_window_time: Duration,
-    /// path to certificate file
+    /// path to certificate file [accepted, not yet in effect]
     #[arg(long = "tls-cert", default_value = "")]
     pub tls_cert: String,
-    /// path to key file
+    /// path to key file [accepted, not yet in effect]
     #[arg(long = "tls-key", default_value = "")]
     pub tls_key: String,
-    /// client certificate auth policy ('require' or 'require-verify')
+    /// client certificate auth policy ('require' or 'require-verify') [accepted, not yet in effect]
     #[arg(long = "tls-client-auth-policy", default_value = "")]
     pub tls_client_auth_policy: String,
-    /// path to certificate authority file
+    /// path to certificate authority file [accepted, not yet in effect]
     #[arg(long = "tls-root-ca-file", default_value = "")]
     pub tls_root_ca_file: String,
-    /// require TLS for client connections (true, false, tcp-https)
+    /// require TLS for client connections (true, false, tcp-https) [accepted, not yet in effect]
     #[arg(long = "tls-required", default_value = "false", num_args = 0..=1, default_missing_value = "true")]
     pub tls_required: String,
-    /// minimum SSL/TLS version acceptable ('ssl3.0', 'tls1.0', 'tls1.1', 'tls1.2' or 'tls1.3')
+    /// minimum SSL/TLS version acceptable ('ssl3.0', 'tls1.0', 'tls1.1', 'tls1.2' or 'tls1.3') [accepted, not yet in effect]
     #[arg(long = "tls-min-version", default_value = "tls1.0")]
     pub tls_min_version: String,
     /// enable deflate feature negotiation (client compression)
@@ -292,6 +295,21 @@ pub struct Options {
     #[arg(long, default_value_t = default_cores())]
     pub cores: usize,
 }
+
+/// Flags accepted for nsqd's command lines that do nothing yet (their help
+/// says "accepted, not yet in effect"); the security issue implements them.
+pub const INERT_FLAGS: &[&str] = &[
+    "https-address",
+    "auth-http-address",
+    "queue-scan-worker-pool-max",
+    "queue-scan-selection-count",
+    "tls-cert",
+    "tls-key",
+    "tls-client-auth-policy",
+    "tls-root-ca-file",
+    "tls-required",
+    "tls-min-version",
+];
 
 /// TOML keys whose flag name is not the key with `_` → `-` (nsqd's `cfg` tags).
 const KEY_ALIASES: &[(&str, &str)] = &[
@@ -439,6 +457,52 @@ impl Options {
         Ok(())
     }
 
+    /// The accepted flags that do nothing yet and are set here to a value
+    /// that would change nsqd's behaviour (not the default, not empty), so
+    /// that start-up can say they are ignored.
+    pub fn inert_flags_set(&self) -> Vec<&'static str> {
+        let d = Options::command().get_matches_from(["ringsqd"]);
+        let Ok(d) = Options::from_arg_matches(&d) else {
+            return Vec::new();
+        };
+        let text = |v: &str, default: &str| !v.is_empty() && v != default;
+        let set = [
+            (
+                "--https-address",
+                text(&self.https_address, &d.https_address),
+            ),
+            ("--auth-http-address", !self.auth_http_address.is_empty()),
+            (
+                "--queue-scan-worker-pool-max",
+                self.queue_scan_worker_pool_max != d.queue_scan_worker_pool_max,
+            ),
+            (
+                "--queue-scan-selection-count",
+                self.queue_scan_selection_count != d.queue_scan_selection_count,
+            ),
+            ("--tls-cert", text(&self.tls_cert, &d.tls_cert)),
+            ("--tls-key", text(&self.tls_key, &d.tls_key)),
+            (
+                "--tls-client-auth-policy",
+                text(&self.tls_client_auth_policy, &d.tls_client_auth_policy),
+            ),
+            (
+                "--tls-root-ca-file",
+                text(&self.tls_root_ca_file, &d.tls_root_ca_file),
+            ),
+            ("--tls-required", text(&self.tls_required, &d.tls_required)),
+            (
+                "--tls-min-version",
+                text(&self.tls_min_version, &d.tls_min_version),
+            ),
+        ];
+        debug_assert_eq!(set.len(), INERT_FLAGS.len());
+        set.into_iter()
+            .filter(|(_, s)| *s)
+            .map(|(f, _)| f)
+            .collect()
+    }
+
     /// The node id used in message ids (T7).
     pub fn effective_node_id(&self) -> u16 {
         match self.node_id.or(self.worker_id) {
@@ -547,6 +611,43 @@ mod tests {
         assert_eq!(o.node_id, Some(5));
         assert_eq!(o.lookupd_tcp_address, vec!["a:1", "b:2"]);
         assert_eq!(o.tcp_address, "127.0.0.1:9");
+    }
+
+    #[test]
+    fn inert_flags_say_so_in_help() {
+        let cmd = Options::command();
+        for arg in cmd.get_arguments() {
+            let long = arg.get_long().unwrap_or_default();
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert_eq!(
+                help.contains("[accepted, not yet in effect]"),
+                INERT_FLAGS.contains(&long),
+                "--{long}: {help}"
+            );
+        }
+    }
+
+    #[test]
+    fn inert_flags_set_lists_only_changed_values() {
+        assert!(parse(&[]).inert_flags_set().is_empty());
+        // nsqd's example config sets tls_min_version = "": nothing to warn about.
+        assert!(parse(&["--tls-min-version=", "--tls-required=false"])
+            .inert_flags_set()
+            .is_empty());
+        let o = parse(&[
+            "--tls-cert=/etc/c.pem",
+            "--queue-scan-worker-pool-max=8",
+            "--auth-http-address=127.0.0.1:4181",
+            "--https-address=0.0.0.0:4152",
+        ]);
+        assert_eq!(
+            o.inert_flags_set(),
+            vec![
+                "--auth-http-address",
+                "--queue-scan-worker-pool-max",
+                "--tls-cert"
+            ]
+        );
     }
 
     #[test]

@@ -27,11 +27,19 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    ringsq::logging::init(&opts.log_level);
+    ringsq::logging::init(&opts.log_level, &opts.log_prefix, opts.log_format);
+    let inert = opts.inert_flags_set();
+    if !inert.is_empty() {
+        tracing::warn!(
+            "accepted but not yet in effect, ignored: {}",
+            inert.join(", ")
+        );
+    }
     match ringsq::runtime::run(opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ringsqd: {e}");
+            // nsqd's FATAL line, with the prefix (C5).
+            tracing::error!("{e}");
             ExitCode::FAILURE
         }
     }

@@ -262,6 +262,7 @@ pub async fn run_core(setup: CoreSetup) {
         counters: CoreCounters::default(),
     });
     core.shard.borrow_mut().restore(&restore);
+    super::report::opened(&core.shared.tally, id, &core.shard.borrow());
     let _ = ready.send(Ok(()));
 
     let inbox_task = glommio::spawn_local(inbox_loop(core.clone(), inbox));
@@ -310,7 +311,10 @@ pub async fn run_core(setup: CoreSetup) {
     // queue synced with its consume position saved.
     core.storage.begin_close();
     refill_task.await;
+    let held = core.shard.borrow().stats(&StatsFilter::default());
+    super::report::stopping(&core.shared.tally, &held);
     let queues = core.shard.borrow_mut().persist_for_shutdown();
+    super::report::closed_queues(&core.shared.tally, queues.len());
     for q in &queues {
         if let Err(e) = q.sync(true).await {
             tracing::error!(queue = %q.name, error = %e, "could not write the queue out at shutdown");

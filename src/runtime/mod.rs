@@ -4,11 +4,12 @@
 pub mod core;
 pub mod event;
 pub mod listen;
+pub mod report;
 
 use std::panic;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
 use thiserror::Error;
@@ -22,6 +23,7 @@ use listen::ListenAddr;
 const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
 const MAX_IO_MEMORY: usize = 10 << 20;
 const MIN_IO_MEMORY: usize = 64 << 10;
+const MEMLOCK_RESERVE: usize = 1 << 20;
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -92,6 +94,8 @@ pub struct Shared {
     pub health: Arc<crate::storage::Health>,
     pub next_client_id: AtomicU64,
     pub wakers: Vec<Arc<CoreWaker>>,
+    /// Queues and messages at start and stop, for the operator's log lines.
+    pub tally: report::Tally,
 }
 
 impl Shared {
@@ -208,7 +212,10 @@ fn prepare_memlock(cores: usize) -> Result<usize, StartError> {
                 hard_kib: lim.rlim_max / 1024,
             });
         }
-        let per_core = (lim.rlim_cur as usize) / (3 * cores);
+        // Leave room for the rings and the probe's buffers, which the
+        // kernel may still count for a moment after the probe exits.
+        let budget = (lim.rlim_cur as usize).saturating_sub(MEMLOCK_RESERVE);
+        let per_core = budget / (3 * cores);
         Ok(per_core.clamp(MIN_IO_MEMORY, MAX_IO_MEMORY))
     }
 }
@@ -296,7 +303,10 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         });
     }
     let io_memory = prepare_memlock(opts.cores)?;
-    probe_io_uring(io_memory)?;
+    report::raise_open_files();
+    // Small: its registered buffers may stay counted against the
+    // memlock limit a while after it exits.
+    probe_io_uring(MIN_IO_MEMORY)?;
     stop_on_core_panic();
     let _data_lock = lock_data_path(&opts)?;
     let data_path = opts.effective_data_path();
@@ -340,6 +350,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         health: Arc::new(crate::storage::Health::default()),
         next_client_id: AtomicU64::new(0),
         wakers,
+        tally: report::Tally::default(),
     });
 
     let signals =
@@ -416,10 +427,12 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         if let Some(http) = &http_addr {
             tracing::info!("HTTP: listening on {http}");
         }
+        report::serving(&shared.tally, cores, &data_path, io_memory);
         let mut signals = signals;
         if let Some(sig) = signals.forever().next() {
             tracing::info!(signal = sig, "shutting down");
         }
+        report::sd_notify("STOPPING=1\nSTATUS=writing queues to disk");
         if CORE_PANICKED.load(Ordering::SeqCst) {
             std::thread::spawn(|| {
                 std::thread::sleep(PANIC_STOP_GRACE);
@@ -429,6 +442,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         }
     }
     signal_handle.close();
+    let stop_started = Instant::now();
 
     shared.shutdown.store(true, Ordering::SeqCst);
     for w in &shared.wakers {
@@ -449,9 +463,16 @@ pub fn run(opts: Options) -> Result<(), StartError> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        if let Err(e) = metadata::persist(&data_path, &topics) {
-            tracing::error!(error = %e, "failed to persist metadata at exit");
-        }
+        let channels = topics.iter().map(|t| t.channels.len()).sum();
+        let written = match metadata::persist(&data_path, &topics) {
+            Ok(()) => Some((topics.len(), channels)),
+            Err(e) => {
+                tracing::error!(error = %e, "failed to persist metadata at exit");
+                None
+            }
+        };
+        let clean = written.is_some() && !CORE_PANICKED.load(Ordering::SeqCst);
+        report::log_stopped(&shared.tally, written, stop_started, clean);
     }
     // Shutdown is quick; give log lines a chance to be written.
     std::thread::sleep(Duration::from_millis(1));

@@ -196,7 +196,7 @@ impl Channel {
         }
         let now = Instant::now();
         let wall = crate::protocol::message::now_nanos();
-        tracing::info!(channel = %self.queue_name, count = saved.len(), "restored deferred messages");
+        tracing::debug!(channel = %self.queue_name, count = saved.len(), "restored deferred messages");
         for (msg, due) in saved {
             let wait = Duration::from_nanos(due.saturating_sub(wall).max(0) as u64);
             self.push_deferred(msg, now + wait);

@@ -270,7 +270,7 @@ impl DiskQueue {
         }
         nsqd_import::remove_meta_if_done(dir, name, kept.iter().any(|s| s.format == Format::Nsqd));
         if depth > 0 {
-            tracing::info!(
+            tracing::debug!(
                 queue = name,
                 depth,
                 segments = kept.len(),

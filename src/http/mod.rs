@@ -5,6 +5,7 @@
 
 mod reply;
 mod routes;
+mod target;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -77,7 +78,7 @@ where
     let conn = http1::Builder::new()
         .timer(CoreTimer)
         .keep_alive(true)
-        .serve_connection(FuturesIo::new(stream), service);
+        .serve_connection(FuturesIo::new(target::EscapeHash::new(stream)), service);
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "http connection ended");
     }

@@ -2,18 +2,28 @@
 //! topics and channels this broker has, so that consumers and nsqadmin that
 //! discover nsqd through nsqlookupd find it.
 //!
-//! Like nsqd's lookup loop, this is one control-plane thread with blocking
-//! sockets (1 s deadlines), not a task on a core: it carries a few commands
-//! a minute, and a slow or dead lookupd must never stall a core. Cores send
-//! it topic and channel events (`LookupHandle::register`/`unregister`); it
-//! keeps its own mirror of what exists, to re-register everything whenever a
-//! peer connection is (re)made.
+//! One control-plane thread owns the peers and never blocks on the network
+//! for long: dials (name resolution and connect, 1 s timeout) run on a
+//! short-lived thread each, and every live connection has a reader thread
+//! that hands its responses, or its end (EOF, reset), back as events. So a
+//! lookupd that restarts or closes an idle connection is noticed at once, not
+//! at the next PING (L6 waits up to 15 s; nsqd re-registers 15-30 s after an
+//! nsqlookupd restart): the peer is dialled again after a short jittered
+//! back-off (100 ms doubling to 2 s) and, once connected, gets IDENTIFY and a
+//! REGISTER for everything that exists now (L3, L4). Cores send topic and
+//! channel events (`LookupHandle::register`/`unregister`); the thread keeps
+//! its own mirror of what exists, so events that arrive while a peer is down
+//! are folded into that full re-registration and none is lost.
+//!
+//! Commands are pipelined: nsqlookupd answers in order, so each connection
+//! keeps the commands that await an answer and fails when the oldest has
+//! waited 1 s (L1's deadline).
 //!
 //! `discovery` is the core side of L7: a topic created at run time asks the
 //! nsqlookupds which channels it has elsewhere and creates them before its
 //! first message moves on.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,8 +37,39 @@ pub mod discovery;
 
 /// L6: nsqd pings every peer this often.
 const PING_INTERVAL: Duration = Duration::from_secs(15);
-/// L1: dial timeout and the deadline of every read and write.
+/// L1: dial timeout, write deadline, and how long an owed answer may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
+/// First delay before dialling a peer again after its connection failed.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+/// The back-off doubles up to this, so a lookupd that comes back after any
+/// outage is dialled within 2 s of answering (issue 12: registrations back
+/// within 3 s).
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// A connection that lasted this long was healthy: losing it starts the
+/// back-off again from `RETRY_MIN`. One that fails sooner (a lookupd that
+/// accepts and drops) keeps doubling, so it is not dialled 10 times a second.
+const HEALTHY_AFTER: Duration = Duration::from_secs(5);
+
+/// Why a lookupd connection failed.
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("address resolves to nothing")]
+    NoAddress,
+    #[error("connection closed by nsqlookupd")]
+    Closed,
+    #[error("response body size ({size}) is greater than limit ({max})")]
+    TooLarge { size: i32, max: u64 },
+    #[error("lookupd returned {0}")]
+    Rejected(String),
+    #[error("parsing response - {0}")]
+    BadResponse(String),
+    #[error("no response to {0} within {IO_TIMEOUT:?}")]
+    Timeout(String),
+    #[error("a response nothing was sent for")]
+    Unsolicited,
+}
 
 enum Event {
     Register(String, Option<String>),
@@ -36,6 +77,21 @@ enum Event {
     /// PUT /config/nsqlookupd_tcp_addresses changed the peer list.
     PeersChanged,
     Stop,
+    /// The dial thread of connection `attempt` finished.
+    Dialed {
+        attempt: u64,
+        result: Result<TcpStream, PeerError>,
+    },
+    /// The reader thread of connection `attempt` read one response.
+    Response {
+        attempt: u64,
+        data: Vec<u8>,
+    },
+    /// Connection `attempt` ended: EOF, reset, or an oversized response.
+    Lost {
+        attempt: u64,
+        error: PeerError,
+    },
 }
 
 /// How cores and the HTTP API reach the lookup thread. Cheap to clone; all
@@ -43,8 +99,7 @@ enum Event {
 #[derive(Clone)]
 pub struct LookupHandle {
     tx: Sender<Event>,
-    /// Set by `stop`: events still queued are dropped, not sent (each could
-    /// wait a second on a dead peer and hold up the exit).
+    /// Set by `stop`: events still queued are dropped, not sent.
     stopping: Arc<AtomicBool>,
     http: Arc<std::sync::Mutex<Vec<LookupdHttp>>>,
 }
@@ -80,6 +135,8 @@ impl LookupHandle {
         let _ = self.tx.send(Event::PeersChanged);
     }
 
+    /// Ends the lookup thread promptly: it closes its connections and
+    /// returns without waiting for dials or back-off timers.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         let _ = self.tx.send(Event::Stop);
@@ -109,11 +166,11 @@ pub fn start(
 ) -> std::io::Result<(LookupHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel();
     let handle = LookupHandle {
-        tx,
+        tx: tx.clone(),
         stopping: Default::default(),
         http: Default::default(),
     };
-    let mut lookup = LookupLoop::new(identity, peers, rx, handle.stopping.clone());
+    let mut lookup = LookupLoop::new(identity, peers, tx, rx, handle.stopping.clone());
     lookup.http = handle.http.clone();
     let thread = std::thread::Builder::new()
         .name("ringsq-lookup".into())
@@ -124,8 +181,12 @@ pub fn start(
 struct LookupLoop {
     identity: Identity,
     peer_list: Arc<std::sync::Mutex<Vec<String>>>,
+    /// For the dial and reader threads.
+    tx: Sender<Event>,
     rx: Receiver<Event>,
     peers: Vec<Peer>,
+    /// The last connection attempt's number; events carry theirs.
+    attempts: u64,
     /// topic -> its channels: what a (re)connected peer is told (L4).
     known: BTreeMap<String, BTreeSet<String>>,
     stopping: Arc<AtomicBool>,
@@ -137,14 +198,17 @@ impl LookupLoop {
     fn new(
         identity: Identity,
         peer_list: Arc<std::sync::Mutex<Vec<String>>>,
+        tx: Sender<Event>,
         rx: Receiver<Event>,
         stopping: Arc<AtomicBool>,
     ) -> LookupLoop {
         LookupLoop {
             identity,
             peer_list,
+            tx,
             rx,
             peers: Vec::new(),
+            attempts: 0,
             known: BTreeMap::new(),
             stopping,
             http: Default::default(),
@@ -152,30 +216,23 @@ impl LookupLoop {
     }
 
     fn run(mut self) {
-        // Let the cores' start-up registrations (restored topics) arrive
-        // first, so the first connection registers them all at once.
-        std::thread::sleep(Duration::from_millis(50));
-        if !self.drain_pending() {
-            return;
-        }
         self.reconcile_peers();
         let mut next_ping = Instant::now() + PING_INTERVAL;
         while !self.stopping.load(Ordering::Acquire) {
-            let wait = next_ping.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(wait) {
+            let now = Instant::now();
+            if now >= next_ping {
+                next_ping = now + PING_INTERVAL;
+                self.send_all(&command("PING", &[]));
+            }
+            self.run_timers(now);
+            let wake = self.next_timer().map_or(next_ping, |t| t.min(next_ping));
+            match self
+                .rx
+                .recv_timeout(wake.saturating_duration_since(Instant::now()))
+            {
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-                Ok(Event::PeersChanged) => self.reconcile_peers(),
-                Ok(event) => {
-                    if let Some(cmd) = self.apply(event) {
-                        self.send_all(&cmd);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    next_ping = Instant::now() + PING_INTERVAL;
-                    // A failed ping closes the connection; the next command
-                    // reconnects (L6).
-                    self.send_all(&command("PING", &[]));
-                }
+                Ok(event) => self.handle(event),
+                Err(RecvTimeoutError::Timeout) => {}
             }
         }
         for peer in &mut self.peers {
@@ -183,20 +240,143 @@ impl LookupLoop {
         }
     }
 
-    /// Folds queued events into `known` without sending them: the
-    /// connection made next registers everything anyway. False once the
-    /// broker is stopping.
-    fn drain_pending(&mut self) -> bool {
-        while let Ok(event) = self.rx.try_recv() {
-            match event {
-                Event::Register(..) | Event::Unregister(..) => {
-                    self.apply(event);
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::PeersChanged => self.reconcile_peers(),
+            Event::Dialed { attempt, result } => {
+                if let Some(i) = self.peer_of(attempt) {
+                    self.dialed(i, result);
                 }
-                Event::PeersChanged => {}
-                Event::Stop => return false,
+            }
+            Event::Response { attempt, data } => {
+                if let Some(i) = self.peer_of(attempt) {
+                    self.response(i, data);
+                }
+            }
+            Event::Lost { attempt, error } => {
+                if let Some(i) = self.peer_of(attempt) {
+                    if matches!(self.peers[i].state, State::Connected(_)) {
+                        self.peers[i].failed(&error);
+                    }
+                }
+            }
+            Event::Register(..) | Event::Unregister(..) => {
+                if let Some(cmd) = self.apply(event) {
+                    self.send_all(&cmd);
+                }
+            }
+            Event::Stop => {}
+        }
+    }
+
+    /// The peer whose current dial or connection is `attempt`; an event of
+    /// an earlier one (closed since) is stale.
+    fn peer_of(&self, attempt: u64) -> Option<usize> {
+        self.peers.iter().position(|p| p.attempt == attempt)
+    }
+
+    /// Dials peers whose back-off is over; fails connections whose owed
+    /// answer is late.
+    fn run_timers(&mut self, now: Instant) {
+        for i in 0..self.peers.len() {
+            match &self.peers[i].state {
+                State::Waiting(at) if *at <= now => self.dial(i),
+                State::Connected(conn) => {
+                    if let Some(late) = conn.overdue(now) {
+                        let error = PeerError::Timeout(late);
+                        self.peers[i].failed(&error);
+                    }
+                }
+                _ => {}
             }
         }
-        true
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.peers
+            .iter()
+            .filter_map(|p| match &p.state {
+                State::Waiting(at) => Some(*at),
+                State::Connected(conn) => conn.deadline(),
+                State::Dialing => None,
+            })
+            .min()
+    }
+
+    /// Starts connection attempt on a thread of its own, so that neither
+    /// name resolution nor a 1 s connect timeout holds up this loop (or the
+    /// broker's stop).
+    fn dial(&mut self, i: usize) {
+        self.attempts += 1;
+        let attempt = self.attempts;
+        let peer = &mut self.peers[i];
+        peer.attempt = attempt;
+        peer.state = State::Dialing;
+        if peer.failures == 0 {
+            tracing::info!(peer = %peer.addr, "LOOKUP connecting");
+        } else {
+            tracing::debug!(peer = %peer.addr, attempt = peer.failures + 1, "LOOKUP connecting");
+        }
+        let addr = peer.addr.clone();
+        let tx = self.tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ringsq-lookup-dial".into())
+            .spawn(move || {
+                let _ = tx.send(Event::Dialed {
+                    attempt,
+                    result: dial(&addr),
+                });
+            });
+        if let Err(e) = spawned {
+            peer.failed(&e.into());
+        }
+    }
+
+    fn dialed(&mut self, i: usize, result: Result<TcpStream, PeerError>) {
+        if !matches!(self.peers[i].state, State::Dialing) {
+            return;
+        }
+        let established = result.and_then(|stream| {
+            let peer = &self.peers[i];
+            let reader = stream.try_clone()?;
+            spawn_reader(reader, peer.attempt, self.identity.max_response, &self.tx)?;
+            let mut conn = Conn::new(stream);
+            if let Err(e) = conn.identify_and_register(&self.identity, &self.known) {
+                // The reader thread holds a clone: end it too.
+                let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                return Err(e);
+            }
+            Ok(conn)
+        });
+        let peer = &mut self.peers[i];
+        match established {
+            Ok(conn) => peer.state = State::Connected(conn),
+            Err(e) => peer.failed(&e),
+        }
+    }
+
+    fn response(&mut self, i: usize, data: Vec<u8>) {
+        let peer = &mut self.peers[i];
+        let State::Connected(conn) = &mut peer.state else {
+            return;
+        };
+        let outcome = match conn.answered() {
+            Some(sent) if sent.identify => {
+                let identified = peer.identified(&data);
+                self.publish_http();
+                identified
+            }
+            Some(sent) => {
+                if data.starts_with(b"E_") {
+                    tracing::warn!(peer = %peer.addr, command = %sent.name, response = %String::from_utf8_lossy(&data), "LOOKUPD: command refused");
+                }
+                Ok(())
+            }
+            None => Err(PeerError::Unsolicited),
+        };
+        if let Err(e) = outcome {
+            self.peers[i].failed(&e);
+        }
     }
 
     /// Updates `known`; returns the command that tells the peers.
@@ -222,20 +402,25 @@ impl LookupLoop {
                 }
                 Some(register("UNREGISTER", &topic, channel.as_deref()))
             }
-            Event::PeersChanged | Event::Stop => None,
+            _ => None,
         }
     }
 
+    /// Sends `cmd` to every connected peer. A peer being dialled or waiting
+    /// to be gets no copy: it registers the whole of `known` once connected.
     fn send_all(&mut self, cmd: &[u8]) {
         for peer in &mut self.peers {
             if self.stopping.load(Ordering::Acquire) {
                 return;
             }
-            if let Err(e) = peer.command(Some(cmd), &self.identity, &self.known) {
+            let State::Connected(conn) = &mut peer.state else {
+                continue;
+            };
+            if let Err(e) = conn.send(cmd, command_name(cmd), false) {
                 tracing::error!(peer = %peer.addr, command = %command_name(cmd), error = %e, "LOOKUPD: command failed");
+                peer.failed(&e);
             }
         }
-        self.publish_http();
     }
 
     /// Like nsqd, a lookupd's HTTP address stays known after its connection
@@ -245,7 +430,8 @@ impl LookupLoop {
         *self.http.lock().unwrap_or_else(|e| e.into_inner()) = addrs;
     }
 
-    /// L1: peers follow the configured list; new ones connect right away.
+    /// L1: peers follow the configured list; new ones are dialled right
+    /// away.
     fn reconcile_peers(&mut self) {
         let wanted = self
             .peer_list
@@ -260,101 +446,157 @@ impl LookupLoop {
             }
             keep
         });
+        let now = Instant::now();
         for addr in wanted {
-            if self.stopping.load(Ordering::Acquire) {
-                return;
+            if !self.peers.iter().any(|p| p.addr == addr) {
+                tracing::info!(peer = %addr, "LOOKUP: adding peer");
+                self.peers.push(Peer::new(addr, now));
             }
-            if self.peers.iter().any(|p| p.addr == addr) {
-                continue;
-            }
-            tracing::info!(peer = %addr, "LOOKUP: adding peer");
-            let mut peer = Peer {
-                addr,
-                conn: None,
-                http: None,
-            };
-            if let Err(e) = peer.command(None, &self.identity, &self.known) {
-                tracing::error!(peer = %peer.addr, error = %e, "LOOKUPD: cannot connect");
-            }
-            self.peers.push(peer);
         }
+        self.run_timers(now);
         self.publish_http();
     }
 }
 
-/// One nsqlookupd, connected lazily: any command reconnects a closed peer,
-/// identifies and registers everything first (nsqd's lookupPeer).
+/// One nsqlookupd (nsqd's lookupPeer).
 struct Peer {
     addr: String,
-    conn: Option<TcpStream>,
+    /// The current dial or connection (0: none yet).
+    attempt: u64,
+    state: State,
+    retry: Backoff,
+    /// Failed attempts in a row, for the logs.
+    failures: u32,
     /// From the last IDENTIFY response.
     http: Option<LookupdHttp>,
 }
 
+enum State {
+    /// Not connected: dial at this instant.
+    Waiting(Instant),
+    Dialing,
+    Connected(Conn),
+}
+
 impl Peer {
+    fn new(addr: String, now: Instant) -> Peer {
+        Peer {
+            addr,
+            attempt: 0,
+            state: State::Waiting(now),
+            retry: Backoff::default(),
+            failures: 0,
+            http: None,
+        }
+    }
+
     fn close(&mut self) {
-        if let Some(c) = self.conn.take() {
-            let _ = c.shutdown(std::net::Shutdown::Both);
+        if let State::Connected(conn) = &self.state {
+            // Also ends the reader thread (its read returns 0).
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
         }
+        self.state = State::Waiting(Instant::now() + RETRY_MAX);
     }
 
-    /// Sends `cmd` (None: only make sure the connection is up) and returns
-    /// the response. Any error closes the connection.
-    fn command(
-        &mut self,
-        cmd: Option<&[u8]>,
-        identity: &Identity,
-        known: &BTreeMap<String, BTreeSet<String>>,
-    ) -> std::io::Result<Vec<u8>> {
-        let result = self.command_inner(cmd, identity, known);
-        if result.is_err() {
-            self.close();
-        }
-        result
-    }
-
-    fn command_inner(
-        &mut self,
-        cmd: Option<&[u8]>,
-        identity: &Identity,
-        known: &BTreeMap<String, BTreeSet<String>>,
-    ) -> std::io::Result<Vec<u8>> {
-        if self.conn.is_none() {
-            self.connect(identity, known)?;
-        }
-        match cmd {
-            Some(cmd) => self.round_trip(cmd, identity.max_response),
-            None => Ok(Vec::new()),
-        }
-    }
-
-    fn connect(
-        &mut self,
-        identity: &Identity,
-        known: &BTreeMap<String, BTreeSet<String>>,
-    ) -> std::io::Result<()> {
-        tracing::info!(peer = %self.addr, "LOOKUP connecting");
-        // Every address the name resolves to, in turn (localhost may be
-        // ::1 first while nsqlookupd listens on 127.0.0.1).
-        let mut last_error = std::io::Error::other("address resolves to nothing");
-        let mut connected = None;
-        for addr in self.addr.to_socket_addrs()? {
-            match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
-                Ok(c) => {
-                    connected = Some(c);
-                    break;
-                }
-                Err(e) => last_error = e,
+    /// Closes the connection and schedules the next dial. The first
+    /// failure of a streak is an error; the retries that follow are quiet.
+    fn failed(&mut self, error: &PeerError) {
+        if let State::Connected(conn) = &self.state {
+            if conn.since.elapsed() >= HEALTHY_AFTER {
+                self.retry = Backoff::default();
             }
         }
-        let conn = connected.ok_or(last_error)?;
-        conn.set_read_timeout(Some(IO_TIMEOUT))?;
-        conn.set_write_timeout(Some(IO_TIMEOUT))?;
-        let _ = conn.set_nodelay(true);
-        self.conn = Some(conn);
-        self.write(b"  V1")?;
+        self.close();
+        let delay = self.retry.next_delay();
+        if self.failures == 0 {
+            tracing::error!(peer = %self.addr, %error, retry_in = ?delay, "LOOKUPD: connection failed");
+        } else {
+            tracing::debug!(peer = %self.addr, %error, retry_in = ?delay, "LOOKUPD: connection failed again");
+        }
+        self.failures = self.failures.saturating_add(1);
+        self.state = State::Waiting(Instant::now() + delay);
+    }
 
-        // L3
+    /// L3: the IDENTIFY response names the lookupd's HTTP address.
+    fn identified(&mut self, data: &[u8]) -> Result<(), PeerError> {
+        if data.starts_with(b"E_") {
+            return Err(PeerError::Rejected(
+                String::from_utf8_lossy(data).into_owned(),
+            ));
+        }
+        let info = serde_json::from_slice::<serde_json::Value>(data)
+            .map_err(|_| PeerError::BadResponse(String::from_utf8_lossy(data).into_owned()))?;
+        tracing::info!(peer = %self.addr, %info, "LOOKUPD: peer info");
+        self.http = lookupd_http(&info);
+        if self.http.is_none() {
+            tracing::error!(peer = %self.addr, "LOOKUPD: no broadcast address");
+        }
+        if self.failures > 0 {
+            tracing::info!(peer = %self.addr, attempts = self.failures + 1, "LOOKUPD: reconnected");
+        }
+        self.failures = 0;
+        Ok(())
+    }
+}
+
+/// Reconnect delays: `RETRY_MIN` doubling to `RETRY_MAX`, each drawn from
+/// 50-100% of the nominal value so that brokers that lost a lookupd together
+/// do not all dial it in the same instant.
+struct Backoff {
+    nominal: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { nominal: RETRY_MIN }
+    }
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.nominal.mul_f64(0.5 + fastrand::f64() * 0.5);
+        self.nominal = (self.nominal * 2).min(RETRY_MAX);
+        delay
+    }
+}
+
+/// A live connection: written by the lookup thread, read by its reader
+/// thread.
+struct Conn {
+    stream: TcpStream,
+    since: Instant,
+    /// Commands written whose answers have not come yet, oldest first.
+    awaiting: VecDeque<Sent>,
+    /// When the last answer came (or the connection was made).
+    progress: Instant,
+}
+
+struct Sent {
+    name: String,
+    identify: bool,
+    at: Instant,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        let now = Instant::now();
+        Conn {
+            stream,
+            since: now,
+            awaiting: VecDeque::new(),
+            progress: now,
+        }
+    }
+
+    /// L2-L4: magic, IDENTIFY, then a REGISTER for every topic without
+    /// channels and every channel (which registers its topic too), written
+    /// at once; the answers come back through the reader thread.
+    fn identify_and_register(
+        &mut self,
+        identity: &Identity,
+        known: &BTreeMap<String, BTreeSet<String>>,
+    ) -> Result<(), PeerError> {
+        self.stream.write_all(b"  V1")?;
         let body = serde_json::json!({
             "version": NSQD_COMPAT_VERSION,
             "tcp_port": identity.tcp_port,
@@ -366,70 +608,112 @@ impl Peer {
         let mut identify = b"IDENTIFY\n".to_vec();
         identify.extend_from_slice(&(body.len() as u32).to_be_bytes());
         identify.extend_from_slice(body.as_bytes());
-        let resp = self.round_trip(&identify, identity.max_response)?;
-        if resp.starts_with(b"E_") {
-            return Err(std::io::Error::other(format!(
-                "lookupd returned {}",
-                String::from_utf8_lossy(&resp)
-            )));
-        }
-        match serde_json::from_slice::<serde_json::Value>(&resp) {
-            Ok(info) => {
-                tracing::info!(peer = %self.addr, %info, "LOOKUPD: peer info");
-                self.http = lookupd_http(&info);
-                if self.http.is_none() {
-                    tracing::error!(peer = %self.addr, "LOOKUPD: no broadcast address");
-                }
-            }
-            Err(_) => {
-                return Err(std::io::Error::other(format!(
-                    "parsing response - {}",
-                    String::from_utf8_lossy(&resp)
-                )))
-            }
-        }
-
-        // L4: a topic without channels is registered alone; a channel
-        // registers its topic too.
+        self.send(&identify, "IDENTIFY".into(), true)?;
         for (topic, channels) in known {
             if channels.is_empty() {
-                self.round_trip(&register("REGISTER", topic, None), identity.max_response)?;
+                let cmd = register("REGISTER", topic, None);
+                self.send(&cmd, command_name(&cmd), false)?;
             }
             for channel in channels {
-                self.round_trip(
-                    &register("REGISTER", topic, Some(channel)),
-                    identity.max_response,
-                )?;
+                let cmd = register("REGISTER", topic, Some(channel));
+                self.send(&cmd, command_name(&cmd), false)?;
             }
         }
         Ok(())
     }
 
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match &mut self.conn {
-            Some(c) => c.write_all(bytes),
-            None => Err(std::io::ErrorKind::NotConnected.into()),
-        }
+    fn send(&mut self, cmd: &[u8], name: String, identify: bool) -> Result<(), PeerError> {
+        self.stream.write_all(cmd)?;
+        self.awaiting.push_back(Sent {
+            name,
+            identify,
+            at: Instant::now(),
+        });
+        Ok(())
     }
 
-    /// L2: a response is `[4-byte BE size][data]`, errors included.
-    fn round_trip(&mut self, cmd: &[u8], max: u64) -> std::io::Result<Vec<u8>> {
-        self.write(cmd)?;
-        let Some(conn) = &mut self.conn else {
-            return Err(std::io::ErrorKind::NotConnected.into());
-        };
-        let mut size = [0u8; 4];
-        conn.read_exact(&mut size)?;
-        let size = i32::from_be_bytes(size);
-        if size < 0 || size as u64 > max {
-            return Err(std::io::Error::other(format!(
-                "response body size ({size}) is greater than limit ({max})"
-            )));
-        }
-        let mut data = vec![0u8; size as usize];
-        conn.read_exact(&mut data)?;
-        Ok(data)
+    /// The command an answer that just came belongs to.
+    fn answered(&mut self) -> Option<Sent> {
+        self.progress = Instant::now();
+        self.awaiting.pop_front()
     }
+
+    /// When the oldest command owed an answer times out: 1 s after it was
+    /// sent or after the answer before it, whichever is later.
+    fn deadline(&self) -> Option<Instant> {
+        let oldest = self.awaiting.front()?;
+        Some(oldest.at.max(self.progress) + IO_TIMEOUT)
+    }
+
+    fn overdue(&self, now: Instant) -> Option<String> {
+        match (self.deadline(), self.awaiting.front()) {
+            (Some(deadline), Some(oldest)) if deadline <= now => Some(oldest.name.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// L1: every address the name resolves to, in turn (localhost may be ::1
+/// first while nsqlookupd listens on 127.0.0.1). No read timeout: the
+/// reader thread waits for answers (their deadline is the lookup loop's).
+fn dial(addr: &str) -> Result<TcpStream, PeerError> {
+    let mut last_error = PeerError::NoAddress;
+    for addr in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
+            Ok(stream) => {
+                stream.set_write_timeout(Some(IO_TIMEOUT))?;
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => last_error = e.into(),
+        }
+    }
+    Err(last_error)
+}
+
+/// Reads responses until the connection ends, which it reports at once: a
+/// lookupd that closes an idle connection is dialled again without waiting
+/// for the next command to find out.
+fn spawn_reader(
+    mut stream: TcpStream,
+    attempt: u64,
+    max: u64,
+    tx: &Sender<Event>,
+) -> std::io::Result<()> {
+    let tx = tx.clone();
+    std::thread::Builder::new()
+        .name("ringsq-lookup-read".into())
+        .spawn(move || {
+            let error = loop {
+                match read_response(&mut stream, max) {
+                    Ok(data) => {
+                        if tx.send(Event::Response { attempt, data }).is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => break error,
+                }
+            };
+            let _ = tx.send(Event::Lost { attempt, error });
+        })?;
+    Ok(())
+}
+
+/// L2: a response is `[4-byte BE size][data]`, errors included.
+fn read_response(stream: &mut TcpStream, max: u64) -> Result<Vec<u8>, PeerError> {
+    let eof_is_close = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => PeerError::Closed,
+        _ => PeerError::Io(e),
+    };
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).map_err(eof_is_close)?;
+    let size = i32::from_be_bytes(size);
+    if size < 0 || size as u64 > max {
+        return Err(PeerError::TooLarge { size, max });
+    }
+    let mut data = vec![0u8; size as usize];
+    stream.read_exact(&mut data).map_err(eof_is_close)?;
+    Ok(data)
 }
 
 /// `broadcast_address:http_port` of an IDENTIFY response, resolved.
@@ -484,8 +768,22 @@ mod tests {
     }
 
     #[test]
+    fn reconnect_delays_start_near_100ms_double_and_stop_at_2s() {
+        let mut b = Backoff::default();
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        for (i, d) in delays.iter().enumerate() {
+            let nominal = (RETRY_MIN * 2u32.pow(i as u32)).min(RETRY_MAX);
+            assert!(
+                *d >= nominal / 2 && *d <= nominal,
+                "{i}: {d:?} vs {nominal:?}"
+            );
+        }
+        assert_eq!(b.nominal, RETRY_MAX);
+    }
+
+    #[test]
     fn known_follows_the_events() {
-        let (_tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel();
         let identity = Identity {
             broadcast_address: "h".into(),
             hostname: "h".into(),
@@ -493,7 +791,7 @@ mod tests {
             http_port: 2,
             max_response: 1024,
         };
-        let mut l = LookupLoop::new(identity, Default::default(), rx, Default::default());
+        let mut l = LookupLoop::new(identity, Default::default(), tx, rx, Default::default());
         l.apply(Event::Register("t".into(), None));
         l.apply(Event::Register("t".into(), Some("a".into())));
         l.apply(Event::Register("t".into(), Some("b".into())));

@@ -13,7 +13,9 @@ consumers query, built from what nsqlookupd 1.3 does:
   those `seed_channels` adds (channels other nsqd nodes would have registered);
   `fail_channels(T)` makes it answer 500 for T.
 
-Everything received is recorded per connection, for the tests to check.
+Everything received is recorded per connection, for the tests to check. A stub
+can be made on given ports (`LookupdStub(tcp_port=..., http_port=...)`), so that a
+test can close one and start another where it was: an nsqlookupd restart.
 """
 
 import json
@@ -37,15 +39,17 @@ class Peer:
 
 
 class LookupdStub:
-    def __init__(self):
+    def __init__(self, tcp_port=0, http_port=0):
         self.lock = threading.Lock()
         self.peers = []
         self.tcp = socket.socket()
         self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind(("127.0.0.1", 0))
+        self.tcp.bind(("127.0.0.1", tcp_port))
         self.tcp.listen(16)
-        self.tcp_address = "127.0.0.1:%d" % self.tcp.getsockname()[1]
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), self._http_handler())
+        self.tcp_port = self.tcp.getsockname()[1]
+        self.tcp_address = "127.0.0.1:%d" % self.tcp_port
+        self.http = ThreadingHTTPServer(("127.0.0.1", http_port), self._http_handler())
+        self.http_port = self.http.server_address[1]
         self.http_address = "127.0.0.1:%d" % self.http.server_address[1]
         self._stopped = False
         self.seeded = {}  # topic -> [channel], as if other nodes registered them
@@ -215,7 +219,13 @@ class LookupdStub:
 
     def close(self):
         self._stopped = True
-        self.drop_all()
+        try:
+            # Wakes the accept thread: a plain close would leave it blocked in
+            # accept() on a listener that still takes connections.
+            self.tcp.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.tcp.close()
+        self.drop_all()
         self.http.shutdown()
         self.http.server_close()

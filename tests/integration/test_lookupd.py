@@ -151,6 +151,105 @@ def test_a_dropped_lookupd_connection_is_remade_with_everything_registered(broke
     assert b.alive()
 
 
+def registered_again(stub, want, skip, since, within=3.0):
+    """A connection after the first `skip` that sent IDENTIFY first and then every
+    command in `want`, within `within` s of `since`; returns its commands."""
+    def found():
+        for p in stub.all_peers()[skip:]:
+            cmds = stub.commands(p)
+            if cmds and cmds[0] == "IDENTIFY" and want <= set(cmds):
+                return cmds
+        return None
+
+    cmds = wait_for(found, timeout=max(0.0, since + within - time.monotonic()),
+                    interval=0.02, what=f"IDENTIFY then {sorted(want)}")
+    return cmds
+
+
+def test_a_restarted_lookupd_gets_everything_again_within_3s(brokers, stub):
+    """Issue 12 item 4, L3/L4/L6: nsqlookupd stops for 3 s and comes back on the
+    same port. The broker notices the closed connection at once, dials again with
+    a short back-off, and within 3 s of the lookupd listening again sends IDENTIFY
+    first and a REGISTER for every topic and channel as they are now: what was
+    created and deleted while the lookupd was down included (nothing lost, nothing
+    stale), and no command for a deleted one."""
+    b = start(brokers, stub, cores=2)
+    for t in ("a", "b", "c"):
+        post(b, f"/topic/create?topic={t}")
+    post(b, "/channel/create?topic=a&channel=a1")
+    post(b, "/channel/create?topic=a&channel=a2")
+    post(b, "/channel/create?topic=b&channel=b1")
+    first = wait_peer(stub)
+    wait_command(stub, first, "REGISTER b b1")
+    ports = (stub.tcp_port, stub.http_port)
+    stub.close()
+
+    post(b, "/topic/create?topic=while_down")
+    post(b, "/channel/delete?topic=a&channel=a2")
+    post(b, "/topic/delete?topic=c")
+    time.sleep(3)  # the outage itself; the back-off grows meanwhile
+    back = LookupdStub(*ports)
+    try:
+        since = time.monotonic()
+        cmds = registered_again(back, {"REGISTER a a1", "REGISTER b b1",
+                                       "REGISTER while_down"}, 0, since)
+        assert cmds.count("IDENTIFY") == 1, cmds
+        assert not [c for c in cmds if c.endswith((" a2", " c")) or "UNREGISTER" in c], cmds
+        assert b.alive()
+    finally:
+        back.close()
+
+
+def test_a_lookupd_down_at_start_gets_everything_within_3s_of_coming_up(brokers):
+    """A lookupd that is not listening when the broker starts (connection refused,
+    retried with back-off) gets IDENTIFY and every REGISTER within 3 s of coming up."""
+    tcp_port = free_port()
+    b = start(brokers, args=[f"--lookupd-tcp-address=127.0.0.1:{tcp_port}"])
+    post(b, "/topic/create?topic=early")
+    post(b, "/channel/create?topic=early&channel=e1")
+    post(b, "/topic/create?topic=alone")
+    time.sleep(3)  # the lookupd stays down a while; the back-off grows meanwhile
+    late = LookupdStub(tcp_port=tcp_port)
+    try:
+        registered_again(late, {"REGISTER early e1", "REGISTER alone"}, 0, time.monotonic())
+    finally:
+        late.close()
+
+
+def test_a_lookupd_closing_an_idle_connection_is_redialled_at_once(brokers, stub):
+    """A lookupd that closes the connection while nothing is being sent: the broker
+    sees the EOF on the idle socket (not only at the next PING, 15 s later), dials
+    again and registers everything on the new connection within 3 s."""
+    b = start(brokers, stub)
+    post(b, "/topic/create?topic=idle")
+    post(b, "/channel/create?topic=idle&channel=i1")
+    first = wait_peer(stub)
+    wait_command(stub, first, "REGISTER idle i1")
+    since = time.monotonic()
+    stub.drop_all()
+    cmds = registered_again(stub, {"REGISTER idle i1"}, 1, since)
+    assert "PING" not in cmds, cmds
+    assert len(stub.live_peers()) == 1
+
+
+def test_stop_is_prompt_while_a_lookupd_never_answers(brokers):
+    """A lookupd that accepts connections but never answers (each IDENTIFY times
+    out after 1 s, then back-off and a new dial): SIGTERM still stops the broker
+    cleanly at once, without waiting on a dial, a deadline or a back-off timer."""
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(64)  # never accepted: the kernel completes the handshakes
+    try:
+        b = start(brokers, args=["--lookupd-tcp-address=127.0.0.1:%d" % mute.getsockname()[1]])
+        post(b, "/topic/create?topic=t")
+        time.sleep(1.5)  # let an IDENTIFY time out and a retry be pending
+        t0 = time.monotonic()
+        assert b.terminate() == 0
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        mute.close()
+
+
 def test_put_config_lookupd_addresses_adds_and_removes_peers(brokers, stub):
     """L1: PUT /config/nsqlookupd_tcp_addresses connects to a new peer right away
     (identify, register what exists) and closes the connection to a removed one."""

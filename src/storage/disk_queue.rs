@@ -220,7 +220,13 @@ impl DiskQueue {
         let saved = read_meta(&meta_path(dir, name));
         let consumed = saved.map(|(_, pos)| pos);
         let mut segments: Vec<Segment> = Vec::new();
-        for legacy in nsqd_import::segments(dir, name) {
+        let legacy_files = nsqd_import::segments(dir, name);
+        // Wholly read nsqd files: deleted now, as nsqd would once its reader
+        // moved on (D6); kept, they would outlive the meta file naming them.
+        for path in &legacy_files.read {
+            remove_file(path);
+        }
+        for legacy in legacy_files.unread {
             segments.push(Segment::sealed(
                 legacy.num,
                 Format::Nsqd,

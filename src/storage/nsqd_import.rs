@@ -45,19 +45,30 @@ fn read_meta(path: &Path) -> Option<(u64, u64, u64, u64)> {
     ))
 }
 
-/// The nsqd files of queue `name` that still hold unread messages. The whole
-/// of each file is read, past nsqd's recorded write position too: after a
-/// crash nsqd salvages that tail the same way (D8).
-pub fn segments(dir: &Path, name: &str) -> Vec<LegacySegment> {
+/// nsqd's segment files of one queue, from its read file to its write file.
+#[derive(Default)]
+pub struct LegacyFiles {
+    /// Files that still hold unread messages, in order.
+    pub unread: Vec<LegacySegment>,
+    /// Files nsqd had read to the end: a caught-up queue keeps its write file
+    /// (D6). Nothing reads them again, and once the meta file goes nothing
+    /// would ever delete them.
+    pub read: Vec<PathBuf>,
+}
+
+/// The nsqd files of queue `name`. The whole of each file is read, past
+/// nsqd's recorded write position too: after a crash nsqd salvages that
+/// tail the same way (D8).
+pub fn segments(dir: &Path, name: &str) -> LegacyFiles {
     let meta = meta_path(dir, name);
     if !meta.exists() {
-        return Vec::new();
+        return LegacyFiles::default();
     }
     let Some((read_file, read_pos, write_file, _)) = read_meta(&meta) else {
         tracing::warn!(path = %meta.display(), "unreadable nsqd diskqueue meta file; its messages are not imported");
-        return Vec::new();
+        return LegacyFiles::default();
     };
-    let mut out = Vec::new();
+    let mut out = LegacyFiles::default();
     for num in read_file..=write_file {
         let path = segment_path(dir, name, num);
         let Ok(md) = std::fs::metadata(&path) else {
@@ -65,16 +76,22 @@ pub fn segments(dir: &Path, name: &str) -> Vec<LegacySegment> {
         };
         let start = if num == read_file { read_pos } else { 0 };
         if md.len() > start {
-            out.push(LegacySegment {
+            out.unread.push(LegacySegment {
                 num,
                 path,
                 start,
                 len: md.len(),
             });
+        } else {
+            out.read.push(path);
         }
     }
-    if !out.is_empty() {
-        tracing::info!(queue = name, files = out.len(), "importing nsqd diskqueue");
+    if !out.unread.is_empty() {
+        tracing::info!(
+            queue = name,
+            files = out.unread.len(),
+            "importing nsqd diskqueue"
+        );
     }
     out
 }
@@ -124,4 +141,63 @@ pub fn queue_names(dir: &Path) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(tag: &str, meta: &str, files: &[(u64, usize)]) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("ringsq-nsqd-import-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(meta_path(&dir, "q"), meta).unwrap();
+        for &(num, len) in files {
+            std::fs::write(segment_path(&dir, "q", num), vec![0u8; len]).unwrap();
+        }
+        dir
+    }
+
+    fn nums(v: &LegacyFiles) -> (Vec<(u64, u64)>, Vec<PathBuf>) {
+        (
+            v.unread.iter().map(|s| (s.num, s.start)).collect(),
+            v.read.clone(),
+        )
+    }
+
+    #[test]
+    fn caught_up_write_file_is_read_not_unread() {
+        // nsqd 1.3.0 after its reader caught up (tests/data/nsqd-1.3.0/segments-midfile:
+        // seg.diskqueue.meta.dat): depth 0, read position == write position, mid-file.
+        let dir = setup("caught-up", "0\n14,1762\n14,1762\n", &[(14, 1762)]);
+        let got = segments(&dir, "q");
+        assert_eq!(nums(&got), (vec![], vec![segment_path(&dir, "q", 14)]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn unread_files_from_the_read_position() {
+        // read mid-file in 4, 5 whole, 6 missing (deleted), 7 empty: 4 and 5 are unread
+        let dir = setup(
+            "unread",
+            "27\n4,1424\n7,0\n",
+            &[(4, 1762), (5, 977), (7, 0)],
+        );
+        let got = segments(&dir, "q");
+        assert_eq!(
+            nums(&got),
+            (vec![(4, 1424), (5, 0)], vec![segment_path(&dir, "q", 7)])
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn no_meta_no_files() {
+        let dir = setup("no-meta", "", &[(0, 100)]);
+        std::fs::remove_file(meta_path(&dir, "q")).unwrap();
+        let got = segments(&dir, "q");
+        assert!(got.unread.is_empty() && got.read.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -97,11 +97,13 @@ def write_diskqueue(data_path, name, chunks, consumed=(), first_file_num=0):
 
 
 def write_metadata(data_path, topics):
-    """nsqd.dat (D1). `topics`: [(name, paused, [(channel, paused), ...]), ...]."""
+    """nsqd.dat (D1). `topics`: [(name, paused, [(channel, paused), ...]), ...]. A topic
+    without channels gets `"channels":null`, as nsqd 1.3.0 writes it (Go marshals a nil
+    slice as null; see tests/data/nsqd-1.3.0)."""
     meta = {
         "topics": [
             {
-                "channels": [{"name": c, "paused": cp} for c, cp in channels],
+                "channels": [{"name": c, "paused": cp} for c, cp in channels] or None,
                 "name": t,
                 "paused": tp,
             }

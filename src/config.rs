@@ -293,6 +293,13 @@ pub struct Options {
     pub cores: usize,
 }
 
+const EXPORT_ABOUT: &str =
+    "Rewrites every queue of a stopped ringsqd's --data-path into nsqd 1.3's \
+diskqueue files and nsqd.dat, so that nsqd 1.3 started on that data path delivers every message \
+once (deferred messages without their timers, as nsqd's own shutdown leaves them). Takes the same \
+flags and --config file as the broker; --data-path, --max-bytes-per-file and --max-msg-size are \
+used. Refuses to run while a broker holds the data path.";
+
 /// TOML keys whose flag name is not the key with `_` → `-` (nsqd's `cfg` tags).
 const KEY_ALIASES: &[(&str, &str)] = &[
     ("id", "node-id"),
@@ -346,8 +353,32 @@ impl Options {
     pub fn parse_from_args<I: IntoIterator<Item = OsString>>(
         args: I,
     ) -> Result<Options, ConfigError> {
+        Self::parse_with(Options::command, args)
+    }
+
+    /// `ringsqd export-nsqd [flags]` (the subcommand word removed from
+    /// `args`): the broker's flags and config file, so the unit's own
+    /// command line works; --data-path, --max-bytes-per-file and
+    /// --max-msg-size are the ones that matter.
+    pub fn parse_export_args<I: IntoIterator<Item = OsString>>(
+        args: I,
+    ) -> Result<Options, ConfigError> {
+        Self::parse_with(
+            || {
+                Options::command()
+                    .name("ringsqd export-nsqd")
+                    .about(EXPORT_ABOUT)
+            },
+            args,
+        )
+    }
+
+    fn parse_with<I: IntoIterator<Item = OsString>>(
+        command: impl Fn() -> clap::Command,
+        args: I,
+    ) -> Result<Options, ConfigError> {
         let args = normalize_go_flags(args);
-        let matches = Options::command().try_get_matches_from(args.clone())?;
+        let matches = command().try_get_matches_from(args.clone())?;
         let config_path = matches
             .get_one::<String>("config")
             .cloned()
@@ -367,7 +398,7 @@ impl Options {
                         source: Box::new(source),
                     })?;
             // Append file values as flags for every option the command line did not set.
-            let cmd = Options::command();
+            let cmd = command();
             let mut merged = args;
             for (key, value) in &table {
                 let flag = KEY_ALIASES
@@ -396,7 +427,7 @@ impl Options {
                     merged.push(OsString::from(format!("--{flag}={v}")));
                 }
             }
-            let matches = Options::command().try_get_matches_from(merged)?;
+            let matches = command().try_get_matches_from(merged)?;
             Options::from_arg_matches(&matches)?
         };
         let mut opts = opts;

@@ -13,7 +13,7 @@ pub struct LegacySegment {
     pub len: u64,
 }
 
-fn meta_path(dir: &Path, name: &str) -> PathBuf {
+pub fn meta_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.diskqueue.meta.dat"))
 }
 

@@ -103,6 +103,10 @@ pub enum QueueState {
     NsqdFiles,
     /// No file at all: nsqd creates the queue empty from nsqd.dat.
     Empty,
+    /// A durable channel of an ephemeral topic has files (nsqd gives it a
+    /// diskqueue too), but nsqd.dat leaves the topic out, so nsqd would
+    /// never read them: not exported, ringsq's files left in place.
+    Ephemeral,
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +128,14 @@ impl fmt::Display for Summary {
                 }
                 QueueState::Empty => {
                     writeln!(f, "  {}: empty", q.name)?;
+                    continue;
+                }
+                QueueState::Ephemeral => {
+                    writeln!(
+                        f,
+                        "  {}: ephemeral topic, not exported (nsqd does not restore it); its files are left in place",
+                        q.name
+                    )?;
                     continue;
                 }
                 QueueState::Exported => {}
@@ -193,13 +205,14 @@ pub fn export(cfg: &ExportConfig) -> Result<Summary, ExportError> {
     if topics.is_empty() && !dir.join(metadata::FILE_NAME).exists() {
         return Err(ExportError::Empty(dir.display().to_string()));
     }
+    let skipped = ephemeral_queues(&topics);
     let topics = durable_sorted(topics);
     write_nsqd_dat(dir, &topics)?;
     let mut summary = Summary {
         dir: dir.clone(),
         topics: topics.len(),
         channels: topics.iter().map(|t| t.channels.len()).sum(),
-        queues: Vec::new(),
+        queues: skipped,
     };
     for t in &topics {
         summary.queues.push(export_queue(cfg, &t.name)?);
@@ -211,6 +224,25 @@ pub fn export(cfg: &ExportConfig) -> Result<Summary, ExportError> {
     }
     sync_dir(dir)?;
     Ok(summary)
+}
+
+/// Queues with files that belong to an ephemeral topic (see
+/// `QueueState::Ephemeral`).
+fn ephemeral_queues(topics: &[TopicMeta]) -> Vec<QueueReport> {
+    topics
+        .iter()
+        .filter(|t| is_ephemeral(&t.name))
+        .flat_map(|t| {
+            t.channels
+                .iter()
+                .map(move |c| format!("{}:{}", t.name, c.name))
+        })
+        .map(|name| QueueReport {
+            name,
+            state: QueueState::Ephemeral,
+            ..QueueReport::default()
+        })
+        .collect()
 }
 
 /// Ephemeral topics and channels have no files and nsqd does not list them.

@@ -120,6 +120,7 @@ fn default_cores() -> usize {
 #[command(
     name = "ringsqd",
     about = "ringsq: a thread-per-core, io_uring drop-in replacement for nsqd",
+    after_help = "Back to nsqd: with the broker stopped, `ringsqd export-nsqd [same flags]` rewrites the data path into nsqd 1.3's files (see `ringsqd export-nsqd --help`).",
     disable_version_flag = true
 )]
 pub struct Options {
@@ -367,7 +368,9 @@ impl Options {
             || {
                 Options::command()
                     .name("ringsqd export-nsqd")
+                    .bin_name("ringsqd export-nsqd")
                     .about(EXPORT_ABOUT)
+                    .after_help("")
             },
             args,
         )
@@ -578,6 +581,24 @@ mod tests {
         assert_eq!(o.node_id, Some(5));
         assert_eq!(o.lookupd_tcp_address, vec!["a:1", "b:2"]);
         assert_eq!(o.tcp_address, "127.0.0.1:9");
+    }
+
+    #[test]
+    fn export_takes_the_broker_flags() {
+        let v: Vec<OsString> = [
+            "ringsqd",
+            "-data-path=/d",
+            "--max-bytes-per-file",
+            "200",
+            "-tcp-address=127.0.0.1:1",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let o = Options::parse_export_args(v).expect("parse");
+        assert_eq!(o.data_path, "/d");
+        assert_eq!(o.max_bytes_per_file, 200);
+        assert_eq!(o.max_msg_size, 1048576);
     }
 
     #[test]

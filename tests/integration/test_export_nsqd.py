@@ -45,8 +45,10 @@ NSQD_DAT = (
 
 
 def export(data_dir, *args):
+    """Runs the export; data_dir None: the data path comes from `args` (--config)."""
+    path = [] if data_dir is None else [f"--data-path={data_dir}"]
     return subprocess.run(
-        [BIN, "export-nsqd", f"--data-path={data_dir}", *args],
+        [BIN, "export-nsqd", *path, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -281,7 +283,8 @@ def test_export_of_a_takeover_in_progress_with_durable_dpub(brokers):
     (--sync-every=1, stored with its due time) followed. The export writes, from
     ringsq's position, the 7 nsqd records left (ids, timestamps, attempts kept) and the
     DPUB as a plain message, numbered after nsqd's files (5..8), rolled at
-    --max-bytes-per-file=200 as writeOne rolls (2 records of 80 bytes per file), and
+    max_bytes_per_file = 200 (from the --config file, with the data path; other broker
+    flags accepted) as writeOne rolls (2 records of 80 bytes per file), and
     removes the files taken over. ringsqd on the result delivers exactly those 8."""
     d = tempfile.mkdtemp(prefix="ringsq-export-legacy-")
     legacy = [fixed(b"legacy", i, attempts=i % 3) for i in range(11)]
@@ -297,7 +300,12 @@ def test_export_of_a_takeover_in_progress_with_durable_dpub(brokers):
     done = finish_then_stop(b, "legacy", "c", 3, left=8)
     assert [m.body for m in done] == [m.body for m in legacy[1:4]]
 
-    r = export(d, "-max-bytes-per-file=200")
+    # nsqd's config file, as the unit passes it (C1): data_path and max_bytes_per_file.
+    cfg = os.path.join(d + "-nsqd.cfg")
+    with open(cfg, "w") as f:
+        f.write(f'data_path = "{d}"\nmax_bytes_per_file = 200\nmem_queue_size = 5\n')
+    r = export(None, f"-config={cfg}", "-tcp-address=127.0.0.1:1")
+    os.remove(cfg)
     assert r.returncode == 0, r.stderr
     assert "  legacy:c: 8 messages (0 deferred), 640 bytes, 4 files" in r.stdout, r.stdout
     meta, records, sizes = read_queue(d, "legacy:c")

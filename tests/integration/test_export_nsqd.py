@@ -28,8 +28,10 @@ from test_disk_support import (  # noqa: F401  (brokers is a fixture)
     RawConsumer,
     brokers,
     finish_then_stop,
+    locate,
     post,
     publish_all,
+    segment_files,
     wait_channel,
     wait_topic,
 )
@@ -395,3 +397,32 @@ def test_an_interrupted_export_loses_nothing_and_duplicates_nothing(brokers):
                 assert not os.path.exists(os.path.join(after, "ringsq-export.journal"))
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_damaged_records_are_skipped_and_counted(brokers):
+    """The export reads with the broker's reader: a record whose crc fails (one body
+    byte flipped in ringsq's segment) is skipped as the broker would skip it, the
+    summary counts the damaged range and its bytes, and the 19 others are exported in
+    order."""
+    b = brokers()
+    post(b, "/topic/create?topic=dmg")
+    post(b, "/channel/create?topic=dmg&channel=c")
+    bodies = [b"dmg-%03d-" % i + b"y" * 40 for i in range(20)]
+    publish_all(b, "dmg", bodies)
+    wait_channel(b, "dmg", "c", depth=20)
+    assert b.terminate() == 0
+    where = locate(segment_files(b.data_dir, "dmg:c"), bodies, re.compile(rb"dmg-(\d{3})-"))
+    path, off = where[7]
+    with open(path, "r+b") as f:
+        f.seek(off + 10)
+        byte = f.read(1)
+        f.seek(off + 10)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    r = export(b.data_dir)
+    assert r.returncode == 0, r.stderr
+    # ringsq's record: 8-byte prefix + 27 fixed bytes + body.
+    skipped = 8 + 27 + len(bodies[7])
+    assert f"  dmg:c: 19 messages (0 deferred), {19 * 78} bytes, 1 files; 1 damaged ranges skipped ({skipped} bytes)" in r.stdout, r.stdout
+    assert r.stdout.splitlines()[-1].endswith(f"; 1 damaged ranges skipped ({skipped} bytes)"), r.stdout
+    _, records, _ = read_queue(b.data_dir, "dmg:c")
+    assert [m.body for m in records] == bodies[:7] + bodies[8:]

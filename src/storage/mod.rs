@@ -1,6 +1,7 @@
 //! What ringsq keeps on disk: `nsqd.dat` (metadata), each topic's and
 //! channel's disk queue (segment files written with direct io_uring
-//! writes), deferred-message snapshots, and the import of nsqd's files.
+//! writes), deferred-message snapshots, the import of nsqd's files and the
+//! export back to them (`ringsqd export-nsqd`).
 //!
 //! Per core there is one `CoreStorage`: the flags, the group commit that
 //! syncs every queue written since the last round in one go, the queues

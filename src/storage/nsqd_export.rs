@@ -350,8 +350,7 @@ fn export_queue(cfg: &ExportConfig, name: &str) -> Result<QueueReport, ExportErr
         name: name.to_string(),
         ..QueueReport::default()
     };
-    let deferred_path = deferred::path(dir, name);
-    if !disk_queue::has_own_files(dir, name)? && !deferred_path.exists() {
+    if !disk_queue::has_own_files(dir, name)? && !deferred::path(dir, name).exists() {
         report.state = if nsqd_import::meta_path(dir, name).exists() {
             QueueState::NsqdFiles
         } else {
@@ -363,36 +362,7 @@ fn export_queue(cfg: &ExportConfig, name: &str) -> Result<QueueReport, ExportErr
     let (done, pending) = disk_queue::queue_segments(dir, name, consumed)?;
     let existing = nsqd_files(dir, name)?;
     let first = existing.last().map_or(0, |(n, _)| n + 1);
-    let mut out = NsqdWriter::new(dir, name, first, cfg.max_bytes_per_file);
-    for seg in &pending {
-        let scan = disk_queue::walk_segment(
-            &seg.path,
-            seg.format,
-            seg.start,
-            seg.len,
-            cfg.max_msg_size,
-            |r| out.put(&r.msg),
-        );
-        let scan = match scan {
-            Ok(scan) => scan,
-            Err(e) => return Err(out.take_error().unwrap_or(io_err("reading", &seg.path, e))),
-        };
-        report.damaged += scan.damaged;
-        report.damaged_bytes += scan.damaged_bytes;
-    }
-    let (held, damaged) = deferred::load_counted(dir, name, cfg.max_msg_size);
-    report.damaged += damaged;
-    for (msg, _due) in &held {
-        if let Err(e) = out.put(msg) {
-            return Err(out.take_error().unwrap_or(io_err("writing", dir, e)));
-        }
-    }
-    report.deferred = held.len() as u64;
-    let written = out.finish()?;
-    report.messages = written.messages;
-    report.bytes = written.bytes;
-    report.files = written.files.len() as u64;
-
+    let written = write_queue(cfg, name, &pending, first, &mut report)?;
     let mut journal = Journal::default();
     for (tmp, path) in &written.files {
         journal.rename(tmp, path);
@@ -402,6 +372,7 @@ fn export_queue(cfg: &ExportConfig, name: &str) -> Result<QueueReport, ExportErr
         Some(tmp) => journal.rename(tmp, &nsqd_meta),
         None => journal.delete(&nsqd_meta),
     }
+    // Renamed files are numbered after every file listed here.
     for (_, path) in &existing {
         journal.delete(path);
     }
@@ -411,10 +382,48 @@ fn export_queue(cfg: &ExportConfig, name: &str) -> Result<QueueReport, ExportErr
         }
     }
     journal.delete(&disk_queue::meta_path(dir, name));
-    journal.delete(&deferred_path);
+    journal.delete(&deferred::path(dir, name));
     journal.commit(dir)?;
     journal.apply(dir)?;
     Ok(report)
+}
+
+/// Writes the queue's messages (segments from the consume position, then
+/// the deferred snapshot) into nsqd files under temporary names, numbered
+/// from `first`; fills in the report's counts.
+fn write_queue(
+    cfg: &ExportConfig,
+    name: &str,
+    pending: &[disk_queue::SegmentFile],
+    first: u64,
+    report: &mut QueueReport,
+) -> Result<Written, ExportError> {
+    let mut out = NsqdWriter::new(&cfg.dir, name, first, cfg.max_bytes_per_file);
+    for seg in pending {
+        let scan = disk_queue::walk_segment(
+            &seg.path,
+            seg.format,
+            seg.start,
+            seg.len,
+            cfg.max_msg_size,
+            |r| out.put(&r.msg),
+        )
+        .map_err(|e| out.take_error().unwrap_or(io_err("reading", &seg.path, e)))?;
+        report.damaged += scan.damaged;
+        report.damaged_bytes += scan.damaged_bytes;
+    }
+    let (held, damaged) = deferred::load_counted(&cfg.dir, name, cfg.max_msg_size);
+    report.damaged += damaged;
+    report.deferred = held.len() as u64;
+    for (msg, _due) in &held {
+        out.put(msg)
+            .map_err(|e| out.take_error().unwrap_or(io_err("writing", &cfg.dir, e)))?;
+    }
+    let written = out.finish()?;
+    report.messages = written.messages;
+    report.bytes = written.bytes;
+    report.files = written.files.len() as u64;
+    Ok(written)
 }
 
 /// nsqd's data files of queue `name` present now, by number.

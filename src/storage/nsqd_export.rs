@@ -614,6 +614,10 @@ impl Journal {
         }
         let mut j = Journal::default();
         for line in lines {
+            // Names of files in the data path, never paths.
+            if line.contains('/') {
+                return Err(format!("bad line {line:?}"));
+            }
             let words: Vec<&str> = line.split(' ').collect();
             match words.as_slice() {
                 ["rename", from, to] => j.renames.push((from.to_string(), to.to_string())),
@@ -734,6 +738,7 @@ mod tests {
         assert_eq!(Journal::parse(&text), Ok(j));
         assert!(Journal::parse(&text[..text.len() - 4]).is_err());
         assert!(Journal::parse("something else\nend\n").is_err());
+        assert!(Journal::parse(&format!("{JOURNAL_HEAD}\ndelete ../x\nend\n")).is_err());
     }
 
     fn msg(i: u8, body: &'static [u8]) -> Message {

@@ -120,6 +120,7 @@ fn default_cores() -> usize {
 #[command(
     name = "ringsqd",
     about = "ringsq: a thread-per-core, io_uring drop-in replacement for nsqd",
+    after_help = "Back to nsqd: with the broker stopped, `ringsqd export-nsqd [same flags]` rewrites the data path into nsqd 1.3's files (see `ringsqd export-nsqd --help`).",
     disable_version_flag = true
 )]
 pub struct Options {
@@ -311,6 +312,13 @@ pub const INERT_FLAGS: &[&str] = &[
     "tls-min-version",
 ];
 
+const EXPORT_ABOUT: &str =
+    "Rewrites every queue of a stopped ringsqd's --data-path into nsqd 1.3's \
+diskqueue files and nsqd.dat, so that nsqd 1.3 started on that data path delivers every message \
+once (deferred messages without their timers, as nsqd's own shutdown leaves them). Takes the same \
+flags and --config file as the broker; --data-path, --max-bytes-per-file and --max-msg-size are \
+used. Refuses to run while a broker holds the data path.";
+
 /// TOML keys whose flag name is not the key with `_` → `-` (nsqd's `cfg` tags).
 const KEY_ALIASES: &[(&str, &str)] = &[
     ("id", "node-id"),
@@ -364,8 +372,34 @@ impl Options {
     pub fn parse_from_args<I: IntoIterator<Item = OsString>>(
         args: I,
     ) -> Result<Options, ConfigError> {
+        Self::parse_with(Options::command, args)
+    }
+
+    /// `ringsqd export-nsqd [flags]` (the subcommand word removed from
+    /// `args`): the broker's flags and config file, so the unit's own
+    /// command line works; --data-path, --max-bytes-per-file and
+    /// --max-msg-size are the ones that matter.
+    pub fn parse_export_args<I: IntoIterator<Item = OsString>>(
+        args: I,
+    ) -> Result<Options, ConfigError> {
+        Self::parse_with(
+            || {
+                Options::command()
+                    .name("ringsqd export-nsqd")
+                    .bin_name("ringsqd export-nsqd")
+                    .about(EXPORT_ABOUT)
+                    .after_help("")
+            },
+            args,
+        )
+    }
+
+    fn parse_with<I: IntoIterator<Item = OsString>>(
+        command: impl Fn() -> clap::Command,
+        args: I,
+    ) -> Result<Options, ConfigError> {
         let args = normalize_go_flags(args);
-        let matches = Options::command().try_get_matches_from(args.clone())?;
+        let matches = command().try_get_matches_from(args.clone())?;
         let config_path = matches
             .get_one::<String>("config")
             .cloned()
@@ -385,7 +419,7 @@ impl Options {
                         source: Box::new(source),
                     })?;
             // Append file values as flags for every option the command line did not set.
-            let cmd = Options::command();
+            let cmd = command();
             let mut merged = args;
             for (key, value) in &table {
                 let flag = KEY_ALIASES
@@ -414,7 +448,7 @@ impl Options {
                     merged.push(OsString::from(format!("--{flag}={v}")));
                 }
             }
-            let matches = Options::command().try_get_matches_from(merged)?;
+            let matches = command().try_get_matches_from(merged)?;
             Options::from_arg_matches(&matches)?
         };
         let mut opts = opts;
@@ -648,6 +682,24 @@ mod tests {
                 "--tls-cert"
             ]
         );
+    }
+
+    #[test]
+    fn export_takes_the_broker_flags() {
+        let v: Vec<OsString> = [
+            "ringsqd",
+            "-data-path=/d",
+            "--max-bytes-per-file",
+            "200",
+            "-tcp-address=127.0.0.1:1",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let o = Options::parse_export_args(v).expect("parse");
+        assert_eq!(o.data_path, "/d");
+        assert_eq!(o.max_bytes_per_file, 200);
+        assert_eq!(o.max_msg_size, 1048576);
     }
 
     #[test]

@@ -33,8 +33,10 @@ pub enum StartError {
     MemLock { soft_kib: u64, hard_kib: u64 },
     #[error("io_uring is not available on this machine ({0}); ringsqd needs Linux 5.8+ with io_uring enabled (sysctl kernel.io_uring_disabled=0)")]
     NoIoUring(String),
-    #[error("cannot flock directory {dir} - {err} (possibly in use by another instance of nsqd)")]
-    DataPathLocked { dir: String, err: String },
+    #[error(transparent)]
+    DataPathLocked(#[from] crate::storage::LockError),
+    #[error(transparent)]
+    Export(#[from] crate::storage::nsqd_export::ExportError),
     #[error("listen ({addr}) failed - {err}")]
     Listen { addr: String, err: String },
     #[error("{0}")]
@@ -101,46 +103,6 @@ pub struct Shared {
 impl Shared {
     pub fn next_client_id(&self) -> u64 {
         self.next_client_id.fetch_add(1, Ordering::Relaxed) + 1
-    }
-}
-
-/// Topics and channels with queue files but missing from nsqd.dat (a crash
-/// before the metadata caught up) are restored too: their messages were
-/// acknowledged.
-fn add_queues_found_on_disk(topics: &mut Vec<TopicMeta>, dir: &std::path::Path) {
-    use crate::protocol::names::is_valid_name;
-    use crate::storage::metadata::ChannelMeta;
-    for name in crate::storage::nsqd_import::queue_names(dir) {
-        let (topic, channel) = match name.split_once(':') {
-            Some((t, c)) => (t.to_string(), Some(c.to_string())),
-            None => (name.clone(), None),
-        };
-        if !is_valid_name(topic.as_bytes())
-            || channel
-                .as_deref()
-                .is_some_and(|c| !is_valid_name(c.as_bytes()))
-        {
-            continue;
-        }
-        let idx = match topics.iter().position(|t| t.name == topic) {
-            Some(i) => i,
-            None => {
-                tracing::info!(topic = %topic, "restoring a topic found on disk but not in nsqd.dat");
-                topics.push(TopicMeta {
-                    name: topic.clone(),
-                    ..TopicMeta::default()
-                });
-                topics.len() - 1
-            }
-        };
-        if let Some(c) = channel {
-            if !topics[idx].channels.iter().any(|m| m.name == c) {
-                topics[idx].channels.push(ChannelMeta {
-                    name: c,
-                    paused: false,
-                });
-            }
-        }
     }
 }
 
@@ -255,24 +217,6 @@ fn lookup_identity(
     }
 }
 
-/// C6: one broker per data path.
-fn lock_data_path(opts: &Options) -> Result<std::fs::File, StartError> {
-    use std::os::fd::AsRawFd;
-    let dir = opts.effective_data_path();
-    let locked = |err: String| StartError::DataPathLocked {
-        dir: dir.display().to_string(),
-        err,
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| locked(e.to_string()))?;
-    let file = std::fs::File::open(&dir).map_err(|e| locked(e.to_string()))?;
-    // SAFETY: flock on an fd we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(locked(std::io::Error::last_os_error().to_string()));
-    }
-    Ok(file)
-}
-
 /// Listeners bind with SO_REUSEPORT, which would let a second broker share
 /// a TCP port silently. A plain bind first fails as nsqd would if anything
 /// holds the port; it also resolves port 0 to one port for all cores.
@@ -308,11 +252,14 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     // memlock limit a while after it exits.
     probe_io_uring(MIN_IO_MEMORY)?;
     stop_on_core_panic();
-    let _data_lock = lock_data_path(&opts)?;
     let data_path = opts.effective_data_path();
+    let _data_lock = crate::storage::lock_data_path(&data_path, true)?;
+    // An export to nsqd that was interrupted after it committed is finished
+    // first, or its queues would be read twice.
+    crate::storage::nsqd_export::finish_interrupted(&data_path)?;
     let mut restored =
         metadata::load(&data_path).map_err(|e| StartError::Metadata(e.to_string()))?;
-    add_queues_found_on_disk(&mut restored, &data_path);
+    metadata::add_queues_found_on_disk(&mut restored, &data_path);
     ignore_file_size_signal();
     let tcp_addr = check_listen_address(&opts.tcp_address)?;
     let http_addr = if opts.http_address.is_empty() {

@@ -46,26 +46,32 @@ pub fn write(dir: &Path, name: &str, entries: &[(Message, i64)]) -> std::io::Res
 /// The snapshot's messages and due times (Unix ns); damaged records are
 /// skipped and logged.
 pub fn load(dir: &Path, name: &str, max_body: u64) -> Vec<(Message, i64)> {
+    load_counted(dir, name, max_body).0
+}
+
+/// `load`, plus how many damaged ranges were skipped.
+pub fn load_counted(dir: &Path, name: &str, max_body: u64) -> (Vec<(Message, i64)>, u64) {
     let p = path(dir, name);
     let Ok(data) = std::fs::read(&p) else {
-        return Vec::new();
+        return (Vec::new(), 0);
     };
     let data = Bytes::from(data);
     let len = data.len() as u64;
     let mut walker = Walker::new(Format::Ringsq, HEADER_LEN);
     let mut out = Vec::new();
-    let mut damaged = false;
+    let mut damaged = 0;
     loop {
         match walker.next(&data, 0, len, max_body) {
             Walk::Record { record, .. } => out.push((record.msg, record.due.unwrap_or(0))),
-            Walk::Damaged { .. } => damaged = true,
+            Walk::Damaged { .. } => damaged += 1,
             // The whole file is in memory: a record longer than that is damage.
             Walk::NeedMore => walker.skip_damaged(len),
             Walk::End => break,
         }
     }
-    if damaged || walker.open_damage().is_some() {
+    damaged += u64::from(walker.open_damage().is_some());
+    if damaged > 0 {
         tracing::warn!(path = %p.display(), "corrupt records skipped in deferred snapshot");
     }
-    out
+    (out, damaged)
 }

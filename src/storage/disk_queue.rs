@@ -219,56 +219,22 @@ impl DiskQueue {
         let max_body = ctx.config.max_msg_size;
         let saved = read_meta(&meta_path(dir, name));
         let consumed = saved.map(|(_, pos)| pos);
-        let mut segments: Vec<Segment> = Vec::new();
-        let legacy_files = nsqd_import::segments(dir, name);
-        // Wholly read nsqd files: deleted now, as nsqd would once its reader
-        // moved on (D6); kept, they would outlive the meta file naming them.
-        for path in &legacy_files.read {
-            remove_file(path);
+        let (done, pending) = queue_segments(dir, name, consumed)?;
+        let last_file = done
+            .iter()
+            .chain(&pending)
+            .filter(|s| s.ord >= OWN_BASE)
+            .map(|s| s.ord - OWN_BASE)
+            .max();
+        for seg in &done {
+            remove_file(&seg.path);
         }
-        for legacy in legacy_files.unread {
-            segments.push(Segment::sealed(
-                legacy.num,
-                Format::Nsqd,
-                legacy.path,
-                legacy.start,
-                legacy.len,
-            ));
-        }
-        let own = own_segments(dir, name)?;
-        let last_file = own.last().map(|(n, _)| *n);
-        for (num, path) in own {
-            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            let start = match read_header(&path) {
-                Ok(start) => start,
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "corrupt segment header; scanning its records anyway");
-                    HEADER_LEN
-                }
-            };
-            segments.push(Segment::sealed(
-                OWN_BASE + num,
-                Format::Ringsq,
-                path,
-                start,
-                len,
-            ));
-        }
-        segments.sort_by_key(|s| s.ord);
         let mut kept = VecDeque::new();
         let mut depth = 0;
-        for mut seg in segments {
-            if let Some(c) = consumed {
-                if seg.ord < c.seg {
-                    remove_file(&seg.path);
-                    continue;
-                }
-                if seg.ord == c.seg {
-                    seg.start = seg.start.max(c.off);
-                }
-            }
-            let scan = scan_segment(&seg.path, seg.format, seg.start, seg.end, max_body)
+        for seg in pending {
+            let scan = scan_segment(&seg.path, seg.format, seg.start, seg.len, max_body)
                 .map_err(|e| StorageError::io("reading", &seg.path, e))?;
+            let mut seg = Segment::sealed(seg.ord, seg.format, seg.path, seg.start, seg.len);
             seg.end = scan.end;
             seg.written_end = scan.end;
             depth += scan.records;
@@ -1438,6 +1404,75 @@ fn next_number(last_file: Option<u64>, saved: Option<(u64, DiskPos)>) -> u64 {
     }
 }
 
+/// One segment file of a queue and where its unconsumed records start.
+pub struct SegmentFile {
+    /// Position ordinal (`OWN_BASE` + number for ringsq's own files).
+    pub ord: u64,
+    pub format: Format,
+    pub path: PathBuf,
+    pub start: u64,
+    pub len: u64,
+}
+
+/// The queue's segment files in reading order (nsqd's imported ones first),
+/// split at the consume position: those wholly consumed, and those still to
+/// read (the first from the consume position on). What `open` reads, and
+/// what `nsqd_export` rewrites.
+pub fn queue_segments(
+    dir: &Path,
+    name: &str,
+    consumed: Option<DiskPos>,
+) -> Result<(Vec<SegmentFile>, Vec<SegmentFile>), StorageError> {
+    let legacy = nsqd_import::segments(dir, name);
+    // nsqd files it had read to the end (a caught-up queue keeps its write
+    // file, D6) are consumed whatever ringsq's own position says.
+    let legacy_file = |l: nsqd_import::LegacySegment| SegmentFile {
+        ord: l.num,
+        format: Format::Nsqd,
+        path: l.path,
+        start: l.start,
+        len: l.len,
+    };
+    let read_to_end = legacy.read.into_iter().map(legacy_file);
+    let mut all: Vec<SegmentFile> = legacy.unread.into_iter().map(legacy_file).collect();
+    for (num, path) in own_segments(dir, name)? {
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let start = read_header(&path).unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "corrupt segment header; scanning its records anyway");
+            HEADER_LEN
+        });
+        all.push(SegmentFile {
+            ord: OWN_BASE + num,
+            format: Format::Ringsq,
+            path,
+            start,
+            len,
+        });
+    }
+    all.sort_by_key(|s| s.ord);
+    let mut done: Vec<SegmentFile> = read_to_end.collect();
+    let Some(c) = consumed else {
+        return Ok((done, all));
+    };
+    let (consumed_files, mut pending): (Vec<_>, Vec<_>) =
+        all.into_iter().partition(|s| s.ord < c.seg);
+    done.extend(consumed_files);
+    for seg in pending.iter_mut().filter(|s| s.ord == c.seg) {
+        seg.start = seg.start.max(c.off);
+    }
+    Ok((done, pending))
+}
+
+/// The consume position saved in the queue's meta file, if any.
+pub fn saved_position(dir: &Path, name: &str) -> Option<DiskPos> {
+    read_meta(&meta_path(dir, name)).map(|(_, pos)| pos)
+}
+
+/// Whether ringsq has any file of its own for the queue (meta or segment).
+pub fn has_own_files(dir: &Path, name: &str) -> Result<bool, StorageError> {
+    Ok(meta_path(dir, name).exists() || !own_segments(dir, name)?.is_empty())
+}
+
 /// This queue's own segment files, by number.
 fn own_segments(dir: &Path, name: &str) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     let prefix = format!("{name}.ringsq.");
@@ -1475,6 +1510,9 @@ pub struct Scan {
     pub records: u64,
     /// End of the last valid record.
     pub end: u64,
+    /// Damaged ranges skipped, and their bytes.
+    pub damaged: u64,
+    pub damaged_bytes: u64,
 }
 
 /// Walks a segment's records from `start` (start-up), logging damage.
@@ -1485,24 +1523,42 @@ pub fn scan_segment(
     len: u64,
     max_body: u64,
 ) -> std::io::Result<Scan> {
+    walk_segment(path, format, start, len, max_body, |_| Ok(()))
+}
+
+/// Walks a segment's records from `start`, handing each to `each`, skipping
+/// and logging damage as the reader does.
+pub fn walk_segment(
+    path: &Path,
+    format: Format,
+    start: u64,
+    len: u64,
+    max_body: u64,
+    mut each: impl FnMut(record::Record) -> std::io::Result<()>,
+) -> std::io::Result<Scan> {
     let file = std::fs::File::open(path)?;
     let mut scan = Scan {
         records: 0,
         end: start,
+        damaged: 0,
+        damaged_bytes: 0,
     };
     let mut walker = Walker::new(format, start);
     let mut chunk_off = start;
     let mut chunk = Bytes::new();
-    let report = |from: u64, to: u64| {
+    let report = |scan: &mut Scan, from: u64, to: u64| {
+        scan.damaged += 1;
+        scan.damaged_bytes += to - from;
         tracing::warn!(path = %path.display(), offset = from, skipped = to - from, "corrupt records skipped");
     };
     loop {
         match walker.next(&chunk, chunk_off, len, max_body) {
-            Walk::Record { .. } => {
+            Walk::Record { record, .. } => {
                 scan.records += 1;
                 scan.end = walker.pos();
+                each(record)?;
             }
-            Walk::Damaged { from, to } => report(from, to),
+            Walk::Damaged { from, to } => report(&mut scan, from, to),
             Walk::End => break,
             Walk::NeedMore => {
                 let pos = walker.pos();
@@ -1524,7 +1580,7 @@ pub fn scan_segment(
     if let Some(d) = walker.open_damage() {
         // Zeros up to the end are preallocated space, not damage.
         if !tail_is_zero(&file, d, len)? {
-            report(d, len);
+            report(&mut scan, d, len);
         }
     }
     Ok(scan)

@@ -93,6 +93,44 @@ pub fn load(data_path: &Path) -> Result<Vec<TopicMeta>, MetadataError> {
     Ok(topics)
 }
 
+/// Topics and channels with queue files but missing from nsqd.dat (a crash
+/// before the metadata caught up) are restored too: their messages were
+/// acknowledged.
+pub fn add_queues_found_on_disk(topics: &mut Vec<TopicMeta>, dir: &Path) {
+    for name in super::nsqd_import::queue_names(dir) {
+        let (topic, channel) = match name.split_once(':') {
+            Some((t, c)) => (t.to_string(), Some(c.to_string())),
+            None => (name.clone(), None),
+        };
+        if !is_valid_name(topic.as_bytes())
+            || channel
+                .as_deref()
+                .is_some_and(|c| !is_valid_name(c.as_bytes()))
+        {
+            continue;
+        }
+        let idx = match topics.iter().position(|t| t.name == topic) {
+            Some(i) => i,
+            None => {
+                tracing::info!(topic = %topic, "restoring a topic found on disk but not in nsqd.dat");
+                topics.push(TopicMeta {
+                    name: topic.clone(),
+                    ..TopicMeta::default()
+                });
+                topics.len() - 1
+            }
+        };
+        if let Some(c) = channel {
+            if !topics[idx].channels.iter().any(|m| m.name == c) {
+                topics[idx].channels.push(ChannelMeta {
+                    name: c,
+                    paused: false,
+                });
+            }
+        }
+    }
+}
+
 /// The file's bytes exactly as nsqd 1.3.0 writes them (D1): struct field
 /// order, and `null` for an empty list (Go marshals a nil slice so). Topics
 /// are sorted by name (nsqd's map order is random).

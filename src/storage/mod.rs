@@ -1,6 +1,7 @@
 //! What ringsq keeps on disk: `nsqd.dat` (metadata), each topic's and
 //! channel's disk queue (segment files written with direct io_uring
-//! writes), deferred-message snapshots, and the import of nsqd's files.
+//! writes), deferred-message snapshots, the import of nsqd's files and the
+//! export back to them (`ringsqd export-nsqd`).
 //!
 //! Per core there is one `CoreStorage`: the flags, the group commit that
 //! syncs every queue written since the last round in one go, the queues
@@ -11,6 +12,7 @@ pub mod deferred;
 pub mod disk_queue;
 pub mod metadata;
 pub mod notify;
+pub mod nsqd_export;
 pub mod nsqd_import;
 pub mod record;
 
@@ -51,6 +53,35 @@ impl StorageError {
             err: err.to_string(),
         }
     }
+}
+
+/// Another process holds the data path (C6): nsqd's words.
+#[derive(Debug, Clone, Error)]
+#[error("cannot flock directory {dir} - {err} (possibly in use by another instance of nsqd)")]
+pub struct LockError {
+    pub dir: String,
+    pub err: String,
+}
+
+/// C6: one process per data path (the broker, or `export-nsqd`). The lock
+/// lasts as long as the returned file is open. `create`: make the directory
+/// first (the broker does; the export wants an existing one).
+pub fn lock_data_path(dir: &Path, create: bool) -> Result<std::fs::File, LockError> {
+    use std::os::fd::AsRawFd;
+    let locked = |err: String| LockError {
+        dir: dir.display().to_string(),
+        err,
+    };
+    if create {
+        std::fs::create_dir_all(dir).map_err(|e| locked(e.to_string()))?;
+    }
+    let file = std::fs::File::open(dir).map_err(|e| locked(e.to_string()))?;
+    // SAFETY: flock on an fd we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(locked(std::io::Error::last_os_error().to_string()));
+    }
+    Ok(file)
 }
 
 /// The storage flags, as nsqd names them.

@@ -13,7 +13,7 @@ pub struct LegacySegment {
     pub len: u64,
 }
 
-fn meta_path(dir: &Path, name: &str) -> PathBuf {
+pub fn meta_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.diskqueue.meta.dat"))
 }
 
@@ -53,7 +53,7 @@ pub struct LegacyFiles {
     /// Files nsqd had read to the end: a caught-up queue keeps its write file
     /// (D6). Nothing reads them again, and once the meta file goes nothing
     /// would ever delete them.
-    pub read: Vec<PathBuf>,
+    pub read: Vec<LegacySegment>,
 }
 
 /// The nsqd files of queue `name`. The whole of each file is read, past
@@ -75,15 +75,16 @@ pub fn segments(dir: &Path, name: &str) -> LegacyFiles {
             continue;
         };
         let start = if num == read_file { read_pos } else { 0 };
+        let seg = LegacySegment {
+            num,
+            path,
+            start: start.min(md.len()),
+            len: md.len(),
+        };
         if md.len() > start {
-            out.unread.push(LegacySegment {
-                num,
-                path,
-                start,
-                len: md.len(),
-            });
+            out.unread.push(seg);
         } else {
-            out.read.push(path);
+            out.read.push(seg);
         }
     }
     if !out.unread.is_empty() {
@@ -162,7 +163,7 @@ mod tests {
     fn nums(v: &LegacyFiles) -> (Vec<(u64, u64)>, Vec<PathBuf>) {
         (
             v.unread.iter().map(|s| (s.num, s.start)).collect(),
-            v.read.clone(),
+            v.read.iter().map(|s| s.path.clone()).collect(),
         )
     }
 

@@ -95,14 +95,17 @@ pub fn load(data_path: &Path) -> Result<Vec<TopicMeta>, MetadataError> {
 
 /// Topics and channels with queue files but missing from nsqd.dat (a crash
 /// before the metadata caught up) are restored too: their messages were
-/// acknowledged.
+/// acknowledged. Ephemeral topics are not, as in nsqd.
 pub fn add_queues_found_on_disk(topics: &mut Vec<TopicMeta>, dir: &Path) {
     for name in super::nsqd_import::queue_names(dir) {
         let (topic, channel) = match name.split_once(':') {
             Some((t, c)) => (t.to_string(), Some(c.to_string())),
             None => (name.clone(), None),
         };
+        // An ephemeral topic's durable channel has files too, but nsqd never
+        // restores an ephemeral topic (D12).
         if !is_valid_name(topic.as_bytes())
+            || is_ephemeral(&topic)
             || channel
                 .as_deref()
                 .is_some_and(|c| !is_valid_name(c.as_bytes()))

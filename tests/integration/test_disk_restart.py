@@ -21,6 +21,7 @@ from test_disk_support import (  # noqa: F401  (brokers is a fixture)
     finish_then_stop,
     post,
     publish_all,
+    stats,
     topic_stats,
     wait_channel,
     wait_topic,
@@ -216,3 +217,21 @@ def test_first_channel_right_after_restart_gets_the_topic_backlog(brokers):
     c = RawConsumer(b, "first", "c", rdy=2500)
     got = [m.body for m in c.take(20000, quiet=0.5, timeout=60)]
     assert len(got) == 20000 and got == bodies, f"{len(got)} of 20000 delivered, or out of order"
+
+
+def test_ephemeral_topic_not_restored_from_its_channel_files(brokers):
+    """D12: a durable channel of an ephemeral topic has a disk queue (as in nsqd), but
+    nsqd never restores an ephemeral topic after a restart; neither does ringsqd, even
+    though the channel's files are on disk."""
+    args = ["--mem-queue-size=0"]
+    b = brokers(args=args)
+    post(b, "/topic/create?topic=tmp%23ephemeral")
+    post(b, "/channel/create?topic=tmp%23ephemeral&channel=keep")
+    publish_all(b, "tmp#ephemeral", [b"e-%02d" % i for i in range(10)])
+    wait_channel(b, "tmp#ephemeral", "keep", depth=10)
+    assert b.terminate() == 0
+    assert [n for n in os.listdir(b.data_dir) if n.startswith("tmp#ephemeral:keep.")] != []
+    b = brokers(args=args, data_dir=b.data_dir)
+    post(b, "/topic/create?topic=other")
+    wait_topic(b, "other", depth=0)
+    assert [t["topic_name"] for t in stats(b)["topics"]] == ["other"]

@@ -203,7 +203,7 @@ pub fn export(cfg: &ExportConfig) -> Result<Summary, ExportError> {
     if topics.is_empty() && !dir.join(metadata::FILE_NAME).exists() {
         return Err(ExportError::Empty(dir.display().to_string()));
     }
-    let skipped = ephemeral_queues(&topics);
+    let skipped = ephemeral_queues(dir);
     let topics = durable_sorted(topics);
     write_nsqd_dat(dir, &topics)?;
     let mut summary = Summary {
@@ -225,16 +225,16 @@ pub fn export(cfg: &ExportConfig) -> Result<Summary, ExportError> {
 }
 
 /// Queues with files that belong to an ephemeral topic (see
-/// `QueueState::Ephemeral`).
-fn ephemeral_queues(topics: &[TopicMeta]) -> Vec<QueueReport> {
-    topics
-        .iter()
-        .filter(|t| is_ephemeral(&t.name))
-        .flat_map(|t| {
-            t.channels
-                .iter()
-                .map(move |c| format!("{}:{}", t.name, c.name))
-        })
+/// `QueueState::Ephemeral`); neither broker restores such a topic.
+fn ephemeral_queues(dir: &Path) -> Vec<QueueReport> {
+    let mut names: Vec<String> = super::nsqd_import::queue_names(dir)
+        .into_iter()
+        .filter(|n| n.split_once(':').is_some_and(|(t, _)| is_ephemeral(t)))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
         .map(|name| QueueReport {
             name,
             state: QueueState::Ephemeral,

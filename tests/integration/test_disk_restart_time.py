@@ -288,3 +288,58 @@ def test_kill9_restart_is_quick_and_loses_no_acknowledged_message(brokers):
     missing = seen[:total].count(0)
     assert not missing, f"{missing} acknowledged messages lost (first {seen.index(0)})"
     wait_channel(b, "crash", "c", depth=0, in_flight_count=0)
+
+
+def nsqd_queue(d, tail=0, depth=None):
+    """Topic `legacy` with channel `c` as nsqd 1.3.0 leaves it: 3 diskqueue files of 40
+    records, 10 already read; `tail` records appended to the write file past nsqd's
+    writePos (written, not yet synced when nsqd died); `depth` overrides the meta's."""
+    from nsqd_fixture import Msg, write_diskqueue, write_metadata
+
+    def msg(i):
+        return Msg(b"%016x" % (0xA000 + i), 1_700_000_000_000_000_000 + i, 1, b"legacy-%04d" % i)
+
+    msgs = [msg(i) for i in range(130 + tail)]
+    qf = write_diskqueue(d, "legacy:c", [msgs[10:40], msgs[40:80], msgs[80:120]], consumed=msgs[:10])
+    with open(qf.paths[-1], "ab") as f:
+        f.write(b"".join(m.record() for m in msgs[130:130 + tail]))
+    if depth is not None:
+        with open(qf.meta_path, "w") as f:
+            f.write("%d\n%d,%d\n%d,%d\n" % (depth, qf.read_file_num, qf.read_pos, qf.write_file_num, qf.write_pos))
+    write_metadata(d, [("legacy", False, [("c", False)])])
+    return [m.body for m in msgs[10:120] + msgs[130:130 + tail]]
+
+
+def test_nsqd_meta_depth_is_used_and_its_tail_verified(brokers):
+    """D3-D5, D8: taking over nsqd's files, the depth comes from nsqd's meta (records
+    between its read and write positions are not scanned) plus the records found past
+    its writePos (a crash tail); every unread message is delivered once, in order."""
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="ringsq-nsqd-")
+    expected = nsqd_queue(d, tail=7)
+    b = brokers(data_dir=d)
+    wait_channel(b, "legacy", "c", depth=len(expected))
+    lines = opened_lines(b, "legacy:c")
+    assert lines and "NsqdMeta" in lines[-1] and "verified: 0" not in lines[-1], lines
+    c = RawConsumer(b, "legacy", "c", rdy=200)
+    got = [m.body for m in c.take(len(expected), quiet=1.0)]
+    c.close()
+    assert got == expected
+
+
+def test_nsqd_meta_that_does_not_fit_its_files_falls_back_to_the_scan(brokers):
+    """D5: an nsqd meta whose depth cannot fit the bytes between its positions is not
+    trusted: the files are scanned and the depth is what they hold."""
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="ringsq-nsqd-")
+    expected = nsqd_queue(d, depth=1_000_000)
+    b = brokers(data_dir=d)
+    wait_channel(b, "legacy", "c", depth=len(expected))
+    lines = opened_lines(b, "legacy:c")
+    assert lines and "Scan" in lines[-1], lines
+    c = RawConsumer(b, "legacy", "c", rdy=200)
+    got = [m.body for m in c.take(len(expected), quiet=1.0)]
+    c.close()
+    assert got == expected

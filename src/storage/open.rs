@@ -22,7 +22,7 @@ use super::disk_queue::{
     Meta, Synced, OWN_BASE,
 };
 use super::nsqd_import;
-use super::record::{DiskPos, Format, HEADER_LEN};
+use super::record::{align_up, DiskPos, Format, HEADER_LEN};
 use super::{StorageConfig, StorageError};
 
 /// The smallest record of either format (nsqd: 4-byte size + 26-byte
@@ -357,5 +357,25 @@ fn scan_from(
     let scan = scan_segment(&seg.path, seg.format, from, len, cfg.max_msg_size)
         .map_err(|e| StorageError::io("reading", &seg.path, e))?;
     seg.end = scan.end;
+    trim(seg, len);
     Ok((scan.records, len - from))
+}
+
+/// After a crash, a verified segment of ours ends in space preallocated
+/// for writes that never came (or in a torn write): nothing valid follows
+/// its last record, and no later write goes to it (the queue goes on in a
+/// new segment), so that space is given back and the next start does not
+/// verify it again. nsqd's files are left as they are.
+fn trim(seg: &SegmentPlan, len: u64) {
+    let keep = align_up(seg.end.max(seg.start));
+    if seg.format != Format::Ringsq || keep >= len {
+        return;
+    }
+    let cut = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg.path)
+        .and_then(|f| f.set_len(keep).and_then(|_| f.sync_all()));
+    if let Err(e) = cut {
+        tracing::warn!(path = %seg.path.display(), error = %e, "cannot trim a verified segment; the next start verifies its tail again");
+    }
 }

@@ -3,6 +3,7 @@
 
     scripts/startup-bench.py [--ringsqd target/release/ringsqd] [--nsqd /work/ref/bin/nsqd]
                              [--sizes 1,5,10] [--runs 3] [--dir /work/bigdata] [--out FILE]
+                             [--only ringsqd|nsqd] [--label NAME] [--no-kill9] [--cold]
 
 For each broker a backlog of 1 KiB messages in one topic with one channel
 (--mem-queue-size=0: everything through the disk queue) is grown to each size in GB
@@ -259,11 +260,13 @@ def main():
     ap.add_argument("--out", default="/dev/stdout")
     ap.add_argument("--cold", action="store_true", help="drop the page cache before each start (root)")
     ap.add_argument("--only", choices=["ringsqd", "nsqd"])
+    ap.add_argument("--label", default="ringsqd", help="name of the ringsqd build in the results")
+    ap.add_argument("--no-kill9", action="store_true", help="skip ringsqd's kill -9 variant")
     args = ap.parse_args()
     sizes = [float(s) for s in args.sizes.split(",")]
     brokers = []
     if args.only in (None, "ringsqd"):
-        brokers.append(("ringsqd", args.ringsqd, True))
+        brokers.append((args.label, args.ringsqd, not args.no_kill9))
     if args.only in (None, "nsqd"):
         if os.path.exists(args.nsqd):
             brokers.append(("nsqd", args.nsqd, False))

@@ -24,6 +24,9 @@
 //!   the consume position; `CoreStorage`'s group commit runs it for every
 //!   queue written since the last round (--sync-every, --sync-timeout, and
 //!   every durable publish with --sync-every=1).
+//! - Start-up (`open`, planned off the core thread by `super::open`): the
+//!   meta file also holds the depth counted up to the synced end, so only
+//!   records past that end (the unsynced tail after a crash) are read.
 //!
 //! Files (in --data-path): `<name>.ringsq.NNNNNN.dat` segments and
 //! `<name>.ringsq.meta.dat`; `<name>` is the topic or `topic:channel`.

@@ -379,3 +379,90 @@ fn trim(seg: &SegmentPlan, len: u64) {
         tracing::warn!(path = %seg.path.display(), error = %e, "cannot trim a verified segment; the next start verifies its tail again");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own(num: u64, start: u64, end: u64) -> SegmentPlan {
+        SegmentPlan {
+            ord: OWN_BASE + num,
+            format: Format::Ringsq,
+            path: PathBuf::from(format!("q.ringsq.{num:06}.dat")),
+            start,
+            end,
+        }
+    }
+
+    fn pos(num: u64, off: u64) -> DiskPos {
+        DiskPos {
+            seg: OWN_BASE + num,
+            off,
+        }
+    }
+
+    fn synced(depth: u64, end: DiskPos) -> Synced {
+        Synced { depth, end }
+    }
+
+    #[test]
+    fn a_meta_fits_the_files_it_counted() {
+        let kept = [
+            own(3, 8192, 1 << 20),
+            own(4, 4096, 1 << 20),
+            own(5, 4096, 65536),
+        ];
+        let c = pos(3, 8192);
+        assert!(fits(&kept, c, &synced(1000, pos(5, 65536))));
+        // Later segments (written after the save) are verified, not counted.
+        assert!(fits(&kept, c, &synced(500, pos(4, 40960))));
+        // Rolled and synced before the new segment's file was written.
+        assert!(fits(&kept, c, &synced(1000, pos(6, HEADER_LEN))));
+    }
+
+    #[test]
+    fn a_meta_that_does_not_fit_is_not_trusted() {
+        let c = pos(3, 8192);
+        let gap = [own(3, 8192, 1 << 20), own(5, 4096, 65536)];
+        assert!(!fits(&gap, c, &synced(10, pos(5, 65536))));
+        let short = [own(3, 8192, 1 << 20), own(4, 4096, 8192)];
+        assert!(!fits(&short, c, &synced(10, pos(4, 65536))));
+        let kept = [own(3, 8192, 1 << 20), own(4, 4096, 65536)];
+        // More records than the bytes can hold.
+        assert!(!fits(&kept, c, &synced(1 << 20, pos(4, 65536))));
+        // The consume position's segment is gone.
+        assert!(!fits(&kept[1..], c, &synced(10, pos(4, 65536))));
+        // An end before the consume position, or records at an empty range.
+        assert!(!fits(&kept, c, &synced(0, pos(2, 4096))));
+        assert!(!fits(&kept, c, &synced(3, c)));
+        // Nothing on disk: only an empty queue.
+        assert!(fits(&[], c, &synced(0, c)));
+        assert!(!fits(&[], c, &synced(1, pos(4, 4096))));
+    }
+
+    #[test]
+    fn nsqd_meta_fits_with_its_write_file_not_created_yet() {
+        let legacy = |num: u64, start: u64, end: u64| SegmentPlan {
+            ord: num,
+            format: Format::Nsqd,
+            path: PathBuf::from(format!("q.diskqueue.{num:06}.dat")),
+            start,
+            end,
+        };
+        let kept = [legacy(7, 300, 10_000), legacy(8, 0, 10_000)];
+        let c = DiskPos { seg: 7, off: 300 };
+        assert!(fits(&kept, c, &synced(100, DiskPos { seg: 9, off: 0 })));
+        assert!(!fits(&kept, c, &synced(100, DiskPos { seg: 9, off: 50 })));
+        assert!(fits(
+            &kept,
+            c,
+            &synced(
+                100,
+                DiskPos {
+                    seg: 8,
+                    off: 10_000
+                }
+            )
+        ));
+    }
+}

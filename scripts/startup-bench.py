@@ -2,7 +2,7 @@
 """Start-up time against backlog size, ringsqd and nsqd 1.3.0 (issue 12 item 2).
 
     scripts/startup-bench.py [--ringsqd target/release/ringsqd] [--nsqd /work/ref/bin/nsqd]
-                             [--sizes 1,5,10] [--runs 3] [--dir /work/bigdata] [--out FILE]
+                             [--sizes 1,5,10] [--runs 3] [--dir /work/bigdata/startup-bench] [--out FILE]
                              [--only ringsqd|nsqd] [--label NAME] [--no-kill9] [--cold]
 
 For each broker a backlog of 1 KiB messages in one topic with one channel
@@ -15,7 +15,7 @@ reported. For ringsqd a kill -9 variant follows at each size: start, publish 64 
 after the last OK, and time exec -> first /stats answer (whose depth is then final: no
 listener accepts before every queue is open); the depth found is reported too.
 
-Data goes to --dir/<broker> and is deleted at the end. Plain sockets only (no packages).
+Data goes to --dir/<broker> (default /work/bigdata/startup-bench) and is deleted at the end. Plain sockets only (no packages).
 """
 
 import argparse
@@ -256,7 +256,7 @@ def main():
     ap.add_argument("--nsqd", default="/work/ref/bin/nsqd")
     ap.add_argument("--sizes", default="1,5,10")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--dir", default="/work/bigdata")
+    ap.add_argument("--dir", default="/work/bigdata/startup-bench")
     ap.add_argument("--out", default="/dev/stdout")
     ap.add_argument("--cold", action="store_true", help="drop the page cache before each start (root)")
     ap.add_argument("--only", choices=["ringsqd", "nsqd"])

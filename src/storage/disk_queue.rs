@@ -263,8 +263,22 @@ impl DiskQueue {
                 return Err(err);
             }
         };
-        if plan.depth > 0 || !matches!(plan.counted, open::Counted::Meta { verified: 0 }) {
+        // Reading records at start-up (a crash tail, a format-1 meta, nsqd's
+        // files) is worth a line; a clean start is not, per queue.
+        let read = !matches!(
+            plan.counted,
+            open::Counted::Meta { verified: 0 } | open::Counted::NsqdMeta { verified: 0 }
+        );
+        if read {
             tracing::info!(
+                queue = name,
+                depth = plan.depth,
+                segments = plan.segments.len(),
+                counted = ?plan.counted,
+                "disk queue opened"
+            );
+        } else {
+            tracing::debug!(
                 queue = name,
                 depth = plan.depth,
                 segments = plan.segments.len(),

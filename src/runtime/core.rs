@@ -193,8 +193,13 @@ pub struct CoreSetup {
     pub http_addr: Option<ListenAddr>,
     /// The topics of nsqd.dat that this core owns.
     pub restore: Vec<TopicMeta>,
-    /// Told once the listeners are bound (or failed).
+    /// Told once the listeners are bound and the queues opened (or failed).
     pub ready: mpsc::Sender<Result<(), StartError>>,
+    /// Fires once every core is ready (`runtime::run`); dropped when
+    /// start-up failed. Nothing is accepted before: a client connecting
+    /// meanwhile waits in the listen backlog, as with nsqd, whose
+    /// listeners accept only once its metadata and queues are loaded.
+    pub serve: oneshot::Receiver<()>,
 }
 
 pub async fn run_core(setup: CoreSetup) {
@@ -207,6 +212,7 @@ pub async fn run_core(setup: CoreSetup) {
         http_addr,
         restore,
         ready,
+        serve,
     } = setup;
     let opts = shared.opts.clone();
     // A unix socket is served by core 0 alone; TCP by every core.
@@ -261,9 +267,11 @@ pub async fn run_core(setup: CoreSetup) {
         exited: std::cell::Cell::new(false),
         counters: CoreCounters::default(),
     });
+    storage.prepare_queues(queue_names(&restore)).await;
     core.shard.borrow_mut().restore(&restore);
     super::report::opened(&core.shared.tally, id, &core.shard.borrow());
     let _ = ready.send(Ok(()));
+    let serving = serve.await.is_ok();
 
     let inbox_task = glommio::spawn_local(inbox_loop(core.clone(), inbox));
     let sync_task = glommio::spawn_local(storage.clone().sync_loop());
@@ -277,16 +285,16 @@ pub async fn run_core(setup: CoreSetup) {
     }))
     .detach();
     let timer_task = glommio::spawn_local(timer_loop(core.clone()));
-    let http_task =
-        http_listener.map(|l| glommio::spawn_local(crate::http::serve(core.clone(), l)));
+    let http_task = http_listener
+        .filter(|_| serving)
+        .map(|l| glommio::spawn_local(crate::http::serve(core.clone(), l)));
     let metadata_task = (id == 0).then(|| glommio::spawn_local(metadata_loop(core.clone())));
     let statsd_task =
         (id == 0).then(|| glommio::spawn_local(crate::metrics::statsd::run(core.clone())));
 
-    if let Some(listener) = listener {
-        accept_loop(&core, listener).await;
-    } else {
-        core.stopping.wait().await;
+    match listener {
+        Some(listener) if serving => accept_loop(&core, listener).await,
+        _ => core.stopping.wait().await,
     }
 
     // Close every client (D10 order: listener, then clients).
@@ -316,8 +324,11 @@ pub async fn run_core(setup: CoreSetup) {
     let queues = core.shard.borrow_mut().persist_for_shutdown();
     super::report::closed_queues(&core.shared.tally, queues.len());
     for q in &queues {
-        if let Err(e) = q.sync(true).await {
-            tracing::error!(queue = %q.name, error = %e, "could not write the queue out at shutdown");
+        match q.sync(true).await {
+            Ok(()) => q.trim_tail().await,
+            Err(e) => {
+                tracing::error!(queue = %q.name, error = %e, "could not write the queue out at shutdown")
+            }
         }
     }
     core.storage.close();
@@ -330,6 +341,20 @@ pub async fn run_core(setup: CoreSetup) {
     core.exited.set(true);
     core.shared.wakers[id].wake();
     inbox_task.await;
+}
+
+/// The disk queues restoring `topics` opens: each topic's and each of its
+/// channels' (`topic:channel`), ephemeral ones aside (they have none).
+fn queue_names(topics: &[TopicMeta]) -> Vec<String> {
+    use crate::protocol::names::is_ephemeral;
+    let mut names = Vec::new();
+    for t in topics.iter().filter(|t| !is_ephemeral(&t.name)) {
+        names.push(t.name.clone());
+        for c in t.channels.iter().filter(|c| !is_ephemeral(&c.name)) {
+            names.push(format!("{}:{}", t.name, c.name));
+        }
+    }
+    names
 }
 
 async fn inbox_loop(core: Rc<Core>, mut inbox: Inbox) {

@@ -310,6 +310,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     let signal_handle = signals.handle();
 
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
+    let mut serve_signals = Vec::with_capacity(cores);
     let mut handles = Vec::new();
     let spin = shared.opts.spin_before_park;
     let mut restore_per_core: Vec<Vec<TopicMeta>> = vec![Vec::new(); cores];
@@ -325,6 +326,8 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         let shared = shared.clone();
         let ready = ready_tx.clone();
         let (tcp_addr, http_addr) = (tcp_addr.clone(), http_addr.clone());
+        let (serve_tx, serve) = futures::channel::oneshot::channel();
+        serve_signals.push(serve_tx);
         let handle = LocalExecutorBuilder::new(Placement::Fixed(allowed[core]))
             .name(&format!("ringsq-core-{core}"))
             .io_memory(io_memory)
@@ -339,6 +342,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
                     http_addr,
                     restore,
                     ready,
+                    serve,
                 })
             })
             .map_err(|e| StartError::Executor {
@@ -367,6 +371,13 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     }
 
     if startup_error.is_none() {
+        // All cores ready: every core has its listeners bound and its
+        // queues opened. This is the one place readiness is declared: the
+        // cores start accepting (TCP and HTTP, so /ping answers OK only
+        // now), and the log line below (and the service manager) say so.
+        for serve in serve_signals.drain(..) {
+            let _ = serve.send(());
+        }
         tracing::info!(
             "TCP: listening on {tcp_addr} with {cores} core(s), version {}",
             crate::config::NSQD_COMPAT_VERSION
@@ -389,6 +400,8 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         }
     }
     signal_handle.close();
+    // Start-up failed: the cores waiting to serve stop instead.
+    drop(serve_signals);
     let stop_started = Instant::now();
 
     shared.shutdown.store(true, Ordering::SeqCst);

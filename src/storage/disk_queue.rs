@@ -24,13 +24,16 @@
 //!   the consume position; `CoreStorage`'s group commit runs it for every
 //!   queue written since the last round (--sync-every, --sync-timeout, and
 //!   every durable publish with --sync-every=1).
+//! - Start-up (`open`, planned off the core thread by `super::open`): the
+//!   meta file also holds the depth counted up to the synced end, so only
+//!   records past that end (the unsynced tail after a crash) are read.
 //!
 //! Files (in --data-path): `<name>.ringsq.NNNNNN.dat` segments and
 //! `<name>.ringsq.meta.dat`; `<name>` is the topic or `topic:channel`.
 //! nsqd's own `<name>.diskqueue.*` files are read in place (`nsqd_import`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -41,6 +44,7 @@ use bytes::Bytes;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
 use super::nsqd_import;
+use super::open;
 use super::record::{self, align_up, DiskPos, Format, Walk, Walker, HEADER_LEN};
 use super::{CoreStorage, StorageError};
 use crate::protocol::Message;
@@ -146,11 +150,18 @@ struct Inner {
     /// The next record not in `ready` (what the reader loads next).
     loaded: DiskPos,
     depth: u64,
-    /// Popped from disk, not finished yet (channels only).
-    outstanding: BTreeSet<DiskPos>,
+    /// Records popped since the queue was opened: the index of the next
+    /// one. `pop_index + depth` is the index the next append gets, so the
+    /// records between a consume position and an end can be counted.
+    pop_index: u64,
+    /// Popped from disk, not finished yet (channels only), with the index
+    /// each had.
+    outstanding: BTreeMap<DiskPos, u64>,
     reading: bool,
 
     meta_saved: Option<DiskPos>,
+    /// The synced end the meta on disk counts its depth to.
+    saved_end: DiskPos,
     meta_seq: u64,
     meta_file: Option<Rc<DmaFile>>,
     /// Puts and FINs since the last sync (--sync-every).
@@ -178,6 +189,18 @@ pub struct QueueShared {
     task_running: Cell<bool>,
 }
 
+/// A position with the index of the record there (see `Inner::pop_index`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumeMark {
+    pub pos: DiskPos,
+    pub index: u64,
+}
+
+/// The meta file is saved again once the synced end moved this far (or to
+/// another segment) without the consume position moving: this bounds what
+/// a restart after a crash verifies.
+const META_END_STEP: u64 = 16 << 20;
+
 /// The handle a topic or channel holds.
 pub struct DiskQueue {
     shared: Rc<QueueShared>,
@@ -198,61 +221,81 @@ impl DiskQueue {
         name: &str,
         ack_on_pop: bool,
     ) -> DiskQueue {
-        let dir = &ctx.config.dir;
-        let last_file = own_segments(dir, name)
-            .ok()
-            .and_then(|v| v.last().map(|(n, _)| *n));
-        let saved = read_meta(&meta_path(dir, name));
-        let mut inner = Inner::new(VecDeque::new(), next_number(last_file, saved), None);
-        inner.meta_seq = saved.map(|(seq, _)| seq).unwrap_or(0);
+        let (next_own, meta_seq) = match ctx.take_failed_open(name) {
+            Some(numbers) => numbers,
+            None => {
+                let dir = &ctx.config.dir;
+                let last_file = own_segments(dir, name)
+                    .ok()
+                    .and_then(|v| v.last().map(|(n, _)| *n));
+                let saved = read_meta(&meta_path(dir, name));
+                (
+                    next_number(last_file, saved),
+                    saved.map(|(seq, _)| seq).unwrap_or(0),
+                )
+            }
+        };
+        let mut inner = Inner::new(VecDeque::new(), next_own, None);
+        inner.meta_seq = meta_seq;
         DiskQueue::start(ctx, name, ack_on_pop, inner)
     }
 
-    /// Opens what an earlier run (or nsqd) left: reads the meta file, scans
-    /// every unconsumed segment to count its records and find damage.
+    /// Opens what an earlier run (or nsqd) left, as start-up prepared it
+    /// (`CoreStorage::prepare_queues`, `open::prepare_open`): the depth
+    /// comes from the meta file, and only what was not synced is scanned.
     pub fn open(
         ctx: &Rc<CoreStorage>,
         name: &str,
         ack_on_pop: bool,
     ) -> Result<DiskQueue, StorageError> {
-        let dir = &ctx.config.dir;
-        let max_body = ctx.config.max_msg_size;
-        let saved = read_meta(&meta_path(dir, name));
-        let consumed = saved.map(|(_, pos)| pos);
-        let (done, pending) = queue_segments(dir, name, consumed)?;
-        let last_file = done
-            .iter()
-            .chain(&pending)
-            .filter(|s| s.ord >= OWN_BASE)
-            .map(|s| s.ord - OWN_BASE)
-            .max();
-        for seg in &done {
-            remove_file(&seg.path);
-        }
-        let mut kept = VecDeque::new();
-        let mut depth = 0;
-        for seg in pending {
-            let scan = scan_segment(&seg.path, seg.format, seg.start, seg.len, max_body)
-                .map_err(|e| StorageError::io("reading", &seg.path, e))?;
-            let mut seg = Segment::sealed(seg.ord, seg.format, seg.path, seg.start, seg.len);
-            seg.end = scan.end;
-            seg.written_end = scan.end;
-            depth += scan.records;
-            kept.push_back(seg);
-        }
-        nsqd_import::remove_meta_if_done(dir, name, kept.iter().any(|s| s.format == Format::Nsqd));
-        if depth > 0 {
+        let prepared = ctx.take_prepared(name).unwrap_or_else(|| {
+            // Only queues start-up did not foresee get here.
+            open::prepare_open(&ctx.config, name, None)
+        });
+        let plan = match prepared {
+            open::Prepared::Ready(plan) => plan,
+            open::Prepared::Failed {
+                err,
+                next_own,
+                meta_seq,
+            } => {
+                ctx.put_failed_open(name, (next_own, meta_seq));
+                return Err(err);
+            }
+        };
+        // Reading records at start-up (a crash tail, a format-1 meta, nsqd's
+        // files) is worth a line; a clean start is not, per queue.
+        let read = match plan.counted {
+            open::Counted::Meta { verified } | open::Counted::NsqdMeta { verified } => verified > 0,
+            open::Counted::Scan { scanned } => scanned > 0,
+        };
+        if read {
+            tracing::info!(
+                queue = name,
+                depth = plan.depth,
+                segments = plan.segments.len(),
+                counted = ?plan.counted,
+                "disk queue opened"
+            );
+        } else {
             tracing::debug!(
                 queue = name,
-                depth,
-                segments = kept.len(),
+                depth = plan.depth,
+                segments = plan.segments.len(),
+                counted = ?plan.counted,
                 "disk queue opened"
             );
         }
-        let mut inner = Inner::new(kept, next_number(last_file, saved), consumed);
-        inner.depth = depth;
+        let kept: VecDeque<Segment> = plan
+            .segments
+            .into_iter()
+            .map(|g| Segment::sealed(g.ord, g.format, g.path, g.start, g.end))
+            .collect();
+        let mut inner = Inner::new(kept, plan.next_own, plan.consumed);
+        inner.depth = plan.depth;
+        inner.saved_end = plan.saved_end;
         // Slots alternate by sequence: go on from the newest one saved.
-        inner.meta_seq = saved.map(|(seq, _)| seq).unwrap_or(0);
+        inner.meta_seq = plan.meta_seq;
         Ok(DiskQueue::start(ctx, name, ack_on_pop, inner))
     }
 
@@ -309,6 +352,7 @@ impl DiskQueue {
         let r = inner.ready.pop_front();
         let low = inner.wants_more();
         let Some(Ready { pos, mut msg }) = r else {
+            inner.fix_depth_at_tail(&s.name);
             if inner.depth > 0 && !inner.reading {
                 drop(inner);
                 s.wake_io();
@@ -316,13 +360,15 @@ impl DiskQueue {
             return None;
         };
         inner.depth = inner.depth.saturating_sub(1);
+        let index = inner.pop_index;
+        inner.pop_index += 1;
         inner.ready_bytes = inner.ready_bytes.saturating_sub(msg.body.len());
         if s.ack_on_pop {
             inner.ops += 1;
             drop(inner);
             s.after_consume();
         } else {
-            inner.outstanding.insert(pos);
+            inner.outstanding.insert(pos, index);
             msg.origin = Some(pos);
             drop(inner);
         }
@@ -337,7 +383,7 @@ impl DiskQueue {
         let s = &self.shared;
         {
             let mut inner = s.inner.borrow_mut();
-            if !inner.outstanding.remove(&pos) {
+            if inner.outstanding.remove(&pos).is_none() {
                 return;
             }
             inner.ops += 1;
@@ -416,9 +462,11 @@ impl Inner {
             ready_bytes: 0,
             loaded,
             depth: 0,
-            outstanding: BTreeSet::new(),
+            pop_index: 0,
+            outstanding: BTreeMap::new(),
             reading: false,
             meta_saved: consumed,
+            saved_end: DiskPos::default(),
             meta_seq: 0,
             meta_file: None,
             ops: 0,
@@ -443,6 +491,20 @@ impl Inner {
                     off: s.end,
                 })
                 .unwrap_or_default(),
+        }
+    }
+
+    /// Everything on disk has been read and handed out, yet the depth says
+    /// more: records counted at start-up were damaged (found by the reader
+    /// since). The depth goes to 0 at the tail, as nsqd does (D8).
+    fn fix_depth_at_tail(&mut self, name: &str) {
+        if self.ready.is_empty() && self.loaded >= self.write_end() && self.depth > 0 {
+            tracing::warn!(
+                queue = name,
+                depth = self.depth,
+                "depth did not match the records on disk; reset"
+            );
+            self.depth = 0;
         }
     }
 
@@ -472,10 +534,30 @@ impl Inner {
 
     /// The oldest position still needed: unfinished, or not yet popped.
     fn consume_pos(&self) -> DiskPos {
-        let next = self.ready.front().map(|r| r.pos).unwrap_or(self.loaded);
-        match self.outstanding.first() {
-            Some(o) if *o < next => *o,
+        self.consume_mark().pos
+    }
+
+    /// `consume_pos` with the index of the record there.
+    fn consume_mark(&self) -> ConsumeMark {
+        let next = ConsumeMark {
+            pos: self.ready.front().map(|r| r.pos).unwrap_or(self.loaded),
+            index: self.pop_index,
+        };
+        match self.outstanding.first_key_value() {
+            Some((pos, index)) if *pos < next.pos => ConsumeMark {
+                pos: *pos,
+                index: *index,
+            },
             _ => next,
+        }
+    }
+
+    /// Where the data appended so far ends, with the index the next
+    /// record gets (taken when a sync seals its buffer).
+    fn end_mark(&self) -> ConsumeMark {
+        ConsumeMark {
+            pos: self.write_end(),
+            index: self.pop_index + self.depth,
         }
     }
 
@@ -704,8 +786,8 @@ impl QueueShared {
 
     /// The position a topic's meta may save once the channels it handed
     /// messages to are synced (group commit, before the channel phase).
-    pub fn consume_snapshot(&self) -> DiskPos {
-        self.inner.borrow().consume_pos()
+    pub fn consume_snapshot(&self) -> ConsumeMark {
+        self.inner.borrow().consume_mark()
     }
 
     /// A failed sync: the queue stays in the next round.
@@ -762,6 +844,36 @@ impl QueueShared {
         self.progress.notify();
     }
 
+    /// Clean shutdown, after the last sync: the write segment gives back
+    /// the space preallocated past its data, so the next start, which
+    /// verifies everything past the synced end, finds nothing there.
+    pub async fn trim_tail(&self) {
+        let (file, len) = {
+            let inner = self.inner.borrow();
+            let Some(seg) = inner.segments.back() else {
+                return;
+            };
+            let len = align_up(seg.end);
+            if seg.written_end < seg.end || seg.preallocated <= len || !inner.jobs.is_empty() {
+                return;
+            }
+            let Some(file) = seg.file.clone() else {
+                return;
+            };
+            (file, len)
+        };
+        match file.truncate(len).await {
+            Ok(()) => {
+                if let Some(seg) = self.inner.borrow_mut().segments.back_mut() {
+                    seg.preallocated = len;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(queue = %self.name, error = %e, "cannot trim the last segment; the next start verifies its tail");
+            }
+        }
+    }
+
     /// Makes everything appended so far durable: seals the buffer, waits for
     /// every write, fdatasyncs the files written, saves the consume position.
     pub async fn sync(self: &Rc<Self>, force_meta: bool) -> Result<(), StorageError> {
@@ -773,14 +885,14 @@ impl QueueShared {
     pub async fn sync_at(
         self: &Rc<Self>,
         force_meta: bool,
-        meta_at: Option<DiskPos>,
+        meta_at: Option<ConsumeMark>,
     ) -> Result<(), StorageError> {
-        let (target, epoch) = {
+        let (target, epoch, end) = {
             let mut inner = self.inner.borrow_mut();
             inner.in_sync_list = false;
             inner.ops = 0;
             inner.seal();
-            (inner.next_seq, inner.epoch)
+            (inner.next_seq, inner.epoch, inner.end_mark())
         };
         self.wake_io();
         loop {
@@ -823,18 +935,38 @@ impl QueueShared {
                 return Err(StorageError::Failing(err));
             }
         }
-        self.save_meta(force_meta, meta_at).await
+        self.save_meta(force_meta, meta_at, end).await
     }
 
+    /// Saves the consume position with the depth counted up to `end`, the
+    /// synced end (every write before it completed and fdatasynced). Also
+    /// when only the end moved far: a crash then verifies at most that much.
     async fn save_meta(
         self: &Rc<Self>,
         force: bool,
-        at: Option<DiskPos>,
+        at: Option<ConsumeMark>,
+        end: ConsumeMark,
     ) -> Result<(), StorageError> {
-        let (consume, seq, file, epoch) = {
+        let (consume, synced, seq, file, epoch) = {
             let mut inner = self.inner.borrow_mut();
-            let consume = at.unwrap_or_else(|| inner.consume_pos());
-            if inner.meta_saved == Some(consume) && !force {
+            let mark = at.unwrap_or_else(|| inner.consume_mark());
+            let consume = mark.pos;
+            // Consumed past the synced end (served from memory): nothing
+            // counted; a restart verifies from the consume position.
+            let synced = if mark.pos >= end.pos || mark.index >= end.index {
+                Synced {
+                    depth: 0,
+                    end: mark.pos,
+                }
+            } else {
+                Synced {
+                    depth: end.index - mark.index,
+                    end: end.pos,
+                }
+            };
+            let end_moved = synced.end.seg != inner.saved_end.seg
+                || synced.end.off >= inner.saved_end.off + META_END_STEP;
+            if inner.meta_saved == Some(consume) && !force && !end_moved {
                 return Ok(());
             }
             // A queue that never touched the disk needs no meta file.
@@ -844,6 +976,7 @@ impl QueueShared {
             inner.meta_seq += 1;
             (
                 consume,
+                synced,
                 inner.meta_seq,
                 inner.meta_file.clone(),
                 inner.epoch,
@@ -879,7 +1012,12 @@ impl QueueShared {
             }
         };
         let mut buf = file.alloc_dma_buffer(META_SLOT);
-        encode_meta(buf.as_bytes_mut(), seq, consume);
+        let meta = Meta {
+            seq,
+            consume,
+            synced: Some(synced),
+        };
+        encode_meta(buf.as_bytes_mut(), &meta);
         let slot = (seq % 2) * META_SLOT as u64;
         let r = async {
             let n = file.write_at(buf, slot).await.map_err(describe)?;
@@ -896,6 +1034,7 @@ impl QueueShared {
         let inner = &mut *guard;
         if inner.epoch == epoch && inner.meta_seq == seq {
             inner.meta_saved = Some(consume);
+            inner.saved_end = synced.end;
             self.drop_consumed(inner, consume);
         }
         Ok(())
@@ -1188,19 +1327,22 @@ impl QueueShared {
                         msg,
                     });
                 }
-                // The start-up scan has reported it already.
-                Walk::Damaged { from, to } => {
-                    tracing::debug!(path = %path.display(), from, to, "skipped corrupt bytes");
-                }
+                // Start-up trusts the synced part of the queue (its meta has
+                // the depth): damage there shows only now.
+                Walk::Damaged { from, to } => report_damage(&self.name, &path, from, to),
                 Walk::NeedMore | Walk::End => break,
             }
         }
         let pos = walker.pos();
-        inner.loaded = DiskPos { seg: ord, off: pos };
-        if inner.ready.is_empty() && inner.loaded >= inner.write_end() && inner.depth > 0 {
-            tracing::warn!(queue = %self.name, depth = inner.depth, "depth did not match the records on disk; reset");
-            inner.depth = 0;
+        if let Some(d) = walker.open_damage().filter(|_| pos >= limit) {
+            let rest = chunk.get((d - from) as usize..).unwrap_or_default();
+            // Zeros up to the end are padding, not damage.
+            if rest.iter().any(|b| *b != 0) {
+                report_damage(&self.name, &path, d, limit);
+            }
         }
+        inner.loaded = DiskPos { seg: ord, off: pos };
+        inner.fix_depth_at_tail(&self.name);
         drop(inner);
         self.ctx.refilled(&self.name);
         true
@@ -1343,6 +1485,10 @@ async fn io_task(q: Rc<QueueShared>) {
     q.task_running.set(false);
 }
 
+fn report_damage(queue: &str, path: &Path, from: u64, to: u64) {
+    tracing::warn!(queue, path = %path.display(), offset = from, skipped = to - from, "corrupt records skipped");
+}
+
 /// Makes a new file's directory entry durable (a crash must not lose the
 /// file itself). Rare: once per segment and meta file.
 fn sync_dir(dir: &Path) {
@@ -1385,7 +1531,7 @@ async fn open_rw(path: &Path) -> Result<DmaFile, StorageError> {
         .map_err(|e| StorageError::io("opening", path, e.into()))
 }
 
-fn remove_file(path: &Path) {
+pub(super) fn remove_file(path: &Path) {
     if let Err(e) = std::fs::remove_file(path) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(path = %path.display(), error = %e, "cannot remove file");
@@ -1396,71 +1542,12 @@ fn remove_file(path: &Path) {
 /// The number of the next new segment: past the last file on disk and past
 /// the saved consume position, even when every file before it is gone (or
 /// the next start would take the new segments for consumed).
-fn next_number(last_file: Option<u64>, saved: Option<(u64, DiskPos)>) -> u64 {
+pub(super) fn next_number(last_file: Option<u64>, saved: Option<(u64, DiskPos)>) -> u64 {
     let after_file = last_file.map_or(1, |n| n + 1);
     match saved {
         Some((_, pos)) if pos.seg >= OWN_BASE => after_file.max(pos.seg - OWN_BASE + 1),
         _ => after_file,
     }
-}
-
-/// One segment file of a queue and where its unconsumed records start.
-pub struct SegmentFile {
-    /// Position ordinal (`OWN_BASE` + number for ringsq's own files).
-    pub ord: u64,
-    pub format: Format,
-    pub path: PathBuf,
-    pub start: u64,
-    pub len: u64,
-}
-
-/// The queue's segment files in reading order (nsqd's imported ones first),
-/// split at the consume position: those wholly consumed, and those still to
-/// read (the first from the consume position on). What `open` reads, and
-/// what `nsqd_export` rewrites.
-pub fn queue_segments(
-    dir: &Path,
-    name: &str,
-    consumed: Option<DiskPos>,
-) -> Result<(Vec<SegmentFile>, Vec<SegmentFile>), StorageError> {
-    let legacy = nsqd_import::segments(dir, name);
-    // nsqd files it had read to the end (a caught-up queue keeps its write
-    // file, D6) are consumed whatever ringsq's own position says.
-    let legacy_file = |l: nsqd_import::LegacySegment| SegmentFile {
-        ord: l.num,
-        format: Format::Nsqd,
-        path: l.path,
-        start: l.start,
-        len: l.len,
-    };
-    let read_to_end = legacy.read.into_iter().map(legacy_file);
-    let mut all: Vec<SegmentFile> = legacy.unread.into_iter().map(legacy_file).collect();
-    for (num, path) in own_segments(dir, name)? {
-        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let start = read_header(&path).unwrap_or_else(|e| {
-            tracing::warn!(path = %path.display(), error = %e, "corrupt segment header; scanning its records anyway");
-            HEADER_LEN
-        });
-        all.push(SegmentFile {
-            ord: OWN_BASE + num,
-            format: Format::Ringsq,
-            path,
-            start,
-            len,
-        });
-    }
-    all.sort_by_key(|s| s.ord);
-    let mut done: Vec<SegmentFile> = read_to_end.collect();
-    let Some(c) = consumed else {
-        return Ok((done, all));
-    };
-    let (consumed_files, mut pending): (Vec<_>, Vec<_>) =
-        all.into_iter().partition(|s| s.ord < c.seg);
-    done.extend(consumed_files);
-    for seg in pending.iter_mut().filter(|s| s.ord == c.seg) {
-        seg.start = seg.start.max(c.off);
-    }
-    Ok((done, pending))
 }
 
 /// The consume position saved in the queue's meta file, if any.
@@ -1474,7 +1561,7 @@ pub fn has_own_files(dir: &Path, name: &str) -> Result<bool, StorageError> {
 }
 
 /// This queue's own segment files, by number.
-fn own_segments(dir: &Path, name: &str) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+pub(super) fn own_segments(dir: &Path, name: &str) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     let prefix = format!("{name}.ringsq.");
     let mut out = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| StorageError::io("listing", dir, e))?;
@@ -1499,7 +1586,7 @@ fn own_segments(dir: &Path, name: &str) -> Result<Vec<(u64, PathBuf)>, StorageEr
     Ok(out)
 }
 
-fn read_header(path: &Path) -> Result<u64, String> {
+pub(super) fn read_header(path: &Path) -> Result<u64, String> {
     let mut head = [0u8; HEADER_LEN as usize];
     let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
     f.read_exact(&mut head).map_err(|e| e.to_string())?;
@@ -1615,48 +1702,88 @@ fn tail_is_zero(file: &std::fs::File, from: u64, to: u64) -> std::io::Result<boo
     Ok(true)
 }
 
-const META_MAGIC: &[u8; 8] = b"RSQMETA1";
+/// Meta file format 1: the consume position only (start-up scans the rest).
+const META_MAGIC_V1: &[u8; 8] = b"RSQMETA1";
+/// Format 2 adds the depth and the synced end it counts up to.
+const META_MAGIC: &[u8; 8] = b"RSQMETA2";
 
 /// Each of the meta file's two slots is one file-system block.
 const META_SLOT: usize = 4096;
 
-/// One of the meta file's two slots (written alternately, so a
-/// torn write leaves the other one valid).
-fn encode_meta(out: &mut [u8], seq: u64, pos: DiskPos) {
-    out.fill(0);
-    out[..8].copy_from_slice(META_MAGIC);
-    out[8..16].copy_from_slice(&seq.to_le_bytes());
-    out[16..24].copy_from_slice(&pos.seg.to_le_bytes());
-    out[24..32].copy_from_slice(&pos.off.to_le_bytes());
-    let crc = crc32fast::hash(&out[..32]);
-    out[32..36].copy_from_slice(&crc.to_le_bytes());
+/// What one meta slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Slots alternate by sequence; the newest valid one counts.
+    pub seq: u64,
+    /// The oldest record not yet consumed (finished).
+    pub consume: DiskPos,
+    /// None in a format-1 file.
+    pub synced: Option<Synced>,
 }
 
-fn decode_meta(slot: &[u8]) -> Option<(u64, DiskPos)> {
-    if slot.len() < 36 || &slot[..8] != META_MAGIC {
-        return None;
-    }
-    let crc = u32::from_le_bytes(slot[32..36].try_into().ok()?);
-    if crc != crc32fast::hash(&slot[..32]) {
-        return None;
-    }
+/// What was on disk (written and fdatasynced) when the meta was saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Synced {
+    /// Records in [consume, end).
+    pub depth: u64,
+    /// End of the synced data; records appended later start here or in a
+    /// later segment.
+    pub end: DiskPos,
+}
+
+/// One of the meta file's two slots (written alternately, so a
+/// torn write leaves the other one valid).
+pub fn encode_meta(out: &mut [u8], meta: &Meta) {
+    out.fill(0);
+    let synced = meta.synced.unwrap_or(Synced {
+        depth: 0,
+        end: meta.consume,
+    });
+    out[..8].copy_from_slice(META_MAGIC);
+    out[8..16].copy_from_slice(&meta.seq.to_le_bytes());
+    out[16..24].copy_from_slice(&meta.consume.seg.to_le_bytes());
+    out[24..32].copy_from_slice(&meta.consume.off.to_le_bytes());
+    out[32..40].copy_from_slice(&synced.depth.to_le_bytes());
+    out[40..48].copy_from_slice(&synced.end.seg.to_le_bytes());
+    out[48..56].copy_from_slice(&synced.end.off.to_le_bytes());
+    let crc = crc32fast::hash(&out[..56]);
+    out[56..60].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A slot of either format; None when torn, damaged or empty.
+pub fn decode_meta(slot: &[u8]) -> Option<Meta> {
     let n = |r: std::ops::Range<usize>| u64::from_le_bytes(slot[r].try_into().unwrap_or_default());
-    Some((
-        n(8..16),
-        DiskPos {
+    let (crc_at, v2) = match slot.get(..8)? {
+        m if m == META_MAGIC_V1 => (32, false),
+        m if m == META_MAGIC => (56, true),
+        _ => return None,
+    };
+    let crc = u32::from_le_bytes(slot.get(crc_at..crc_at + 4)?.try_into().ok()?);
+    if crc != crc32fast::hash(&slot[..crc_at]) {
+        return None;
+    }
+    Some(Meta {
+        seq: n(8..16),
+        consume: DiskPos {
             seg: n(16..24),
             off: n(24..32),
         },
-    ))
+        synced: v2.then(|| Synced {
+            depth: n(32..40),
+            end: DiskPos {
+                seg: n(40..48),
+                off: n(48..56),
+            },
+        }),
+    })
 }
 
-/// The saved consume position and its sequence number, if any.
-fn read_meta(path: &Path) -> Option<(u64, DiskPos)> {
-    let data = std::fs::read(path).ok()?;
+/// The newest valid slot of a meta file's bytes.
+fn pick_meta(path: &Path, data: &[u8]) -> Option<Meta> {
     let a = decode_meta(data.get(..META_SLOT).unwrap_or(&[]));
     let b = decode_meta(data.get(META_SLOT..2 * META_SLOT).unwrap_or(&[]));
     match (a, b) {
-        (Some(a), Some(b)) => Some(if a.0 >= b.0 { a } else { b }),
+        (Some(a), Some(b)) => Some(if a.seq >= b.seq { a } else { b }),
         (Some(x), None) | (None, Some(x)) => Some(x),
         (None, None) => {
             tracing::warn!(path = %path.display(), "corrupt meta file; reading the queue from its start");
@@ -1665,26 +1792,75 @@ fn read_meta(path: &Path) -> Option<(u64, DiskPos)> {
     }
 }
 
+/// The saved meta, if any (blocking: start-up's pool thread, offline tools).
+pub fn read_meta_full(path: &Path) -> Option<Meta> {
+    let data = std::fs::read(path).ok()?;
+    pick_meta(path, &data)
+}
+
+/// The saved consume position and its sequence number, if any.
+pub fn read_meta(path: &Path) -> Option<(u64, DiskPos)> {
+    read_meta_full(path).map(|m| (m.seq, m.consume))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn meta(seq: u64, seg: u64, off: u64, depth: u64) -> Meta {
+        Meta {
+            seq,
+            consume: DiskPos { seg, off },
+            synced: Some(Synced {
+                depth,
+                end: DiskPos {
+                    seg: seg + 1,
+                    off: 8192,
+                },
+            }),
+        }
+    }
 
     #[test]
     fn meta_slots_round_trip_and_newest_wins() {
         let mut a = [0u8; META_SLOT];
         let mut b = [0u8; META_SLOT];
-        encode_meta(&mut a, 4, DiskPos { seg: 1, off: 600 });
-        encode_meta(&mut b, 5, DiskPos { seg: 2, off: 512 });
+        encode_meta(&mut a, &meta(4, 1, 600, 7));
+        encode_meta(&mut b, &meta(5, 2, 512, 3));
         let dir = std::env::temp_dir().join(format!("ringsq-meta-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join("t.ringsq.meta.dat");
         let mut data = a.to_vec();
         data.extend_from_slice(&b);
         std::fs::write(&path, &data).unwrap();
+        assert_eq!(read_meta_full(&path), Some(meta(5, 2, 512, 3)));
         assert_eq!(read_meta(&path), Some((5, DiskPos { seg: 2, off: 512 })));
         data[META_SLOT + 20] ^= 1; // torn newer slot: the older one counts
         std::fs::write(&path, &data).unwrap();
-        assert_eq!(read_meta(&path), Some((4, DiskPos { seg: 1, off: 600 })));
+        assert_eq!(read_meta_full(&path), Some(meta(4, 1, 600, 7)));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn format_1_slots_still_read_without_a_depth() {
+        let mut slot = [0u8; META_SLOT];
+        slot[..8].copy_from_slice(b"RSQMETA1");
+        slot[8..16].copy_from_slice(&9u64.to_le_bytes());
+        slot[16..24].copy_from_slice(&(OWN_BASE + 3).to_le_bytes());
+        slot[24..32].copy_from_slice(&4096u64.to_le_bytes());
+        let crc = crc32fast::hash(&slot[..32]);
+        slot[32..36].copy_from_slice(&crc.to_le_bytes());
+        let m = decode_meta(&slot).unwrap();
+        assert_eq!(m.seq, 9);
+        assert_eq!(
+            m.consume,
+            DiskPos {
+                seg: OWN_BASE + 3,
+                off: 4096
+            }
+        );
+        assert_eq!(m.synced, None);
+        slot[30] ^= 1;
+        assert_eq!(decode_meta(&slot), None);
     }
 }

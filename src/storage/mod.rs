@@ -14,6 +14,7 @@ pub mod metadata;
 pub mod notify;
 pub mod nsqd_export;
 pub mod nsqd_import;
+pub mod open;
 pub mod record;
 
 use std::cell::{Cell, RefCell};
@@ -209,7 +210,8 @@ impl SyncGroup {
         // reach the disk before the channel records it handed messages to,
         // so topics save the position they had when the round started.
         let (topics, channels): (Vec<_>, Vec<_>) = queues.into_iter().partition(|q| q.is_topic());
-        let snapshots: Vec<DiskPos> = topics.iter().map(|q| q.consume_snapshot()).collect();
+        let snapshots: Vec<disk_queue::ConsumeMark> =
+            topics.iter().map(|q| q.consume_snapshot()).collect();
         let mut results = futures::future::join_all(channels.iter().map(|q| q.sync(false))).await;
         let topic_syncs = topics
             .iter()
@@ -278,6 +280,11 @@ pub struct CoreStorage {
     /// not pick the number either. The last opener deletes the file itself
     /// if its segment went away meanwhile.
     opening: RefCell<std::collections::HashMap<std::path::PathBuf, u32>>,
+    /// Start-up: each queue's open, prepared off the core thread
+    /// (`prepare_queues`), taken by `DiskQueue::open`.
+    prepared: RefCell<std::collections::HashMap<String, open::Prepared>>,
+    /// Start-up: the numbers a queue whose open failed starts past.
+    failed_opens: RefCell<std::collections::HashMap<String, (u64, u64)>>,
 }
 
 /// Publishers wait while this much is waiting for the disk (backpressure
@@ -354,7 +361,49 @@ impl CoreStorage {
             unwritten: Cell::new(0),
             written: Notify::default(),
             opening: RefCell::new(Default::default()),
+            prepared: RefCell::new(Default::default()),
+            failed_opens: RefCell::new(Default::default()),
         })
+    }
+
+    /// Start-up: reads what every queue in `names` needs to open (meta
+    /// files, segment lengths, the unsynced tails) on the core's blocking
+    /// thread, so the core thread never waits on a file.
+    pub async fn prepare_queues(&self, names: Vec<String>) {
+        if names.is_empty() {
+            return;
+        }
+        let cfg = self.config.clone();
+        let prepared = glommio::executor()
+            .spawn_blocking(move || {
+                let mut listing = open::list_own_segments(&cfg.dir);
+                names
+                    .into_iter()
+                    .map(|name| {
+                        let own = listing
+                            .as_mut()
+                            .map(|l| l.remove(&name).unwrap_or_default());
+                        let p = open::prepare_open(&cfg, &name, own);
+                        (name, p)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+        self.prepared.borrow_mut().extend(prepared);
+    }
+
+    pub(crate) fn take_prepared(&self, name: &str) -> Option<open::Prepared> {
+        self.prepared.borrow_mut().remove(name)
+    }
+
+    pub(crate) fn put_failed_open(&self, name: &str, numbers: (u64, u64)) {
+        self.failed_opens
+            .borrow_mut()
+            .insert(name.to_string(), numbers);
+    }
+
+    pub(crate) fn take_failed_open(&self, name: &str) -> Option<(u64, u64)> {
+        self.failed_opens.borrow_mut().remove(name)
     }
 
     fn begin_opening(&self, path: &std::path::Path) {

@@ -37,7 +37,7 @@ use thiserror::Error;
 
 use super::metadata::{self, MetadataError, TopicMeta};
 use super::record::Format;
-use super::{deferred, disk_queue, lock_data_path, nsqd_import, LockError, StorageError};
+use super::{deferred, disk_queue, lock_data_path, nsqd_import, open, LockError, StorageError};
 use crate::protocol::message::MSG_HEADER_LEN;
 use crate::protocol::names::is_ephemeral;
 use crate::protocol::Message;
@@ -308,7 +308,8 @@ fn export_queue(cfg: &ExportConfig, name: &str) -> Result<QueueReport, ExportErr
         return Ok(report);
     }
     let consumed = disk_queue::saved_position(dir, name);
-    let (done, pending) = disk_queue::queue_segments(dir, name, consumed)?;
+    let own = disk_queue::own_segments(dir, name)?;
+    let (done, pending) = open::select_segments(dir, name, own, consumed);
     let existing = nsqd_files(dir, name)?;
     let first = existing.last().map_or(0, |(n, _)| n + 1);
     let written = write_queue(cfg, name, &pending, first, &mut report)?;
@@ -343,7 +344,7 @@ fn export_queue(cfg: &ExportConfig, name: &str) -> Result<QueueReport, ExportErr
 fn write_queue(
     cfg: &ExportConfig,
     name: &str,
-    pending: &[disk_queue::SegmentFile],
+    pending: &[open::SegmentPlan],
     first: u64,
     report: &mut QueueReport,
 ) -> Result<Written, ExportError> {
@@ -353,7 +354,7 @@ fn write_queue(
             &seg.path,
             seg.format,
             seg.start,
-            seg.len,
+            seg.end,
             cfg.max_msg_size,
             |r| out.put(&r.msg),
         )

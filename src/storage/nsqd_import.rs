@@ -5,6 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+use super::disk_queue::Synced;
+use super::record::DiskPos;
+
 pub struct LegacySegment {
     pub num: u64,
     pub path: PathBuf,
@@ -23,21 +26,27 @@ pub fn segment_path(dir: &Path, name: &str, num: u64) -> PathBuf {
 
 /// nsqd's meta (D5): depth, readFileNum,readPos, writeFileNum,writePos.
 fn read_meta(path: &Path) -> Option<(u64, u64, u64, u64)> {
+    read_meta_with_depth(path).map(|(_, r, rp, w, wp)| (r, rp, w, wp))
+}
+
+/// nsqd's meta with its depth first; None when unreadable or negative.
+fn read_meta_with_depth(path: &Path) -> Option<(u64, u64, u64, u64, u64)> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut nums = text
         .split(['\n', ','])
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<i64>().ok());
-    let _depth = nums.next()??;
+    let depth = nums.next()??;
     let read_file = nums.next()??;
     let read_pos = nums.next()??;
     let write_file = nums.next()??;
     let _write_pos = nums.next()??;
-    if read_file < 0 || read_pos < 0 || write_file < read_file {
+    if read_file < 0 || read_pos < 0 || write_file < read_file || depth < 0 {
         return None;
     }
     Some((
+        depth as u64,
         read_file as u64,
         read_pos as u64,
         write_file as u64,
@@ -95,6 +104,25 @@ pub fn segments(dir: &Path, name: &str) -> LegacyFiles {
         );
     }
     out
+}
+
+/// What nsqd's meta says was on disk at its last sync (D5): the read
+/// position, the depth and the write position it counts up to. nsqd writes
+/// the three together after syncing the data, so the depth counts the
+/// records between the two positions; start-up checks it against the files
+/// and verifies only what lies past the write position.
+pub fn synced(dir: &Path, name: &str) -> Option<(DiskPos, Synced)> {
+    let (depth, read_file, read_pos, write_file, write_pos) =
+        read_meta_with_depth(&meta_path(dir, name))?;
+    let consume = DiskPos {
+        seg: read_file,
+        off: read_pos,
+    };
+    let end = DiskPos {
+        seg: write_file,
+        off: write_pos,
+    };
+    Some((consume, Synced { depth, end }))
 }
 
 /// Once no nsqd segment of `name` is left, its meta file goes too.

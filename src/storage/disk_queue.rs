@@ -162,6 +162,10 @@ struct Inner {
     meta_saved: Option<DiskPos>,
     /// The synced end the meta on disk counts its depth to.
     saved_end: DiskPos,
+    /// The furthest end known written and fdatasynced: a save that began
+    /// with an older end (a group-commit round overtaken by the shutdown
+    /// sync) writes this one, so the newest meta slot never moves back.
+    synced_mark: Option<ConsumeMark>,
     meta_seq: u64,
     meta_file: Option<Rc<DmaFile>>,
     /// Puts and FINs since the last sync (--sync-every).
@@ -467,6 +471,7 @@ impl Inner {
             reading: false,
             meta_saved: consumed,
             saved_end: DiskPos::default(),
+            synced_mark: None,
             meta_seq: 0,
             meta_file: None,
             ops: 0,
@@ -935,6 +940,12 @@ impl QueueShared {
                 return Err(StorageError::Failing(err));
             }
         }
+        {
+            let mut inner = self.inner.borrow_mut();
+            if inner.epoch == epoch && inner.synced_mark.is_none_or(|m| m.index < end.index) {
+                inner.synced_mark = Some(end);
+            }
+        }
         self.save_meta(force_meta, meta_at, end).await
     }
 
@@ -949,6 +960,10 @@ impl QueueShared {
     ) -> Result<(), StorageError> {
         let (consume, synced, seq, file, epoch) = {
             let mut inner = self.inner.borrow_mut();
+            let end = inner
+                .synced_mark
+                .filter(|m| m.index > end.index)
+                .unwrap_or(end);
             let mark = at.unwrap_or_else(|| inner.consume_mark());
             let consume = mark.pos;
             // Consumed past the synced end (served from memory): nothing
@@ -1562,18 +1577,24 @@ pub fn has_own_files(dir: &Path, name: &str) -> Result<bool, StorageError> {
 
 /// This queue's own segment files, by number.
 pub(super) fn own_segments(dir: &Path, name: &str) -> Result<Vec<(u64, PathBuf)>, StorageError> {
-    let prefix = format!("{name}.ringsq.");
+    numbered_files(dir, &format!("{name}.ringsq."))
+}
+
+/// The files `<prefix>NNNNNN.dat` (six digits or more) in `dir`, by number:
+/// ringsq's segments and nsqd's diskqueue files are both named so.
+pub(super) fn numbered_files(
+    dir: &Path,
+    prefix: &str,
+) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     let mut out = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| StorageError::io("listing", dir, e))?;
     for entry in entries.flatten() {
         let file_name = entry.file_name();
-        let Some(n) = file_name.to_str() else {
-            continue;
-        };
-        let Some(rest) = n.strip_prefix(&prefix) else {
-            continue;
-        };
-        let Some(num) = rest.strip_suffix(".dat") else {
+        let Some(num) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|r| r.strip_suffix(".dat"))
+        else {
             continue;
         };
         if num.len() >= 6 && num.bytes().all(|b| b.is_ascii_digit()) {

@@ -378,26 +378,10 @@ fn write_queue(
 
 /// nsqd's data files of queue `name` present now, by number.
 fn nsqd_files(dir: &Path, name: &str) -> Result<Vec<(u64, PathBuf)>, ExportError> {
-    let prefix = format!("{name}.diskqueue.");
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| io_err("listing", dir, e))? {
-        let entry = entry.map_err(|e| io_err("listing", dir, e))?;
-        let file_name = entry.file_name();
-        let Some(num) = file_name
-            .to_str()
-            .and_then(|n| n.strip_prefix(&prefix))
-            .and_then(|r| r.strip_suffix(".dat"))
-        else {
-            continue;
-        };
-        if num.len() >= 6 && num.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(num) = num.parse() {
-                out.push((num, entry.path()));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    Ok(disk_queue::numbered_files(
+        dir,
+        &format!("{name}.diskqueue."),
+    )?)
 }
 
 /// Writes one nsqd diskqueue (D3-D6) under temporary names.

@@ -76,6 +76,13 @@ def messages(m):
     return out
 
 
+def stop_and_check_files(b, m, d):
+    """A clean stop leaves no segment without its meta and nsqd's files unwritten."""
+    assert b.terminate() == 0
+    assert_no_orphan_segments(d)
+    nsqd_files_untouched(m, d)
+
+
 def nsqd_files_untouched(m, d):
     """Every nsqd file (diskqueue segment, meta, `*.bad`) still in `d` is byte-identical
     to nsqd's: ringsqd may delete a file it has consumed, never write one. Returns the
@@ -214,9 +221,7 @@ def test_takeover_restart_mid_consumption(brokers, case):
         half[(e["topic"], e["channel"])] = len(expected_order(e)) // 2
         _, c = unpause_and_take(b, e, stored, count=half[(e["topic"], e["channel"])])
         c.close()
-    assert b.terminate() == 0
-    assert_no_orphan_segments(d)
-    nsqd_files_untouched(m, d)
+    stop_and_check_files(b, m, d)
 
     b = brokers(data_dir=d)
     for e in m["consume"]:
@@ -232,9 +237,7 @@ def test_takeover_restart_mid_consumption(brokers, case):
         check_exact(rest, want[half[(t, ch)]:], stored, f"{t}/{ch} after restart")
         wait_channel(b, t, ch, timeout=10, in_flight_count=0, depth=0)
         c.close()
-    assert b.terminate() == 0
-    assert_no_orphan_segments(d)
-    nsqd_files_untouched(m, d)
+    stop_and_check_files(b, m, d)
 
     b = brokers(data_dir=d)
     for e in m["consume"]:

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,8 @@ use crate::config::NSQD_COMPAT_VERSION;
 
 pub mod discovery;
 
+/// Events handled before the timers are looked at again.
+const MAX_EVENTS_PER_PASS: usize = 10_000;
 /// L6: nsqd pings every peer this often.
 const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// L1: dial timeout, write deadline, and how long an owed answer may take.
@@ -219,6 +221,9 @@ impl LookupLoop {
         self.reconcile_peers();
         let mut next_ping = Instant::now() + PING_INTERVAL;
         while !self.stopping.load(Ordering::Acquire) {
+            if !self.handle_ready() {
+                break;
+            }
             let now = Instant::now();
             if now >= next_ping {
                 next_ping = now + PING_INTERVAL;
@@ -238,6 +243,22 @@ impl LookupLoop {
         for peer in &mut self.peers {
             peer.close();
         }
+    }
+
+    /// Handles the events already waiting, so that answers which arrived
+    /// while this thread was busy (writing a long REGISTER burst, resolving
+    /// a lookupd's broadcast address) count before any deadline is judged.
+    /// False once stopping.
+    fn handle_ready(&mut self) -> bool {
+        // Bounded, so a flood of events cannot hold the timers off forever.
+        for _ in 0..MAX_EVENTS_PER_PASS {
+            match self.rx.try_recv() {
+                Ok(Event::Stop) | Err(TryRecvError::Disconnected) => return false,
+                Ok(event) => self.handle(event),
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        true
     }
 
     fn handle(&mut self, event: Event) {

@@ -270,7 +270,7 @@ impl DiskQueue {
         // Reading records at start-up (a crash tail, a format-1 meta, nsqd's
         // files) is worth a line; a clean start is not, per queue.
         let read = match plan.counted {
-            open::Counted::Meta { verified } | open::Counted::NsqdMeta { verified } => verified > 0,
+            open::Counted::Meta { verified } => verified > 0,
             open::Counted::Scan { scanned } => scanned > 0,
         };
         if read {

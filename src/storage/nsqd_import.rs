@@ -5,9 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use super::disk_queue::Synced;
-use super::record::DiskPos;
-
 pub struct LegacySegment {
     pub num: u64,
     pub path: PathBuf,
@@ -24,33 +21,29 @@ pub fn segment_path(dir: &Path, name: &str, num: u64) -> PathBuf {
     dir.join(format!("{name}.diskqueue.{num:06}.dat"))
 }
 
-/// nsqd's meta (D5): depth, readFileNum,readPos, writeFileNum,writePos.
+/// nsqd's meta (D5): depth, readFileNum,readPos, writeFileNum,writePos;
+/// the positions only (the depth can be negative after a crash, and is not
+/// used).
 fn read_meta(path: &Path) -> Option<(u64, u64, u64, u64)> {
-    read_meta_with_depth(path).map(|(_, r, rp, w, wp)| (r, rp, w, wp))
-}
-
-/// nsqd's meta with its depth first; None when unreadable or negative.
-fn read_meta_with_depth(path: &Path) -> Option<(u64, u64, u64, u64, u64)> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut nums = text
         .split(['\n', ','])
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<i64>().ok());
-    let depth = nums.next()??;
+    let _depth = nums.next()??;
     let read_file = nums.next()??;
     let read_pos = nums.next()??;
     let write_file = nums.next()??;
-    let _write_pos = nums.next()??;
-    if read_file < 0 || read_pos < 0 || write_file < read_file || depth < 0 {
+    let write_pos = nums.next()??;
+    if read_file < 0 || read_pos < 0 || write_file < read_file {
         return None;
     }
     Some((
-        depth as u64,
         read_file as u64,
         read_pos as u64,
         write_file as u64,
-        _write_pos.max(0) as u64,
+        write_pos.max(0) as u64,
     ))
 }
 
@@ -106,32 +99,15 @@ pub fn segments(dir: &Path, name: &str) -> LegacyFiles {
     out
 }
 
-/// What nsqd's meta says was on disk at its last sync (D5): the read
-/// position, the depth and the write position it counts up to. nsqd writes
-/// the three together after syncing the data, so the depth counts the
-/// records between the two positions; start-up checks it against the files
-/// and verifies only what lies past the write position.
-pub fn synced(dir: &Path, name: &str) -> Option<(DiskPos, Synced)> {
-    let (depth, read_file, read_pos, write_file, write_pos) =
-        read_meta_with_depth(&meta_path(dir, name))?;
-    let consume = DiskPos {
-        seg: read_file,
-        off: read_pos,
-    };
-    let end = DiskPos {
-        seg: write_file,
-        off: write_pos,
-    };
-    Some((consume, Synced { depth, end }))
-}
-
 /// Once no nsqd segment of `name` is left, its meta file goes too.
 pub fn remove_meta_if_done(dir: &Path, name: &str, segments_left: bool) {
     if segments_left {
         return;
     }
     let meta = meta_path(dir, name);
-    if meta.exists() {
+    // An unreadable meta stays: its files were not imported, and without it
+    // nothing (nsqd included) could find them again.
+    if meta.exists() && read_meta(&meta).is_some() {
         if let Err(e) = std::fs::remove_file(&meta) {
             tracing::warn!(path = %meta.display(), error = %e, "cannot remove nsqd meta file");
         }

@@ -48,7 +48,6 @@ pub enum Counted {
     /// From the meta; `verified` bytes past its synced end were scanned.
     Meta { verified: u64 },
     /// From nsqd's meta (D5); the tail past its write position scanned.
-    NsqdMeta { verified: u64 },
     /// Every unconsumed segment scanned (no usable meta).
     Scan { scanned: u64 },
 }
@@ -203,32 +202,26 @@ fn plan(
     for seg in &done {
         remove_file(&seg.path);
     }
-    let nsqd_synced = if meta.is_none() && kept.iter().any(|s| s.format == Format::Nsqd) {
-        nsqd_import::synced(dir, name)
-    } else {
-        None
-    };
     nsqd_import::remove_meta_if_done(dir, name, kept.iter().any(|s| s.format == Format::Nsqd));
-    let from_meta = meta.and_then(|m| m.synced.map(|s| (m.consume, s, false)));
-    let trusted = from_meta
-        .or(nsqd_synced.map(|(c, s)| (c, s, true)))
-        .filter(|(c, s, _)| fits(&kept, *c, s));
+    // nsqd's own meta depth is not trusted: after a crash its reader salvages
+    // records past writePos while counting them off a depth that never had
+    // them, so a later clean stop can save a depth that is short (or
+    // negative). nsqd's files are counted once, at takeover; ringsq's meta
+    // holds the count from then on.
+    let from_meta = meta.and_then(|m| m.synced.map(|s| (m.consume, s)));
+    let trusted = from_meta.filter(|(c, s)| fits(&kept, *c, s));
     let (depth, counted) = match trusted {
-        Some((_, synced, nsqd)) => {
+        Some((_, synced)) => {
             let verified = verify_tail(cfg, &mut kept, synced.end)?;
-            let counted = if nsqd {
-                Counted::NsqdMeta {
-                    verified: verified.1,
-                }
-            } else {
+            (
+                synced.depth + verified.0,
                 Counted::Meta {
                     verified: verified.1,
-                }
-            };
-            (synced.depth + verified.0, counted)
+                },
+            )
         }
         None => {
-            if from_meta.is_some() || nsqd_synced.is_some() {
+            if from_meta.is_some() {
                 tracing::warn!(
                     queue = name,
                     "meta file does not match the segment files; counting by scanning them"

@@ -95,8 +95,12 @@ struct Segment {
     sealed: bool,
     file: Option<Rc<DmaFile>>,
     preallocated: u64,
-    /// Has completed writes not yet fdatasync'ed.
-    unsynced: bool,
+    /// Completed writes, and how many of them an fdatasync has covered.
+    /// A sync clears nothing before its fdatasync returns, so a sync
+    /// running meanwhile (the shutdown's, beside a group-commit round) syncs
+    /// the file itself rather than count on one still in flight.
+    writes: u64,
+    synced_writes: u64,
 }
 
 struct WriteBuf {
@@ -166,6 +170,11 @@ struct Inner {
     /// with an older end (a group-commit round overtaken by the shutdown
     /// sync) writes this one, so the newest meta slot never moves back.
     synced_mark: Option<ConsumeMark>,
+    /// The furthest consume position a save has been started with: a
+    /// topic's snapshot taken before it (a round overtaken by the shutdown
+    /// sync) must not be written over it, or a restart would hand the
+    /// channels those messages again.
+    save_started_at: Option<DiskPos>,
     meta_seq: u64,
     meta_file: Option<Rc<DmaFile>>,
     /// Puts and FINs since the last sync (--sync-every).
@@ -434,7 +443,8 @@ impl Segment {
             sealed: true,
             file: None,
             preallocated: end,
-            unsynced: false,
+            writes: 0,
+            synced_writes: 0,
         }
     }
 }
@@ -472,6 +482,7 @@ impl Inner {
             meta_saved: consumed,
             saved_end: DiskPos::default(),
             synced_mark: None,
+            save_started_at: None,
             meta_seq: 0,
             meta_file: None,
             ops: 0,
@@ -645,7 +656,8 @@ impl Inner {
             sealed: false,
             file: None,
             preallocated: 0,
-            unsynced: false,
+            writes: 0,
+            synced_writes: 0,
         });
         let new_end = DiskPos {
             seg: ord,
@@ -916,28 +928,28 @@ impl QueueShared {
             }
             self.progress.changed(seen).await;
         }
-        let files: Vec<(u64, Rc<DmaFile>)> = {
-            let mut inner = self.inner.borrow_mut();
+        let files: Vec<(u64, u64, Rc<DmaFile>)> = {
+            let inner = self.inner.borrow();
             inner
                 .segments
-                .iter_mut()
-                .filter(|s| s.unsynced)
-                .filter_map(|s| {
-                    s.unsynced = false;
-                    s.file.clone().map(|f| (s.ord, f))
-                })
+                .iter()
+                .filter(|s| s.writes > s.synced_writes)
+                .filter_map(|s| s.file.clone().map(|f| (s.ord, s.writes, f)))
                 .collect()
         };
-        let results = futures::future::join_all(files.iter().map(|(_, f)| f.fdatasync())).await;
-        for ((ord, _), r) in files.iter().zip(results) {
+        let results = futures::future::join_all(files.iter().map(|(_, _, f)| f.fdatasync())).await;
+        for ((ord, writes, _), r) in files.iter().zip(results) {
             if let Err(e) = r {
+                // Not marked synced: the next round syncs this file again.
                 let err = describe(e);
                 tracing::error!(queue = %self.name, error = %err, "fdatasync failed");
-                // The next round must sync this file again.
-                if let Some(seg) = self.inner.borrow_mut().segment_mut(*ord) {
-                    seg.unsynced = true;
-                }
                 return Err(StorageError::Failing(err));
+            }
+            let mut inner = self.inner.borrow_mut();
+            if inner.epoch == epoch {
+                if let Some(seg) = inner.segment_mut(*ord) {
+                    seg.synced_writes = seg.synced_writes.max(*writes);
+                }
             }
         }
         {
@@ -964,6 +976,11 @@ impl QueueShared {
                 .synced_mark
                 .filter(|m| m.index > end.index)
                 .unwrap_or(end);
+            if let (Some(snapshot), Some(newer)) = (at, inner.save_started_at) {
+                if snapshot.pos < newer {
+                    return Ok(());
+                }
+            }
             let mark = at.unwrap_or_else(|| inner.consume_mark());
             let consume = mark.pos;
             // Consumed past the synced end (served from memory): nothing
@@ -989,6 +1006,7 @@ impl QueueShared {
                 return Ok(());
             }
             inner.meta_seq += 1;
+            inner.save_started_at = inner.save_started_at.max(Some(consume));
             (
                 consume,
                 synced,
@@ -1078,7 +1096,7 @@ impl QueueShared {
                         inner.done_through = t.seq;
                         if let Some(seg) = inner.segment_mut(t.ord) {
                             seg.written_end = seg.written_end.max(t.end);
-                            seg.unsynced = true;
+                            seg.writes += 1;
                         }
                     }
                 }

@@ -21,6 +21,9 @@ pub fn segment_path(dir: &Path, name: &str, num: u64) -> PathBuf {
     dir.join(format!("{name}.diskqueue.{num:06}.dat"))
 }
 
+/// The most segment files a readable nsqd meta can span.
+const MAX_FILES: i64 = 1_000_000;
+
 /// nsqd's meta (D5): depth, readFileNum,readPos, writeFileNum,writePos;
 /// the positions only (the depth can be negative after a crash, and is not
 /// used).
@@ -36,7 +39,10 @@ fn read_meta(path: &Path) -> Option<(u64, u64, u64, u64)> {
     let read_pos = nums.next()??;
     let write_file = nums.next()??;
     let write_pos = nums.next()??;
-    if read_file < 0 || read_pos < 0 || write_file < read_file {
+    // A million files between the two is 100 TB at nsqd's default size: a
+    // damaged meta, not a queue, and not worth a billion file look-ups.
+    if read_file < 0 || read_pos < 0 || write_file < read_file || write_file - read_file > MAX_FILES
+    {
         return None;
     }
     Some((
@@ -203,6 +209,21 @@ mod tests {
         std::fs::remove_file(meta_path(&dir, "q")).unwrap();
         let got = segments(&dir, "q");
         assert!(got.unread.is_empty() && got.read.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn negative_depth_is_read_and_a_damaged_meta_kept() {
+        // nsqd saves a negative depth while its reader salvages a crash tail.
+        let dir = setup("negative", "-3\n4,100\n5,0\n", &[(4, 300), (5, 0)]);
+        assert_eq!(nums(&segments(&dir, "q")).0, vec![(4, 100)]);
+        // A meta naming a billion files is damaged: nothing imported, and the
+        // file stays for the operator (and nsqd) to find.
+        std::fs::write(meta_path(&dir, "q"), "0\n0,0\n999999999,0\n").unwrap();
+        let got = segments(&dir, "q");
+        assert!(got.unread.is_empty() && got.read.is_empty());
+        remove_meta_if_done(&dir, "q", false);
+        assert!(meta_path(&dir, "q").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

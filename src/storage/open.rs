@@ -365,7 +365,11 @@ fn scan_from(
     let scan = scan_segment(&seg.path, seg.format, from, len, cfg.max_msg_size)
         .map_err(|e| StorageError::io("reading", &seg.path, e))?;
     seg.end = scan.end;
-    trim(seg, len);
+    // Only a clean tail goes: bytes the walk could not take (a torn write,
+    // or records over today's --max-msg-size) stay for a later start.
+    if scan.damaged == 0 {
+        trim(seg, len);
+    }
     Ok((scan.records, len - from))
 }
 

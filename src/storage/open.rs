@@ -8,8 +8,8 @@
 //! record with their crc. A clean shutdown trims the last segment to its
 //! data, so after one there is nothing to verify. A format-1 meta, a meta
 //! that does not fit the files found, or none at all: every segment is
-//! scanned as before. nsqd's own meta (D5) is used the same way when
-//! taking over its files.
+//! scanned as before, and so are nsqd's files when they are taken over (its
+//! meta's depth can be short or negative after a crash).
 //!
 //! This runs on the core's blocking-pool thread (plain `std::fs`): nothing
 //! here may touch glommio.

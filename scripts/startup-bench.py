@@ -121,6 +121,20 @@ def read_frame(sock, buf):
     return ftype, data
 
 
+def await_oks(sock, buf, n, errors):
+    """Reads `n` OKs (answering heartbeats); False, with the error kept, on anything else."""
+    while n:
+        ft, data = read_frame(sock, buf)
+        if data == b"_heartbeat_":
+            sock.sendall(b"NOP\n")
+            continue
+        if (ft, data) != (0, b"OK"):
+            errors.append(data)
+            return False
+        n -= 1
+    return True
+
+
 def publish(b, messages, conns=4, window=8):
     """`messages` 1 KiB messages over `conns` pipelined connections; returns when every
     MPUB has been answered OK."""
@@ -137,24 +151,11 @@ def publish(b, messages, conns=4, window=8):
             for _ in range(k, batches, conns):
                 s.sendall(frame)
                 pending += 1
-                while pending >= window:
-                    ft, data = read_frame(s, buf)
-                    if data == b"_heartbeat_":
-                        s.sendall(b"NOP\n")
-                        continue
-                    if (ft, data) != (0, b"OK"):
-                        errors.append(data)
-                        return
-                    pending -= 1
-            while pending:
-                ft, data = read_frame(s, buf)
-                if data == b"_heartbeat_":
-                    s.sendall(b"NOP\n")
-                    continue
-                if (ft, data) != (0, b"OK"):
-                    errors.append(data)
+                if pending >= window and not await_oks(s, buf, pending - window + 1, errors):
                     return
-                pending -= 1
+                pending = min(pending, window - 1)
+            if not await_oks(s, buf, pending, errors):
+                return
         finally:
             s.close()
 

@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::disk_queue::{
-    meta_path, next_number, own_segments, read_header, read_meta_full, remove_file, scan_segment,
-    Meta, Synced, OWN_BASE,
+    meta_path, next_number, numbered_files, own_segments, read_header, read_meta_full, remove_file,
+    scan_segment, Meta, Synced, OWN_BASE,
 };
 use super::nsqd_import;
 use super::record::{align_up, DiskPos, Format, HEADER_LEN};
@@ -137,11 +137,36 @@ pub fn prepare_open(cfg: &StorageConfig, name: &str, own: Option<Vec<(u64, PathB
             p.meta_seq = meta_seq;
             Prepared::Ready(p)
         }
-        Err(err) => Prepared::Failed {
-            err,
-            next_own,
-            meta_seq,
-        },
+        Err(err) => {
+            set_aside(dir, name, &err);
+            Prepared::Failed {
+                err,
+                next_own,
+                meta_seq,
+            }
+        }
+    }
+}
+
+/// A queue whose files cannot be read starts empty, and its first meta
+/// save records a position past them, after which the next start would
+/// delete them as consumed. They are renamed `*.bad` instead (nsqd does so
+/// with a file it cannot read, D8): out of every listing, kept for the
+/// operator.
+fn set_aside(dir: &Path, name: &str, err: &StorageError) {
+    let own = own_segments(dir, name).unwrap_or_default();
+    let nsqd = numbered_files(dir, &format!("{name}.diskqueue.")).unwrap_or_default();
+    for (_, path) in own.into_iter().chain(nsqd) {
+        let mut bad = path.clone().into_os_string();
+        bad.push(".bad");
+        match std::fs::rename(&path, &bad) {
+            Ok(()) => {
+                tracing::error!(queue = name, error = %err, path = %path.display(), "unreadable queue: its file is set aside as .bad")
+            }
+            Err(e) => {
+                tracing::error!(queue = name, error = %e, path = %path.display(), "cannot set an unreadable queue's file aside")
+            }
+        }
     }
 }
 

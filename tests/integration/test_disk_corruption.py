@@ -194,3 +194,33 @@ def test_garbage_after_last_record_is_ignored(brokers):
     wait_channel(b, "corr", "c", depth=0)
     c = RawConsumer(b, "corr", "c", rdy=100)
     assert c.take(None, quiet=0.5) == []
+
+
+def test_unreadable_queue_files_are_set_aside_not_deleted(brokers):
+    """D8: a queue whose segments cannot be read at start-up (here a directory stands
+    where its next segment file would be, so reading fails) starts empty as before, but
+    its files are renamed *.bad, as nsqd does with a file it cannot read, instead of
+    being deleted by a later start as consumed (its fresh meta points past them). The
+    queue serves new messages across restarts, and the set-aside files stay."""
+    bl = build_backlog(brokers, "channel")
+    last = int(re.search(r"\.(\d{6})\.dat$", bl.files[-1]).group(1))
+    blocker = os.path.join(bl.data_dir, "corr:c.ringsq.%06d.dat" % (last + 1))
+    os.mkdir(blocker)
+    # Entries make the directory's size pass the segment header, so it is read.
+    for i in range(400):
+        open(os.path.join(blocker, "entry-with-a-long-name-%04d" % i), "w").close()
+    assert os.path.getsize(blocker) > 4096
+    sizes = {p: os.path.getsize(p) for p in bl.files}
+    b = brokers(args=ARGS, data_dir=bl.data_dir)
+    fresh = new_bodies(5)
+    publish_all(b, "corr", fresh)
+    wait_channel(b, "corr", "c", depth=5)
+    assert b.terminate() == 0, b.log()[-2000:]
+    b = brokers(args=ARGS, data_dir=bl.data_dir)
+    wait_channel(b, "corr", "c", depth=5)
+    for path, size in sizes.items():
+        assert not os.path.exists(path)
+        assert os.path.getsize(path + ".bad") == size
+    c = RawConsumer(b, "corr", "c", rdy=100)
+    assert [m.body for m in c.take(5, quiet=0.5)] == fresh
+    c.close()

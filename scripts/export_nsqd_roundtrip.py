@@ -82,6 +82,17 @@ def say(*a):
     print(*a, flush=True)
 
 
+def finish_some(broker, n, left):
+    """Takes `n` messages of legacy/c, FINishes them, and waits until `left` remain."""
+    cons = RawConsumer(broker, "legacy", "c", rdy=n, fin=False)
+    taken = cons.take(n, quiet=0.5)
+    cons.rdy(0)
+    cons.finish([m.id for m in taken])
+    wait_channel(broker, "legacy", "c", depth=left, in_flight_count=0)
+    cons.close()
+    return taken
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ringsqd", default=os.path.join(HERE, "..", "target", "release", "ringsqd"))
@@ -110,24 +121,14 @@ def main():
     post(q, "/topic/create?topic=legacy")
     post(q, "/channel/create?topic=legacy&channel=c")
     publish_all(q, "legacy", legacy)
-    cons = RawConsumer(q, "legacy", "c", rdy=500, fin=False)
-    first = cons.take(500, quiet=0.5)
-    cons.rdy(0)
-    cons.finish([m.id for m in first])
-    wait_channel(q, "legacy", "c", depth=2500, in_flight_count=0)
-    cons.close()
+    first = finish_some(q, 500, left=2500)
     say(f"  legacy: 3000 published, 500 FIN; nsqd exit {q.stop()}; nsqd files: "
         f"{len([x for x in os.listdir(data) if x.startswith('legacy:c.diskqueue.0')])}")
 
     say(f"$ ringsqd --data-path={data} --cores=2   # takes nsqd's files over, then the scenario")
     b = DiskBroker(data_dir=data, log_dir=work)
     wait_channel(b, "legacy", "c", depth=2500)
-    cons = RawConsumer(b, "legacy", "c", rdy=500, fin=False)
-    second = cons.take(500, quiet=0.5)
-    cons.rdy(0)
-    cons.finish([m.id for m in second])
-    wait_channel(b, "legacy", "c", depth=2000, in_flight_count=0)
-    cons.close()
+    second = finish_some(b, 500, left=2000)
     gone = {m.body for m in first + second}
     say("  legacy: 500 more FIN by ringsqd")
     post(b, "/topic/create?topic=scratch%23ephemeral")

@@ -112,7 +112,7 @@ fn default_node_id() -> u16 {
 }
 
 fn default_cores() -> usize {
-    crate::runtime::allowed_cpus().len().max(1)
+    crate::system::allowed_cpus().len().max(1)
 }
 
 /// Every nsqd 1.3.0 flag, plus ringsq's own (`--cores`).

@@ -19,3 +19,4 @@ pub mod runtime;
 pub mod shard;
 pub mod stats;
 pub mod storage;
+pub mod system;

@@ -44,6 +44,15 @@ impl ClientInfo {
         }
     }
 
+    /// Ends the reading side only: the connection's task sees EOF and
+    /// closes, while what is buffered for the client still goes out.
+    pub fn stop_reading(&self) {
+        // SAFETY: shutdown on the connection's own, still open socket.
+        unsafe {
+            libc::shutdown(self.fd, libc::SHUT_RD);
+        }
+    }
+
     /// nsqd's client stats; `topic` filters pub_counts and, as nsqd does,
     /// only one topic is listed (X1).
     pub fn stats(&self, topic: Option<&str>) -> ClientStats {

@@ -2,13 +2,20 @@
 //! a byte stream. Reading and command handling run in the connection's task;
 //! a writer task flushes its output buffer.
 //!
+//! Publishes are pipelined: the connection goes on reading and decoding
+//! while earlier publishes wait for the disk or another core, and their
+//! answers leave in command order (`replies`). Any other command waits until
+//! the publishes before it are answered.
+//!
 //! A SUB for a topic owned by another core moves the whole connection there
-//! (its socket fd and unparsed bytes travel over the core ring), so that
-//! delivery, in-flight tracking and timeouts are plain core-local code.
+//! (its socket fd, unparsed bytes and state travel over the core ring as an
+//! opaque `route::Handoff`), so that delivery, in-flight tracking and
+//! timeouts are plain core-local code.
 
 pub mod compress;
 pub mod info;
 pub mod output;
+pub mod replies;
 pub mod stream;
 pub mod writer;
 
@@ -30,14 +37,13 @@ use crate::protocol::{
     decode, ClientError, Command, ConnState, DecodeContext, DecodeError, ErrorCode, MessageId,
     MAGIC_V2,
 };
-use crate::route::{CoreMsg, Handoff, Transport};
-use crate::runtime::core::Core;
-use crate::runtime::listen::UnixConn;
+use crate::route::{Broker, Handoff, PublishCommand, PublishSink, ReplyTo};
 use crate::shard::{InFlightError, Subscriber};
 use compress::{Decoder, Encoder};
 use info::ClientInfo;
 use output::{FlushPolicy, OutputBuffer};
-use stream::{ByteStream, ReadHalf};
+use replies::Replies;
+use stream::{ByteStream, ReadHalf, Transport, UnixConn};
 use writer::WriterParts;
 
 /// Reads start small (idle connections cost little) and grow while a
@@ -75,7 +81,7 @@ enum Flow {
 }
 
 struct Connection<S: ByteStream> {
-    core: Rc<Core>,
+    broker: Rc<Broker>,
     client_id: u64,
     info: Rc<ClientInfo>,
     reader: ReadHalf<S>,
@@ -87,6 +93,8 @@ struct Connection<S: ByteStream> {
     /// Set once IDENTIFY turned on snappy or deflate.
     decoder: Option<Decoder>,
     out: Rc<OutputBuffer>,
+    /// Answers to publishes, in command order.
+    replies: Rc<Replies>,
     writer: Option<Task<Option<WriterParts<S>>>>,
     state: ConnState,
     sub: Option<Subscription>,
@@ -110,25 +118,35 @@ struct Identity {
     publisher_moved: bool,
 }
 
+/// The state of a connection moving to another core: `Handoff::state`.
+struct Moving {
+    identity: Identity,
+    transport: Transport,
+    /// Bytes read from the socket but not yet parsed.
+    pending: BytesMut,
+    /// The SUB that made it move, run on arrival; None for a publisher.
+    sub: Option<(String, String)>,
+}
+
 /// A new TCP client accepted on this core.
-pub async fn serve_tcp(core: Rc<Core>, stream: TcpStream) {
+pub async fn serve_tcp(broker: Rc<Broker>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let (remote, ip) = match stream.peer_addr() {
         Ok(a) => (a.to_string(), a.ip().to_string()),
         Err(_) => (String::new(), String::new()),
     };
-    serve(core, stream, remote, ip).await
+    serve(broker, stream, remote, ip).await
 }
 
 /// A new client on the unix socket (T1); nsqd names it by an empty address.
-pub async fn serve_unix(core: Rc<Core>, stream: UnixConn) {
-    serve(core, stream, "@".to_string(), String::new()).await
+pub async fn serve_unix(broker: Rc<Broker>, stream: UnixConn) {
+    serve(broker, stream, "@".to_string(), String::new()).await
 }
 
-async fn serve<S: ByteStream>(core: Rc<Core>, stream: S, remote: String, ip: String) {
-    let client_id = core.shared.next_client_id();
-    let settings = ClientSettings::defaults(core.opts(), &ip);
-    let span = tracing::info_span!("client", id = client_id, remote = %remote, core = core.id);
+async fn serve<S: ByteStream>(broker: Rc<Broker>, stream: S, remote: String, ip: String) {
+    let client_id = broker.next_client_id();
+    let settings = ClientSettings::defaults(&broker.opts, &ip);
+    let span = tracing::info_span!("client", id = client_id, remote = %remote, core = broker.id);
     let identity = Identity {
         client_id,
         remote,
@@ -139,43 +157,38 @@ async fn serve<S: ByteStream>(core: Rc<Core>, stream: S, remote: String, ip: Str
         encoder: None,
         publisher_moved: false,
     };
-    let Some(conn) = Connection::start(core, identity, stream, BytesMut::new()) else {
-        return;
-    };
+    let conn = Connection::start(broker, identity, stream, BytesMut::new());
     conn.run(true, None).instrument(span).await;
 }
 
-/// A connection moved here from another core at SUB.
-pub async fn resume(core: Rc<Core>, mut h: Box<Handoff>) {
-    let Some(fd) = h.fd.take() else {
+/// A connection moved here from another core.
+pub async fn resume(broker: Rc<Broker>, h: Handoff) {
+    let Ok(moving) = h.state.downcast::<Moving>() else {
+        tracing::error!("hand-off of something not a connection");
         return;
     };
-    let fd = fd.into_raw_fd();
-    match h.transport {
+    let fd = h.fd.into_raw_fd();
+    match moving.transport {
         // SAFETY: the sending core duplicated this fd for us and closed its own.
-        Transport::Tcp => resume_on(core, unsafe { TcpStream::from_raw_fd(fd) }, h).await,
+        Transport::Tcp => resume_on(broker, unsafe { TcpStream::from_raw_fd(fd) }, *moving).await,
         // SAFETY: as above.
-        Transport::Unix => resume_on(core, unsafe { UnixConn::from_raw_fd(fd) }, h).await,
+        Transport::Unix => resume_on(broker, unsafe { UnixConn::from_raw_fd(fd) }, *moving).await,
     }
 }
 
-async fn resume_on<S: ByteStream>(core: Rc<Core>, stream: S, h: Box<Handoff>) {
-    let h = *h;
-    let span = tracing::info_span!("client", id = h.client_id, remote = %h.remote, core = core.id);
-    let identity = Identity {
-        client_id: h.client_id,
-        remote: h.remote,
-        connected_at: h.connected_at,
-        settings: h.settings,
-        pub_counts: h.pub_counts,
-        decoder: h.decoder,
-        encoder: h.encoder,
-        publisher_moved: h.publisher_moved,
-    };
-    let Some(conn) = Connection::start(core, identity, stream, h.pending) else {
-        return;
-    };
-    conn.run(false, h.sub).instrument(span).await;
+async fn resume_on<S: ByteStream>(broker: Rc<Broker>, stream: S, m: Moving) {
+    let id = &m.identity;
+    let span =
+        tracing::info_span!("client", id = id.client_id, remote = %id.remote, core = broker.id);
+    let conn = Connection::start(broker, m.identity, stream, m.pending);
+    conn.run(false, m.sub).instrument(span).await;
+}
+
+fn is_publish(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Pub { .. } | Command::Mpub { .. } | Command::Dpub { .. }
+    )
 }
 
 fn flush_policy(s: &ClientSettings) -> FlushPolicy {
@@ -187,7 +200,7 @@ fn flush_policy(s: &ClientSettings) -> FlushPolicy {
 }
 
 impl<S: ByteStream> Connection<S> {
-    fn start(core: Rc<Core>, id: Identity, stream: S, pending: BytesMut) -> Option<Connection<S>> {
+    fn start(broker: Rc<Broker>, id: Identity, stream: S, pending: BytesMut) -> Connection<S> {
         let _ = stream.set_read_timeout(id.settings.heartbeat_interval.map(|hb| hb * 2));
         let (reader, write_half) = stream::split(stream);
         let out = Rc::new(OutputBuffer::new(flush_policy(&id.settings)));
@@ -203,9 +216,10 @@ impl<S: ByteStream> Connection<S> {
             deflate: Cell::new(matches!(id.decoder, Some(Decoder::Deflate(_)))),
             snappy: Cell::new(matches!(id.decoder, Some(Decoder::Snappy(_)))),
         });
-        core.conns.borrow_mut().insert(id.client_id, info.clone());
-        Some(Connection {
-            core,
+        broker.add_client(info.clone());
+        let replies = Rc::new(Replies::new(out.clone(), info.clone()));
+        Connection {
+            broker,
             client_id: id.client_id,
             info,
             reader,
@@ -213,17 +227,18 @@ impl<S: ByteStream> Connection<S> {
             read_chunk: MIN_READ_CHUNK,
             decoder: id.decoder,
             out,
+            replies,
             writer: Some(writer),
             state: ConnState::Init,
             sub: None,
             pub_streak: (0, 0),
             publisher_moved: id.publisher_moved,
             wanted: 0,
-        })
+        }
     }
 
     fn decode_context(&self) -> DecodeContext {
-        let o = self.core.opts();
+        let o = &self.broker.opts;
         DecodeContext {
             state: self.state,
             heartbeats_enabled: self.info.settings.borrow().heartbeat_interval.is_some(),
@@ -306,19 +321,8 @@ impl<S: ByteStream> Connection<S> {
         expect_magic: bool,
         first_sub: Option<(String, String)>,
     ) -> Flow {
-        if expect_magic {
-            while self.read_buf.len() < MAGIC_V2.len() {
-                if !self.fill().await {
-                    return Flow::Close;
-                }
-            }
-            if &self.read_buf[..4] != MAGIC_V2 {
-                tracing::info!("bad protocol magic");
-                self.out
-                    .push_error(ErrorCode::BadProtocol.as_str().as_bytes());
-                return Flow::Close;
-            }
-            let _ = self.read_buf.split_to(4);
+        if expect_magic && !self.read_magic().await {
+            return Flow::Close;
         }
         if let Some((topic, channel)) = first_sub {
             if let Err(e) = self.subscribe_here(topic, channel) {
@@ -326,75 +330,122 @@ impl<S: ByteStream> Connection<S> {
                 return Flow::Close;
             }
         }
-        let mut since_yield = 0u32;
         loop {
-            loop {
-                // Let the other connections of this core run between
-                // commands of a client that sends many at once.
-                since_yield += 1;
-                if since_yield >= COMMANDS_PER_YIELD {
-                    since_yield = 0;
-                    glommio::yield_if_needed().await;
-                }
-                if self.read_buf.len() < self.wanted {
-                    break;
-                }
-                let ctx = self.decode_context();
-                match decode(&mut self.read_buf, &ctx) {
-                    Ok(Some(cmd)) => {
-                        self.wanted = 0;
-                        tracing::trace!(command = cmd.name(), "command");
-                        match self.handle(cmd).await {
-                            Ok(Flow::Continue) => {
-                                if let Some(core) = self.publisher_move() {
-                                    return Flow::MoveTo { core, sub: None };
-                                }
-                            }
-                            Ok(flow) => return flow,
-                            Err(e) => {
-                                tracing::info!(error = %e, "client error");
-                                self.out.push_error(&e.to_frame_body());
-                                if e.is_fatal() {
-                                    return Flow::Close;
-                                }
-                            }
-                        }
-                    }
-                    Ok(None) => {
-                        // Re-parse once enough bytes are there for it to
-                        // finish (a 5 MiB MPUB arriving in small pieces).
-                        self.wanted = wanted_len(&self.read_buf, &ctx);
-                        break;
-                    }
-                    Err(DecodeError::Client(e)) => {
-                        tracing::info!(error = %e, "client error");
-                        self.out.push_error(&e.to_frame_body());
-                        return Flow::Close;
-                    }
-                    Err(DecodeError::LineTooLong) => {
-                        tracing::info!("command line too long; closing");
-                        return Flow::Close;
-                    }
-                }
+            if let Some(flow) = self.handle_buffered().await {
+                return flow;
             }
-            // A client that does not read its answers stops being read
-            // (nsqd blocks on the socket the same way).
-            while self.out.buffered_len() > OUTPUT_BACKPRESSURE && !self.out.is_dead() {
-                glommio::timer::sleep(Duration::from_millis(1)).await;
-            }
+            self.out.room_for(OUTPUT_BACKPRESSURE).await;
             if self.out.is_dead() {
                 return Flow::Close;
             }
             if !self.fill().await {
-                // Closed (or timed out) in the middle of a command: nsqd
-                // answers with the read failure (T4).
-                if let Some(e) = decode_eof(&self.read_buf, &self.decode_context()) {
+                return self.end_of_input().await;
+            }
+        }
+    }
+
+    /// T2: the 4-byte protocol magic.
+    async fn read_magic(&mut self) -> bool {
+        while self.read_buf.len() < MAGIC_V2.len() {
+            if !self.fill().await {
+                return false;
+            }
+        }
+        if &self.read_buf[..4] != MAGIC_V2 {
+            tracing::info!("bad protocol magic");
+            self.out
+                .push_error(ErrorCode::BadProtocol.as_str().as_bytes());
+            return false;
+        }
+        let _ = self.read_buf.split_to(4);
+        true
+    }
+
+    /// Runs every complete command in the read buffer; `Some` when the
+    /// connection ends or moves.
+    async fn handle_buffered(&mut self) -> Option<Flow> {
+        let mut since_yield = 0u32;
+        loop {
+            // Let the other connections of this core run between commands
+            // of a client that sends many at once.
+            since_yield += 1;
+            if since_yield >= COMMANDS_PER_YIELD {
+                since_yield = 0;
+                glommio::yield_if_needed().await;
+            }
+            if self.replies.has_failed() {
+                return Some(Flow::Close);
+            }
+            if self.read_buf.len() < self.wanted {
+                return None;
+            }
+            let ctx = self.decode_context();
+            let cmd = match decode(&mut self.read_buf, &ctx) {
+                Ok(Some(cmd)) => cmd,
+                Ok(None) => {
+                    // Re-parse once enough bytes are there for it to finish
+                    // (a 5 MiB MPUB arriving in small pieces).
+                    self.wanted = wanted_len(&self.read_buf, &ctx);
+                    return None;
+                }
+                Err(DecodeError::Client(e)) => {
+                    self.fail(e).await;
+                    return Some(Flow::Close);
+                }
+                Err(DecodeError::LineTooLong) => {
+                    tracing::info!("command line too long; closing");
+                    self.replies.drained().await;
+                    return Some(Flow::Close);
+                }
+            };
+            self.wanted = 0;
+            tracing::trace!(command = cmd.name(), "command");
+            if !is_publish(&cmd) {
+                // Its answer (and its effect) come after those publishes'.
+                self.replies.drained().await;
+                if self.replies.has_failed() {
+                    return Some(Flow::Close);
+                }
+            }
+            match self.handle(cmd).await {
+                Ok(Flow::Continue) => {
+                    if let Some(core) = self.publisher_move() {
+                        return Some(Flow::MoveTo { core, sub: None });
+                    }
+                }
+                Ok(flow) => return Some(flow),
+                Err(e) if e.is_fatal() => {
+                    self.fail(e).await;
+                    return Some(Flow::Close);
+                }
+                Err(e) => {
                     tracing::info!(error = %e, "client error");
                     self.out.push_error(&e.to_frame_body());
                 }
-                return Flow::Close;
             }
         }
+    }
+
+    /// A fatal error: its frame goes out after the answers before it.
+    async fn fail(&mut self, e: ClientError) {
+        self.replies.drained().await;
+        if self.replies.has_failed() {
+            return;
+        }
+        tracing::info!(error = %e, "client error");
+        self.out.push_error(&e.to_frame_body());
+    }
+
+    /// The client closed (or timed out, T33) its side.
+    async fn end_of_input(&mut self) -> Flow {
+        if self.replies.has_failed() {
+            return Flow::Close; // we closed the reading side ourselves
+        }
+        // In the middle of a command nsqd answers with the read failure (T4).
+        if let Some(e) = decode_eof(&self.read_buf, &self.decode_context()) {
+            self.fail(e).await;
+        }
+        Flow::Close
     }
 
     async fn handle(&mut self, cmd: Command) -> Result<Flow, ClientError> {
@@ -403,7 +454,7 @@ impl<S: ByteStream> Connection<S> {
             Command::Identify(body) => {
                 let outcome = {
                     let mut settings = self.info.settings.borrow_mut();
-                    let outcome = apply_identify(&body, self.core.opts(), &mut settings)?;
+                    let outcome = apply_identify(&body, &self.broker.opts, &mut settings)?;
                     self.out.set_policy(flush_policy(&settings));
                     let _ = self
                         .reader
@@ -421,8 +472,8 @@ impl<S: ByteStream> Connection<S> {
             Command::Sub { topic, channel } => {
                 let topic = String::from_utf8_lossy(&topic).into_owned();
                 let channel = String::from_utf8_lossy(&channel).into_owned();
-                let owner = self.core.router.owner(topic.as_bytes());
-                if owner == self.core.id {
+                let owner = self.broker.owner(topic.as_bytes());
+                if owner == self.broker.id {
                     self.subscribe_here(topic, channel)?;
                 } else {
                     return Ok(Flow::MoveTo {
@@ -459,7 +510,7 @@ impl<S: ByteStream> Connection<S> {
                 })?;
             }
             Command::Touch(id) => {
-                let max = self.core.opts().max_msg_timeout;
+                let max = self.broker.opts.max_msg_timeout;
                 self.in_flight_op(id, "TOUCH", ErrorCode::TouchFailed, |ch, cid| {
                     ch.touch(cid, &id, max)
                 })?;
@@ -473,17 +524,16 @@ impl<S: ByteStream> Connection<S> {
                 self.out.push_response(CLOSE_WAIT);
             }
             Command::Pub { topic, body } => {
-                self.publish(topic, vec![body], None, "PUB", ErrorCode::PubFailed)
-                    .await?;
+                self.publish(PublishCommand::Pub, topic, vec![body], None)
+                    .await;
             }
             Command::Mpub { topic, bodies } => {
-                self.publish(topic, bodies, None, "MPUB", ErrorCode::MpubFailed)
-                    .await?;
+                self.publish(PublishCommand::Mpub, topic, bodies, None)
+                    .await;
             }
             Command::Dpub { topic, defer, body } => {
-                let defer = Some(defer);
-                self.publish(topic, vec![body], defer, "DPUB", ErrorCode::DpubFailed)
-                    .await?;
+                self.publish(PublishCommand::Dpub, topic, vec![body], Some(defer))
+                    .await;
             }
         }
         Ok(Flow::Continue)
@@ -515,8 +565,7 @@ impl<S: ByteStream> Connection<S> {
 
     fn with_channel<T>(&self, f: impl FnOnce(&mut crate::shard::Channel) -> T) -> Option<T> {
         let sub = self.sub.as_ref()?;
-        let mut shard = self.core.shard.borrow_mut();
-        shard.channel_mut(&sub.topic, &sub.channel).map(f)
+        self.broker.with_channel(&sub.topic, &sub.channel, f)
     }
 
     /// FIN / REQ / TOUCH: non-fatal failures (T25-T27).
@@ -545,32 +594,31 @@ impl<S: ByteStream> Connection<S> {
         })
     }
 
-    /// PUB/MPUB/DPUB: straight into the shard if this core owns the topic,
-    /// else over the ring to its owner; OK only once the owner took it.
+    /// PUB/MPUB/DPUB: into the shard if this core owns the topic, else
+    /// over the ring to its owner. The answer takes its place in line in
+    /// `replies` and goes out when known; the next command is read at once.
     async fn publish(
         &mut self,
+        cmd: PublishCommand,
         topic: Bytes,
         bodies: Vec<Bytes>,
         defer: Option<Duration>,
-        name: &str,
-        code: ErrorCode,
-    ) -> Result<(), ClientError> {
+    ) {
         let count = bodies.len();
-        let owner = self.core.router.owner(&topic);
-        let result = self.core.publish(topic.clone(), bodies, defer).await;
-        match result {
-            Ok(()) => {
-                // Names were validated: ASCII.
-                self.info.add_published(
-                    std::str::from_utf8(&topic).unwrap_or_default(),
-                    count as u64,
-                );
-                self.note_publish(owner, count);
-                self.out.push_response(OK);
-                Ok(())
-            }
-            Err(e) => Err(ClientError::new(code, format!("{name} failed {e}"))),
+        let owner = self.broker.owner(&topic);
+        let seq = self.replies.reserve(cmd, topic.clone(), count);
+        let reply = ReplyTo {
+            sink: self.replies.clone(),
+            seq,
+        };
+        if let Some(result) = self
+            .broker
+            .publish(owner, topic, bodies, defer, reply)
+            .await
+        {
+            self.replies.publish_done(seq, result);
         }
+        self.note_publish(owner, count);
     }
 
     fn subscribe_here(&mut self, topic: String, channel: String) -> Result<(), ClientError> {
@@ -584,9 +632,7 @@ impl<S: ByteStream> Connection<S> {
             msg_timeout,
             sample_rate,
         ));
-        self.core
-            .shard
-            .borrow_mut()
+        self.broker
             .subscribe(&topic, &channel, subscriber.clone())?;
         tracing::info!(topic, channel, "subscribed");
         self.sub = Some(Subscription {
@@ -622,26 +668,23 @@ impl<S: ByteStream> Connection<S> {
     fn publisher_move(&self) -> Option<usize> {
         let (owner, streak) = self.pub_streak;
         (streak >= MOVE_PUBLISHER_AFTER
-            && owner != self.core.id
+            && owner != self.broker.id
             && self.state == ConnState::Init
             && !self.publisher_moved)
             .then_some(owner)
     }
 
     async fn move_to(mut self, core: usize, sub: Option<(String, String)>) {
+        // Publishes answered here first: their replies come to this core.
+        if !self.wait_for_replies().await || self.replies.has_failed() {
+            return self.close().await;
+        }
         self.out.close();
-        // Bounded like close(): a client that never reads cannot pin us here.
         let parts = match self.writer.take() {
-            Some(w) => {
-                futures_lite::future::or(w, async {
-                    glommio::timer::sleep(Duration::from_secs(5)).await;
-                    None
-                })
-                .await
-            }
+            Some(w) => bounded(w).await.flatten(),
             None => None,
         };
-        self.core.conns.borrow_mut().remove(&self.client_id);
+        self.broker.remove_client(self.client_id);
         let Some((write_half, encoder)) = parts else {
             return; // the socket failed while flushing
         };
@@ -654,47 +697,65 @@ impl<S: ByteStream> Connection<S> {
             }
         };
         tracing::debug!(to = core, "moving connection to the topic's core");
-        crate::metrics::CoreCounters::add(&self.core.counters.handoffs_out, 1);
-        let handoff = Handoff {
-            // SAFETY: `fd` was just duplicated and is owned by nobody else.
-            fd: Some(unsafe { OwnedFd::from_raw_fd(fd) }),
-            client_id: self.client_id,
-            remote: self.info.remote.clone(),
+        let moving = Moving {
+            identity: Identity {
+                client_id: self.client_id,
+                remote: self.info.remote.clone(),
+                connected_at: self.info.connected_at,
+                settings: self.info.settings.borrow().clone(),
+                pub_counts: self.info.pub_counts.borrow().clone(),
+                decoder: self.decoder.take(),
+                encoder,
+                publisher_moved: self.publisher_moved || sub.is_none(),
+            },
             transport: S::TRANSPORT,
-            connected_at: self.info.connected_at,
-            settings: self.info.settings.borrow().clone(),
-            pub_counts: self.info.pub_counts.borrow().clone(),
             pending: std::mem::take(&mut self.read_buf),
-            decoder: self.decoder.take(),
-            encoder,
-            publisher_moved: self.publisher_moved || sub.is_none(),
             sub,
         };
+        let handoff = Handoff {
+            // SAFETY: `fd` was just duplicated and is owned by nobody else.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            state: Box::new(moving),
+        };
         // The duplicate travels; this core's fd closes with the stream.
-        self.core
-            .router
-            .send(core, CoreMsg::Handoff(Box::new(handoff)))
-            .await;
+        self.broker.hand_off(core, handoff).await;
+    }
+
+    /// Waits (bounded) until every publish so far is answered; false if
+    /// that took too long.
+    async fn wait_for_replies(&self) -> bool {
+        self.replies.is_empty()
+            || self.out.is_dead()
+            || bounded(self.replies.drained()).await.is_some()
     }
 
     async fn close(mut self) {
         if let Some(sub) = self.sub.take() {
             sub.subscriber.closing.set(true);
-            self.core
-                .shard
-                .borrow_mut()
+            self.broker
                 .unsubscribe(&sub.topic, &sub.channel, self.client_id);
         }
+        // A client that half-closed after publishing still gets its OKs.
+        self.wait_for_replies().await;
         self.out.close();
         if let Some(w) = self.writer.take() {
             // Bounded by the write deadline; without heartbeats, cap it.
-            let _ = futures_lite::future::or(w, async {
-                glommio::timer::sleep(Duration::from_secs(5)).await;
-                None
-            })
-            .await;
+            let _ = bounded(w).await;
         }
-        self.core.conns.borrow_mut().remove(&self.client_id);
+        self.broker.remove_client(self.client_id);
         tracing::info!("connection closed");
     }
+}
+
+/// How long closing or moving waits for the writer or for answers: a
+/// client that never reads cannot pin a connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `fut`, or None after CLOSE_TIMEOUT.
+async fn bounded<T>(fut: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(CLOSE_TIMEOUT).await;
+        None
+    })
+    .await
 }

@@ -33,6 +33,8 @@ pub struct OutputBuffer {
     /// The writer has stopped (socket error or close): drop writes.
     dead: Cell<bool>,
     writer_waker: Cell<Option<Waker>>,
+    /// The reading task, waiting for the writer to make room.
+    reader_waker: Cell<Option<Waker>>,
     policy: Cell<Option<FlushPolicy>>,
     /// The writer must re-read the policy (IDENTIFY changed it).
     policy_changed: Cell<bool>,
@@ -83,6 +85,28 @@ impl OutputBuffer {
     pub fn mark_dead(&self) {
         self.dead.set(true);
         self.buf.borrow_mut().clear();
+        self.wake_reader();
+    }
+
+    fn wake_reader(&self) {
+        if let Some(w) = self.reader_waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves once at most `limit` bytes wait for the socket, or the
+    /// writer died: a client that does not read its answers stops being
+    /// read (nsqd blocks on the socket the same way).
+    pub async fn room_for(&self, limit: usize) {
+        std::future::poll_fn(|cx| {
+            if self.buffered_len() <= limit || self.dead.get() {
+                std::task::Poll::Ready(())
+            } else {
+                self.reader_waker.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            }
+        })
+        .await
     }
 
     pub fn is_closing(&self) -> bool {
@@ -176,6 +200,7 @@ impl OutputBuffer {
         std::mem::swap(&mut *self.buf.borrow_mut(), spare);
         self.urgent.set(false);
         self.buffered_since.set(None);
+        self.wake_reader();
         self.switch.borrow_mut().take()
     }
 }

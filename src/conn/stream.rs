@@ -7,17 +7,39 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
+use glommio::net::{TcpStream, UnixStream};
 
-use crate::route::Transport;
-use crate::runtime::listen::UnixConn;
+/// Which kind of socket a moving connection's fd is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Unix,
+}
+
+/// A glommio unix stream and its fd (glommio's unix streams do not give
+/// theirs out, and a moving connection needs it).
+pub struct UnixConn {
+    pub stream: UnixStream,
+    pub fd: RawFd,
+}
+
+impl UnixConn {
+    /// # Safety
+    /// `fd` must be an open, connected unix stream socket that the caller owns.
+    pub unsafe fn from_raw_fd(fd: RawFd) -> UnixConn {
+        UnixConn {
+            stream: UnixStream::from_raw_fd(fd),
+            fd,
+        }
+    }
+}
 
 pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Sized + 'static {
     /// What kind of socket this is, for moving it to another core.

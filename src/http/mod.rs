@@ -55,7 +55,7 @@ impl hyper::rt::Timer for CoreTimer {
 }
 
 /// Accepts HTTP connections on this core until shutdown.
-pub async fn serve(core: Rc<Core>, listener: Listener) {
+pub async fn serve(core: Rc<Core>, mut listener: Listener) {
     listener
         .serve_until(&core.stopping, |client| match client {
             Accepted::Tcp(stream) => {

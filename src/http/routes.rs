@@ -212,10 +212,10 @@ fn topic_channel_args(query: &Query) -> Result<(String, String), ApiError> {
 async fn admin(core: &Rc<Core>, op: AdminOp) -> Reply {
     // H17, H19: pause and unpause are in nsqd.dat before the answer.
     let persist = matches!(op, AdminOp::PauseTopic(..) | AdminOp::PauseChannel(..));
-    match core.admin(op).await {
+    match core.broker.admin(op).await {
         Ok(()) => {
             if persist {
-                if let Err(e) = core.persist_metadata().await {
+                if let Err(e) = core.broker.persist_metadata().await {
                     tracing::error!(error = %e, "failed to persist metadata");
                 }
             }
@@ -297,7 +297,11 @@ async fn publish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Repl
             }
         }
     };
-    match core.publish(Bytes::from(topic), vec![body], defer).await {
+    match core
+        .broker
+        .publish_wait(Bytes::from(topic), vec![body], defer)
+        .await
+    {
         Ok(()) => reply::ok_text("OK"),
         Err(_) => reply::error(503, "EXITING"),
     }
@@ -344,7 +348,11 @@ async fn mpublish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Rep
         }
         bodies
     };
-    match core.publish(Bytes::from(topic), bodies, None).await {
+    match core
+        .broker
+        .publish_wait(Bytes::from(topic), bodies, None)
+        .await
+    {
         Ok(()) => reply::ok_text("OK"),
         Err(_) => reply::error(503, "EXITING"),
     }
@@ -426,6 +434,7 @@ struct StatsDoc {
 /// Beyond nsqd (its issue #732): Prometheus text.
 async fn metrics(core: &Rc<Core>) -> Reply {
     let all = core
+        .broker
         .stats(StatsFilter {
             include_clients: false,
             ..StatsFilter::default()
@@ -458,6 +467,7 @@ async fn stats(core: &Rc<Core>, query: &Query) -> Reply {
     let topic_filter = topic.clone();
     let channel_filtered = channel.is_some();
     let all = core
+        .broker
         .stats(StatsFilter {
             topic,
             channel,
@@ -470,6 +480,7 @@ async fn stats(core: &Rc<Core>, query: &Query) -> Reply {
         None => false,
         Some(_) if !all.topics.is_empty() => false,
         Some(t) if channel_filtered => core
+            .broker
             .stats(StatsFilter {
                 topic: Some(t.clone()),
                 channel: None,

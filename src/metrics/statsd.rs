@@ -179,6 +179,7 @@ pub async fn run(core: Rc<Core>) {
             return;
         }
         let stats = core
+            .broker
             .stats(StatsFilter {
                 include_clients: false,
                 ..StatsFilter::default()

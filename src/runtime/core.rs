@@ -1,8 +1,6 @@
 //! One core: its shard, its listener, its inbox from the other cores, and
 //! its timers.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -14,16 +12,13 @@ use super::event::LocalEvent;
 use super::listen::{Accepted, ListenAddr, Listener};
 use super::{Shared, StartError};
 use crate::conn;
-use crate::conn::info::ClientInfo;
 use crate::lookup::discovery::Discovery;
 use crate::metrics::CoreCounters;
-use crate::route::{AdminOp, AdminReply, AdminRequest, CoreMsg, Inbox, PublishBatch, Router};
-use crate::shard::AdminError;
+use crate::route::{Broker, BrokerParts, CoreMsg, Inbox, Router};
 use crate::shard::{Shard, ShardConfig};
-use crate::stats::{CoreStats, StatsFilter};
-use crate::storage::metadata::{self, MetadataError, TopicMeta};
+use crate::stats::StatsFilter;
+use crate::storage::metadata::TopicMeta;
 use crate::storage::{CoreStorage, StorageConfig};
-use bytes::Bytes;
 use futures::channel::oneshot;
 
 /// How often in-flight timeouts and deferred messages are checked (nsqd's
@@ -34,152 +29,21 @@ const METADATA_CHECK: Duration = Duration::from_millis(100);
 /// How long shutdown waits for connections to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What a task on this core reaches through `Rc<Core>`.
+/// One core's lifecycle around its broker: what the runtime's tasks and
+/// the layers above (HTTP, statsd) reach through `Rc<Core>`.
 pub struct Core {
     pub id: usize,
     pub shared: Arc<Shared>,
-    pub shard: RefCell<Shard>,
-    pub router: Router,
-    /// Live connections, for /stats, forced disconnects and shutdown.
-    pub conns: RefCell<HashMap<u64, Rc<ClientInfo>>>,
+    /// Publish, subscribe, admin and /stats on any topic.
+    pub broker: Rc<Broker>,
     pub stopping: LocalEvent,
     /// Set last, once this core's connections are gone: the inbox stops.
     pub exited: std::cell::Cell<bool>,
-    pub counters: CoreCounters,
-    /// Disk queues' group commit, read-ahead notices and health.
-    pub storage: Rc<CoreStorage>,
 }
 
 impl Core {
     pub fn opts(&self) -> &crate::config::Options {
         &self.shared.opts
-    }
-
-    /// Publishes on the topic's owning core; Ok once the owner took the
-    /// batch. The error text follows "PUB failed " in nsqd's answers.
-    pub async fn publish(
-        &self,
-        topic: Bytes,
-        bodies: Vec<Bytes>,
-        defer: Option<Duration>,
-    ) -> Result<(), String> {
-        let owner = self.router.owner(&topic);
-        if owner == self.id {
-            let name = String::from_utf8_lossy(&topic);
-            let result = self.shard.borrow_mut().publish(&name, &bodies, defer);
-            if self.storage.over_limit() {
-                self.storage.wait_for_room().await;
-            }
-            return match result {
-                Ok(()) if self.storage.config.durable() => {
-                    self.storage.sync.commit().await.map_err(|e| e.to_string())
-                }
-                other => other,
-            };
-        }
-        CoreCounters::add(&self.counters.forwarded_batches, 1);
-        CoreCounters::add(&self.counters.forwarded_messages, bodies.len() as u64);
-        let (reply, rx) = oneshot::channel();
-        let batch = PublishBatch {
-            topic,
-            bodies,
-            defer,
-            reply,
-        };
-        self.router.send(owner, CoreMsg::Publish(batch)).await;
-        rx.await.unwrap_or_else(|_| Err("exiting".to_string()))
-    }
-
-    /// Runs an admin operation here, on this core's shard.
-    pub fn execute_admin(&self, op: AdminOp) -> AdminReply {
-        let mut shard = self.shard.borrow_mut();
-        let done = match op {
-            AdminOp::Metadata => return AdminReply::Metadata(shard.metadata()),
-            AdminOp::Stats(filter) => {
-                let topics = shard.stats(&filter);
-                let producers = if filter.include_clients {
-                    self.conns
-                        .borrow()
-                        .values()
-                        .filter(|c| c.is_producer())
-                        .map(|c| c.stats(filter.topic.as_deref()))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                let mut snapshot = self.counters.snapshot(self.id);
-                snapshot.ring_occupancy = self.router.occupancy();
-                snapshot.connections = self.conns.borrow().len() as u64;
-                snapshot.disk_unwritten_bytes = self.storage.unwritten_bytes();
-                snapshot.disk_sync = self.storage.sync.figures();
-                return AdminReply::Stats(CoreStats {
-                    topics,
-                    producers,
-                    cores: vec![snapshot],
-                });
-            }
-            AdminOp::CreateTopic(t) => {
-                shard.create_topic(&t);
-                Ok(())
-            }
-            AdminOp::DeleteTopic(t) => shard.delete_topic(&t),
-            AdminOp::EmptyTopic(t) => shard.empty_topic(&t),
-            AdminOp::PauseTopic(t, p) => shard.pause_topic(&t, p),
-            AdminOp::CreateChannel(t, c) => shard.create_channel(&t, &c),
-            AdminOp::DeleteChannel(t, c) => shard.delete_channel(&t, &c),
-            AdminOp::EmptyChannel(t, c) => shard.empty_channel(&t, &c),
-            AdminOp::PauseChannel(t, c, p) => shard.pause_channel(&t, &c, p),
-        };
-        AdminReply::Done(done)
-    }
-
-    /// Runs an admin operation on core `core` (here or over the ring).
-    pub async fn admin_on(&self, core: usize, op: AdminOp) -> AdminReply {
-        if core == self.id {
-            return self.execute_admin(op);
-        }
-        let (reply, rx) = oneshot::channel();
-        self.router
-            .send(core, CoreMsg::Admin(AdminRequest { op, reply }))
-            .await;
-        rx.await
-            .unwrap_or(AdminReply::Done(Err(AdminError::TopicNotFound)))
-    }
-
-    /// A topic or channel operation, on the topic's owning core.
-    pub async fn admin(&self, op: AdminOp) -> Result<(), AdminError> {
-        let owner = self.router.owner(op.topic().unwrap_or_default().as_bytes());
-        match self.admin_on(owner, op).await {
-            AdminReply::Done(r) => r,
-            AdminReply::Stats(_) | AdminReply::Metadata(_) => Ok(()),
-        }
-    }
-
-    /// Writes nsqd.dat from every core's topics (D1, D2).
-    pub async fn persist_metadata(&self) -> Result<(), MetadataError> {
-        let mut topics = Vec::new();
-        for core in 0..self.router.cores {
-            if let AdminReply::Metadata(part) = self.admin_on(core, AdminOp::Metadata).await {
-                topics.extend(part);
-            }
-        }
-        metadata::persist(&self.shared.data_path, &topics)
-    }
-
-    /// /stats over every core: topics merged and sorted by name.
-    pub async fn stats(&self, filter: StatsFilter) -> CoreStats {
-        let mut all = CoreStats::default();
-        for core in 0..self.router.cores {
-            if let AdminReply::Stats(part) =
-                self.admin_on(core, AdminOp::Stats(filter.clone())).await
-            {
-                all.topics.extend(part.topics);
-                all.producers.extend(part.producers);
-                all.cores.extend(part.cores);
-            }
-        }
-        all.topics.sort_by(|a, b| a.topic_name.cmp(&b.topic_name));
-        all
     }
 }
 
@@ -256,20 +120,25 @@ pub async fn run_core(setup: CoreSetup) {
         Some(shared.lookup.clone()),
     );
     shard_config.discovery = Some(discovery.clone());
+    let broker = Rc::new(Broker::new(BrokerParts {
+        id,
+        opts: shared.opts.clone(),
+        shard: Shard::new(id, shard_config),
+        router,
+        storage: storage.clone(),
+        client_ids: shared.client_ids.clone(),
+        data_path: shared.data_path.clone(),
+    }));
     let core = Rc::new(Core {
         id,
-        shard: RefCell::new(Shard::new(id, shard_config)),
-        storage: storage.clone(),
         shared,
-        router,
-        conns: RefCell::new(HashMap::new()),
+        broker: broker.clone(),
         stopping: LocalEvent::default(),
         exited: std::cell::Cell::new(false),
-        counters: CoreCounters::default(),
     });
     storage.prepare_queues(queue_names(&restore)).await;
-    core.shard.borrow_mut().restore(&restore);
-    super::report::opened(&core.shared.tally, id, &core.shard.borrow());
+    broker.shard.borrow_mut().restore(&restore);
+    super::report::opened(&core.shared.tally, id, &broker.shard.borrow());
     let _ = ready.send(Ok(()));
     let serving = serve.await.is_ok();
 
@@ -277,10 +146,13 @@ pub async fn run_core(setup: CoreSetup) {
     let sync_task = glommio::spawn_local(storage.clone().sync_loop());
     let refill_task = glommio::spawn_local(refill_loop(core.clone()));
     // L7: a weak handle, so the detached task never keeps the core alive.
-    let weak = Rc::downgrade(&core);
+    let weak = Rc::downgrade(&broker);
     glommio::spawn_local(discovery.run(move |topic, channels| {
-        if let Some(core) = weak.upgrade() {
-            core.shard.borrow_mut().channels_discovered(topic, channels);
+        if let Some(broker) = weak.upgrade() {
+            broker
+                .shard
+                .borrow_mut()
+                .channels_discovered(topic, channels);
         }
     }))
     .detach();
@@ -298,13 +170,18 @@ pub async fn run_core(setup: CoreSetup) {
     }
 
     // Close every client (D10 order: listener, then clients).
-    for info in core.conns.borrow().values() {
+    for info in broker.clients.borrow().values() {
         info.disconnect();
     }
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while !core.conns.borrow().is_empty() && Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    }
+    let drained = async {
+        broker.clients_gone().await;
+        true
+    };
+    let _ = futures_lite::future::or(drained, async {
+        glommio::timer::sleep(DRAIN_TIMEOUT).await;
+        false
+    })
+    .await;
     timer_task.await;
     if let Some(t) = http_task {
         t.await;
@@ -317,11 +194,11 @@ pub async fn run_core(setup: CoreSetup) {
     }
     // D10: memory, in-flight and deferred messages to disk, then every
     // queue synced with its consume position saved.
-    core.storage.begin_close();
+    broker.storage.begin_close();
     refill_task.await;
-    let held = core.shard.borrow().stats(&StatsFilter::default());
+    let held = broker.shard.borrow().stats(&StatsFilter::default());
     super::report::stopping(&core.shared.tally, &held);
-    let queues = core.shard.borrow_mut().persist_for_shutdown();
+    let queues = broker.shard.borrow_mut().persist_for_shutdown();
     super::report::closed_queues(&core.shared.tally, queues.len());
     for q in &queues {
         match q.sync(true).await {
@@ -331,13 +208,13 @@ pub async fn run_core(setup: CoreSetup) {
             }
         }
     }
-    core.storage.close();
+    broker.storage.close();
     sync_task.await;
     core.shared
         .exit_metadata
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .extend(core.shard.borrow().metadata());
+        .extend(broker.shard.borrow().metadata());
     core.exited.set(true);
     core.shared.wakers[id].wake();
     inbox_task.await;
@@ -380,62 +257,40 @@ async fn inbox_loop(core: Rc<Core>, mut inbox: Inbox) {
             continue;
         }
         for msg in batch.drain(..) {
-            match msg {
-                CoreMsg::Publish(p) => {
-                    CoreCounters::add(&core.counters.received_batches, 1);
-                    CoreCounters::add(&core.counters.received_messages, p.bodies.len() as u64);
-                    // Names were validated by the sender: ASCII.
-                    let topic = String::from_utf8_lossy(&p.topic);
-                    if core.storage.is_closing() {
-                        // Queues are being written out: too late to take it.
-                        let _ = p.reply.send(Err("exiting".to_string()));
-                        continue;
-                    }
-                    let result = core.shard.borrow_mut().publish(&topic, &p.bodies, p.defer);
-                    let durable = result.is_ok() && core.storage.config.durable();
-                    if durable || core.storage.over_limit() {
-                        // OK once on disk (the group commit batches these),
-                        // or once the disk has caught up (backpressure).
-                        let storage = core.storage.clone();
-                        glommio::spawn_local(async move {
-                            storage.wait_for_room().await;
-                            let r = if durable {
-                                storage.sync.commit().await.map_err(|e| e.to_string())
-                            } else {
-                                result
-                            };
-                            let _ = p.reply.send(r);
-                        })
-                        .detach();
-                    } else {
-                        let _ = p.reply.send(result);
-                    }
-                }
-                CoreMsg::Handoff(h) => {
-                    CoreCounters::add(&core.counters.handoffs_in, 1);
-                    if core.stopping.is_set() {
-                        drop(h); // closes the socket: the client reconnects elsewhere
-                    } else {
-                        glommio::spawn_local(conn::resume(core.clone(), h)).detach();
-                    }
-                }
-                CoreMsg::Admin(req) => {
-                    let _ = req.reply.send(core.execute_admin(req.op));
-                }
-            }
+            handle_core_msg(&core, msg);
         }
         glommio::yield_if_needed().await;
     }
 }
 
-async fn accept_loop(core: &Rc<Core>, listener: Listener) {
+/// One item from another core's ring.
+fn handle_core_msg(core: &Rc<Core>, msg: CoreMsg) {
+    let broker = &core.broker;
+    match msg {
+        CoreMsg::Publish(p) => broker.on_publish_request(p),
+        CoreMsg::Replies(r) => broker.on_replies(r),
+        CoreMsg::Handoff(h) => {
+            CoreCounters::add(&broker.counters.handoffs_in, 1);
+            if core.stopping.is_set() {
+                drop(h); // closes the socket: the client reconnects elsewhere
+            } else {
+                glommio::spawn_local(conn::resume(broker.clone(), h)).detach();
+            }
+        }
+        CoreMsg::Admin(req) => {
+            let _ = req.reply.send(broker.execute_admin(req.op));
+        }
+    }
+}
+
+async fn accept_loop(core: &Rc<Core>, mut listener: Listener) {
     listener
         .serve_until(&core.stopping, |client| match client {
             Accepted::Tcp(stream) => {
-                glommio::spawn_local(conn::serve_tcp(core.clone(), stream)).detach();
+                glommio::spawn_local(conn::serve_tcp(core.broker.clone(), stream)).detach();
             }
             Accepted::Unix(stream) => {
-                glommio::spawn_local(conn::serve_unix(core.clone(), stream)).detach();
+                glommio::spawn_local(conn::serve_unix(core.broker.clone(), stream)).detach();
             }
         })
         .await;
@@ -446,7 +301,7 @@ async fn metadata_loop(core: Rc<Core>) {
     while !core.stopping.is_set() {
         future::or(glommio::timer::sleep(METADATA_CHECK), core.stopping.wait()).await;
         if core.shared.metadata_dirty.swap(false, Ordering::AcqRel) && !core.stopping.is_set() {
-            if let Err(e) = core.persist_metadata().await {
+            if let Err(e) = core.broker.persist_metadata().await {
                 tracing::error!(error = %e, "failed to persist metadata");
             }
         }
@@ -456,11 +311,11 @@ async fn metadata_loop(core: Rc<Core>) {
 /// Disk queues that read backlog into memory: deliver it.
 async fn refill_loop(core: Rc<Core>) {
     loop {
-        let names = core.storage.next_refills().await;
+        let names = core.broker.storage.next_refills().await;
         if names.is_empty() {
             return; // storage closed
         }
-        let mut shard = core.shard.borrow_mut();
+        let mut shard = core.broker.shard.borrow_mut();
         for name in names {
             shard.refilled(&name);
         }
@@ -470,6 +325,9 @@ async fn refill_loop(core: Rc<Core>) {
 async fn timer_loop(core: Rc<Core>) {
     while !core.stopping.is_set() {
         future::or(glommio::timer::sleep(TIMER_TICK), core.stopping.wait()).await;
-        core.shard.borrow_mut().process_timers(Instant::now());
+        core.broker
+            .shard
+            .borrow_mut()
+            .process_timers(Instant::now());
     }
 }

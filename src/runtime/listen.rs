@@ -10,13 +10,15 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
-use std::path::PathBuf;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use glommio::net::{TcpListener, TcpStream, UnixStream};
+use glommio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::event::LocalEvent;
+use crate::conn::stream::UnixConn;
 
 /// Enough for bursts of thousands of connecting clients.
 const BACKLOG: i32 = 4096;
@@ -76,24 +78,67 @@ impl std::fmt::Display for ListenAddr {
 
 pub enum Listener {
     Tcp(TcpListener),
-    /// glommio's unix streams do not give out their fd, which a moving
-    /// connection needs; std accepts (non-blocking, polled) and glommio
-    /// takes over the fd.
-    Unix(std::os::unix::net::UnixListener, PathBuf),
+    Unix(UnixAcceptor),
 }
 
-impl Drop for Listener {
-    /// Like Go's unix listener, remove the socket file on close, so that a
-    /// restart can bind it again.
-    fn drop(&mut self) {
-        if let Listener::Unix(_, path) = self {
-            let _ = std::fs::remove_file(path);
-        }
+/// A unix-socket listener. glommio's unix streams do not give out their
+/// fd, which a moving connection needs, so a thread of its own accepts
+/// (blocking, no polling) and hands each socket to core 0, which wraps it
+/// in a glommio stream.
+pub struct UnixAcceptor {
+    accepted: futures::channel::mpsc::UnboundedReceiver<io::Result<OwnedFd>>,
+    listener: Arc<std::os::unix::net::UnixListener>,
+    path: PathBuf,
+}
+
+impl UnixAcceptor {
+    fn bind(path: &Path) -> io::Result<UnixAcceptor> {
+        let listener = Arc::new(std::os::unix::net::UnixListener::bind(path)?);
+        let (tx, accepted) = futures::channel::mpsc::unbounded();
+        let l = listener.clone();
+        std::thread::Builder::new()
+            .name("ringsq-unix-accept".into())
+            .spawn(move || loop {
+                let r = l.accept().map(|(s, _)| OwnedFd::from(s));
+                let failed = r.is_err();
+                if tx.unbounded_send(r).is_err() {
+                    return; // the listener was dropped
+                }
+                if failed {
+                    // Out of fds, say: back off as the TCP listeners do.
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            })?;
+        Ok(UnixAcceptor {
+            accepted,
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    async fn accept(&mut self) -> io::Result<UnixConn> {
+        use futures::StreamExt;
+        let fd = match self.accepted.next().await {
+            Some(r) => r?,
+            None => return Err(io::Error::other("unix accept thread stopped")),
+        };
+        let s = std::os::unix::net::UnixStream::from(fd);
+        s.set_nonblocking(true)?;
+        // SAFETY: a connected socket whose ownership we take.
+        Ok(unsafe { UnixConn::from_raw_fd(s.into_raw_fd()) })
     }
 }
 
-/// How often core 0 looks for new unix-socket clients.
-const UNIX_ACCEPT_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+impl Drop for UnixAcceptor {
+    /// Wakes the accepting thread (its accept fails, it sees the channel
+    /// closed and ends) and, like Go's unix listener, removes the socket
+    /// file, so that a restart can bind it again.
+    fn drop(&mut self) {
+        self.accepted.close();
+        let _ = rustix::net::shutdown(&*self.listener, rustix::net::Shutdown::Both);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
 
 /// A new client.
 pub enum Accepted {
@@ -101,57 +146,22 @@ pub enum Accepted {
     Unix(UnixConn),
 }
 
-/// A glommio unix stream and its fd.
-pub struct UnixConn {
-    pub stream: UnixStream,
-    pub fd: RawFd,
-}
-
-impl UnixConn {
-    /// # Safety
-    /// `fd` must be an open, connected unix stream socket that the caller owns.
-    pub unsafe fn from_raw_fd(fd: RawFd) -> UnixConn {
-        UnixConn {
-            stream: UnixStream::from_raw_fd(fd),
-            fd,
-        }
-    }
-}
-
 impl Listener {
     pub fn bind(addr: &ListenAddr) -> io::Result<Listener> {
         match addr {
             ListenAddr::Tcp(a) => bind_tcp(*a).map(Listener::Tcp),
-            ListenAddr::Unix(p) => {
-                let l = std::os::unix::net::UnixListener::bind(p)?;
-                l.set_nonblocking(true)?;
-                Ok(Listener::Unix(l, p.clone()))
-            }
+            ListenAddr::Unix(p) => UnixAcceptor::bind(p).map(Listener::Unix),
         }
     }
 
-    pub async fn accept(&self) -> io::Result<Accepted> {
+    pub async fn accept(&mut self) -> io::Result<Accepted> {
         match self {
             Listener::Tcp(l) => l
                 .accept()
                 .await
                 .map(Accepted::Tcp)
                 .map_err(|e| io::Error::other(e.to_string())),
-            Listener::Unix(l, _) => loop {
-                match l.accept() {
-                    Ok((s, _)) => {
-                        s.set_nonblocking(true)?;
-                        // SAFETY: a connected socket whose ownership we take.
-                        return Ok(Accepted::Unix(unsafe {
-                            UnixConn::from_raw_fd(s.into_raw_fd())
-                        }));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        glommio::timer::sleep(UNIX_ACCEPT_POLL).await
-                    }
-                    Err(e) => return Err(e),
-                }
-            },
+            Listener::Unix(u) => u.accept().await.map(Accepted::Unix),
         }
     }
 }
@@ -159,7 +169,7 @@ impl Listener {
 impl Listener {
     /// Accepts until `stopping` is set, handing each client to `serve`.
     /// A failed accept (out of fds, say) is logged and retried shortly.
-    pub async fn serve_until(&self, stopping: &LocalEvent, mut serve: impl FnMut(Accepted)) {
+    pub async fn serve_until(&mut self, stopping: &LocalEvent, mut serve: impl FnMut(Accepted)) {
         loop {
             let accepted = futures_lite::future::or(async { Some(self.accept().await) }, async {
                 stopping.wait().await;

@@ -17,6 +17,7 @@ use thiserror::Error;
 use crate::config::Options;
 use crate::route::{build_mesh, CoreWaker};
 use crate::storage::metadata::{self, TopicMeta};
+use crate::system::{self, Limit, Limits};
 use listen::ListenAddr;
 
 /// glommio's own floor for the soft RLIMIT_MEMLOCK (non-root).
@@ -63,11 +64,7 @@ fn stop_on_core_panic() {
         default_hook(info);
         tracing::error!("{info}; stopping the broker");
         if !CORE_PANICKED.swap(true, Ordering::SeqCst) {
-            // SAFETY: kill(2) on our own pid; the main thread's signal
-            // iterator turns SIGTERM into the normal shutdown.
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGTERM);
-            }
+            system::terminate_self();
         }
     }));
 }
@@ -94,92 +91,43 @@ pub struct Shared {
     pub shutdown: AtomicBool,
     /// Disk failures, for /ping.
     pub health: Arc<crate::storage::Health>,
-    pub next_client_id: AtomicU64,
+    /// Client ids, unique over every core.
+    pub client_ids: Arc<AtomicU64>,
     pub wakers: Vec<Arc<CoreWaker>>,
     /// Queues and messages at start and stop, for the operator's log lines.
     pub tally: report::Tally,
-}
-
-impl Shared {
-    pub fn next_client_id(&self) -> u64 {
-        self.next_client_id.fetch_add(1, Ordering::Relaxed) + 1
-    }
-}
-
-/// Writes past RLIMIT_FSIZE must fail with EFBIG (a disk error the broker
-/// reports), not kill the process with SIGXFSZ.
-fn ignore_file_size_signal() {
-    // SAFETY: setting a signal's disposition to SIG_IGN has no other effect.
-    unsafe {
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-    }
-}
-
-/// The CPUs this process may run on (sched_getaffinity).
-pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return (0..std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1))
-                .collect();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// Raises RLIMIT_MEMLOCK as far as allowed and picks each executor's
 /// io_memory from what is locked-memory budget.
 fn prepare_memlock(cores: usize) -> Result<usize, StartError> {
     let want = (cores * 3 * MAX_IO_MEMORY + (16 << 20)) as u64;
-    // SAFETY: plain getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) != 0 {
-            return Ok(MAX_IO_MEMORY);
-        }
-        if is_root() {
-            let target = libc::rlimit {
-                rlim_cur: lim.rlim_cur.max(want),
-                rlim_max: lim.rlim_max.max(want),
-            };
-            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &target) == 0 {
-                return Ok(MAX_IO_MEMORY);
-            }
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) == 0 {
-                lim = raised;
-            }
-        }
-        if is_root() {
-            return Ok(MAX_IO_MEMORY); // CAP_IPC_LOCK: glommio skips its check
-        }
-        if lim.rlim_cur < GLOMMIO_MIN_MEMLOCK {
-            return Err(StartError::MemLock {
-                soft_kib: lim.rlim_cur / 1024,
-                hard_kib: lim.rlim_max / 1024,
-            });
-        }
-        // Leave room for the rings and the probe's buffers, which the
-        // kernel may still count for a moment after the probe exits.
-        let budget = (lim.rlim_cur as usize).saturating_sub(MEMLOCK_RESERVE);
-        let per_core = budget / (3 * cores);
-        Ok(per_core.clamp(MIN_IO_MEMORY, MAX_IO_MEMORY))
+    if system::is_root() {
+        // CAP_IPC_LOCK: glommio skips its check; raise anyway so that the
+        // registered buffers count against a limit that fits them.
+        let l = system::limits(Limit::LockedMemory);
+        let target = Limits {
+            soft: l.soft.max(want),
+            hard: l.hard.max(want),
+        };
+        system::set_limits(Limit::LockedMemory, target);
+        return Ok(MAX_IO_MEMORY);
     }
+    let lim = system::raise_soft_limit(Limit::LockedMemory);
+    if lim.soft >= want {
+        return Ok(MAX_IO_MEMORY);
+    }
+    if lim.soft < GLOMMIO_MIN_MEMLOCK {
+        return Err(StartError::MemLock {
+            soft_kib: lim.soft / 1024,
+            hard_kib: lim.hard / 1024,
+        });
+    }
+    // Leave room for the rings and the probe's buffers, which the
+    // kernel may still count for a moment after the probe exits.
+    let budget = (lim.soft as usize).saturating_sub(MEMLOCK_RESERVE);
+    let per_core = budget / (3 * cores);
+    Ok(per_core.clamp(MIN_IO_MEMORY, MAX_IO_MEMORY))
 }
 
 /// Starts a throw-away executor to find out whether io_uring works; glommio
@@ -239,7 +187,7 @@ fn check_listen_address(addr: &str) -> Result<ListenAddr, StartError> {
 
 /// Runs the broker until SIGINT/SIGTERM. Returns once every core stopped.
 pub fn run(opts: Options) -> Result<(), StartError> {
-    let allowed = allowed_cpus();
+    let allowed = system::allowed_cpus();
     if opts.cores > allowed.len() {
         return Err(StartError::TooManyCores {
             wanted: opts.cores,
@@ -260,7 +208,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     let mut restored =
         metadata::load(&data_path).map_err(|e| StartError::Metadata(e.to_string()))?;
     metadata::add_queues_found_on_disk(&mut restored, &data_path);
-    ignore_file_size_signal();
+    system::ignore_file_size_signal();
     let tcp_addr = check_listen_address(&opts.tcp_address)?;
     let http_addr = if opts.http_address.is_empty() {
         None
@@ -295,7 +243,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         opts: Arc::new(opts),
         shutdown: AtomicBool::new(false),
         health: Arc::new(crate::storage::Health::default()),
-        next_client_id: AtomicU64::new(0),
+        client_ids: Arc::new(AtomicU64::new(0)),
         wakers,
         tally: report::Tally::default(),
     });

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::stats::{StatsFilter, TopicStats};
+use crate::system::{self, Limit};
 
 /// Queues, messages and files, summed over the cores.
 #[derive(Debug, Default)]
@@ -66,17 +67,8 @@ pub fn closed_queues(tally: &Tally, n: usize) {
     add(&tally.closed_queues, n as u64);
 }
 
-/// (soft, hard) of a resource limit; None if it cannot be read.
-fn rlimit(resource: libc::__rlimit_resource_t) -> Option<(u64, u64)> {
-    // SAFETY: getrlimit fills a local struct.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        (libc::getrlimit(resource, &mut lim) == 0).then_some((lim.rlim_cur, lim.rlim_max))
-    }
-}
-
 fn limit_text(v: u64, unit: u64, suffix: &str) -> String {
-    if v == libc::RLIM_INFINITY {
+    if v == u64::MAX {
         "unlimited".into()
     } else {
         format!("{}{suffix}", v / unit)
@@ -86,19 +78,7 @@ fn limit_text(v: u64, unit: u64, suffix: &str) -> String {
 /// Go (1.19+) raises the open-files soft limit to the hard limit at start,
 /// so nsqd serves as many connections as the hard limit allows: so do we.
 pub fn raise_open_files() {
-    let Some((soft, hard)) = rlimit(libc::RLIMIT_NOFILE) else {
-        return;
-    };
-    if soft < hard {
-        let raised = libc::rlimit {
-            rlim_cur: hard,
-            rlim_max: hard,
-        };
-        // SAFETY: setrlimit with a local struct; failing leaves the old limit.
-        unsafe {
-            libc::setrlimit(libc::RLIMIT_NOFILE, &raised);
-        }
-    }
+    system::raise_soft_limit(Limit::OpenFiles);
 }
 
 /// Locked memory the executors' registered io buffers need: 3 rings per
@@ -127,7 +107,7 @@ fn warn_if_buffers_unregistered(cores: usize, max_io_memory: usize) {
     if !crate::logging::take_buffers_unregistered() {
         return;
     }
-    let soft = rlimit(libc::RLIMIT_MEMLOCK).map_or(0, |l| l.0);
+    let soft = system::limits(Limit::LockedMemory).soft;
     let need_mib = memlock_needed(cores, max_io_memory) >> 20;
     tracing::warn!(
         "locked memory limit ({}, shared by every process of this user) too small for io_uring registered buffers on {cores} core(s): \
@@ -146,9 +126,9 @@ struct StartFacts<'a> {
 
 /// The one start-up line (item 6), after every core serves.
 fn log_started(tally: &Tally, f: &StartFacts<'_>) {
-    let (ml_soft, _) = rlimit(libc::RLIMIT_MEMLOCK).unwrap_or((0, 0));
-    let (nofile_soft, _) = rlimit(libc::RLIMIT_NOFILE).unwrap_or((0, 0));
-    let memlock = if super::is_root() {
+    let ml_soft = system::limits(Limit::LockedMemory).soft;
+    let nofile_soft = system::limits(Limit::OpenFiles).soft;
+    let memlock = if system::is_root() {
         format!("{} (root: not enforced)", limit_text(ml_soft, 1024, " KiB"))
     } else {
         limit_text(ml_soft, 1024, " KiB")

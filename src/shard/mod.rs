@@ -21,6 +21,7 @@ use crate::metrics::e2e::{result_of, E2eConfig, E2eWindow};
 use crate::protocol::{ClientError, ErrorCode};
 use crate::stats::{ChannelStats, E2eLatency, StatsFilter, TopicStats};
 use crate::storage::metadata::{ChannelMeta, TopicMeta};
+use crate::storage::StorageError;
 
 /// The flags a shard's topics and channels are built with.
 #[derive(Clone, Default)]
@@ -142,17 +143,14 @@ impl Shard {
             .expect("topic exists after insert")
     }
 
-    /// PUB/MPUB/DPUB on the owning core. The error text follows
-    /// "PUB failed " in the client's error frame.
+    /// PUB/MPUB/DPUB on the owning core.
     pub fn publish(
         &mut self,
         topic: &str,
         bodies: &[Bytes],
         defer: Option<Duration>,
-    ) -> Result<(), String> {
-        self.get_or_create_topic(topic)
-            .publish(bodies, defer)
-            .map_err(|e| e.to_string())
+    ) -> Result<(), StorageError> {
+        self.get_or_create_topic(topic).publish(bodies, defer)
     }
 
     /// Clean shutdown (D10): every topic's and channel's memory, in-flight

@@ -13,12 +13,11 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringbuf::traits::{Consumer, Producer, Split};
 use ringbuf::HeapRb;
-use ringsq::conn::info::ClientInfo;
 use ringsq::conn::output::{FlushPolicy, OutputBuffer};
 use ringsq::protocol::identify::ClientSettings;
 use ringsq::protocol::message::{put_message_frame, IdGenerator};
 use ringsq::protocol::{decode, ConnState, DecodeContext, Message};
-use ringsq::shard::{Shard, ShardConfig, Subscriber};
+use ringsq::shard::{ClientInfo, Shard, ShardConfig, Subscriber};
 
 fn ctx() -> DecodeContext {
     DecodeContext {

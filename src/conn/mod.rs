@@ -7,7 +7,6 @@
 //! delivery, in-flight tracking and timeouts are plain core-local code.
 
 pub mod compress;
-pub mod info;
 pub mod output;
 pub mod stream;
 pub mod writer;
@@ -33,9 +32,8 @@ use crate::protocol::{
 use crate::route::{CoreMsg, Handoff, Transport};
 use crate::runtime::core::Core;
 use crate::runtime::listen::UnixConn;
-use crate::shard::{InFlightError, Subscriber};
+use crate::shard::{ClientInfo, InFlightError, Subscriber};
 use compress::{Decoder, Encoder};
-use info::ClientInfo;
 use output::{FlushPolicy, OutputBuffer};
 use stream::{ByteStream, ReadHalf};
 use writer::WriterParts;

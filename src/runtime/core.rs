@@ -14,12 +14,11 @@ use super::event::LocalEvent;
 use super::listen::{Accepted, ListenAddr, Listener};
 use super::{Shared, StartError};
 use crate::conn;
-use crate::conn::info::ClientInfo;
 use crate::lookup::discovery::Discovery;
 use crate::metrics::CoreCounters;
 use crate::route::{AdminOp, AdminReply, AdminRequest, CoreMsg, Inbox, PublishBatch, Router};
 use crate::shard::AdminError;
-use crate::shard::{Shard, ShardConfig};
+use crate::shard::{ClientInfo, Shard, ShardConfig};
 use crate::stats::{CoreStats, StatsFilter};
 use crate::storage::metadata::{self, MetadataError, TopicMeta};
 use crate::storage::{CoreStorage, StorageConfig};
@@ -248,14 +247,13 @@ pub async fn run_core(setup: CoreSetup) {
         opts.http_client_connect_timeout,
         opts.http_client_request_timeout,
     ));
-    let mut shard_config = ShardConfig::from_options(
+    let shard_config = ShardConfig::from_options(
         &opts,
         shared.node_id,
         shared.metadata_dirty.clone(),
         Some(storage.clone()),
-        Some(shared.lookup.clone()),
+        Some(discovery.clone()),
     );
-    shard_config.discovery = Some(discovery.clone());
     let core = Rc::new(Core {
         id,
         shard: RefCell::new(Shard::new(id, shard_config)),

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
+use super::client::ClientInfo;
+use super::e2e::E2eWindow;
 use super::queue::{Backend, MessageQueue};
+use super::sink::ConsumerSink;
 use super::ShardConfig;
-use crate::conn::info::ClientInfo;
-use crate::conn::output::OutputBuffer;
-use crate::metrics::e2e::E2eWindow;
 use crate::protocol::{Message, MessageId};
 use crate::storage::{QueueShared, StorageError};
 
@@ -22,7 +22,7 @@ use crate::storage::{QueueShared, StorageError};
 pub struct Subscriber {
     pub client_id: u64,
     pub info: Rc<ClientInfo>,
-    pub out: Rc<OutputBuffer>,
+    pub out: Rc<dyn ConsumerSink>,
     /// RDY: messages are sent while in_flight < rdy (a window, T24).
     pub rdy: Cell<i64>,
     pub in_flight: Cell<i64>,
@@ -37,7 +37,7 @@ pub struct Subscriber {
 impl Subscriber {
     pub fn new(
         info: Rc<ClientInfo>,
-        out: Rc<OutputBuffer>,
+        out: Rc<dyn ConsumerSink>,
         msg_timeout: Duration,
         sample_rate: u8,
     ) -> Self {

@@ -285,7 +285,11 @@ impl Channel {
         self.push_deferred(msg, Instant::now() + delay);
     }
 
-    fn push_deferred(&mut self, msg: Message, due: Instant) {
+    fn push_deferred(&mut self, mut msg: Message, due: Instant) {
+        // The heap's due time rules from here: once released the message
+        // goes out, without a second look at the wall clock in `dispatch`
+        // (which may have been stepped back meanwhile).
+        msg.deferred = None;
         self.deferred_seq += 1;
         self.deferred.push(Reverse(Deferred {
             due,

@@ -10,6 +10,9 @@ pub mod queue;
 pub mod sink;
 pub mod topic;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,16 +1,23 @@
 //! Micro-benchmarks of the data path: decoding PUB and MPUB frames,
-//! encoding message frames, and the cross-core ring hand-off.
+//! encoding message frames, the cross-core ring hand-off, and delivery
+//! from a topic to a consumer's output buffer.
 //!
 //! `cargo bench --bench hot_path`
 
+use std::cell::{Cell, RefCell};
 use std::hint::black_box;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringbuf::traits::{Consumer, Producer, Split};
 use ringbuf::HeapRb;
+use ringsq::conn::output::{FlushPolicy, OutputBuffer};
+use ringsq::protocol::identify::ClientSettings;
 use ringsq::protocol::message::{put_message_frame, IdGenerator};
 use ringsq::protocol::{decode, ConnState, DecodeContext, Message};
+use ringsq::shard::{ClientInfo, Shard, ShardConfig, Subscriber};
 
 fn ctx() -> DecodeContext {
     DecodeContext {
@@ -113,5 +120,78 @@ fn bench_ring(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_decode, bench_encode, bench_ring);
+/// A subscriber as a connection builds it, with its real output buffer.
+fn subscriber(id: u64) -> (Rc<Subscriber>, Rc<OutputBuffer>) {
+    let settings = ClientSettings {
+        client_id: "bench".into(),
+        hostname: "bench".into(),
+        user_agent: String::new(),
+        heartbeat_interval: None,
+        output_buffer_size: 16 * 1024,
+        output_buffer_timeout: Duration::from_millis(250),
+        sample_rate: 0,
+        msg_timeout: Duration::from_secs(60),
+    };
+    let info = Rc::new(ClientInfo {
+        id,
+        remote: "127.0.0.1:1".into(),
+        connected_at: SystemTime::now(),
+        fd: -1,
+        settings: RefCell::new(settings),
+        state: Cell::new(ConnState::Subscribed),
+        pub_counts: RefCell::new(Vec::new()),
+        deflate: Cell::new(false),
+        snappy: Cell::new(false),
+    });
+    let out = Rc::new(OutputBuffer::new(FlushPolicy {
+        buffer_size: 16 * 1024,
+        timeout: Duration::from_millis(250),
+        heartbeat: None,
+    }));
+    let sub = Rc::new(Subscriber::new(
+        info,
+        out.clone(),
+        Duration::from_secs(60),
+        0,
+    ));
+    sub.rdy.set(1 << 40);
+    (sub, out)
+}
+
+/// Publish to a topic with one channel and one ready consumer: stamp,
+/// fan-out, dispatch into the consumer's output buffer (the delivery cost
+/// a consumer sink adds to).
+fn bench_deliver(c: &mut Criterion) {
+    let mut g = c.benchmark_group("deliver");
+    let config = ShardConfig {
+        mem_queue_size: 1 << 20,
+        ..ShardConfig::default()
+    };
+    let mut shard = Shard::new(0, config);
+    let (sub, out) = subscriber(1);
+    shard.subscribe("t", "c", sub).expect("no consumer limit");
+    let bodies: Vec<Bytes> = (0..256).map(|_| Bytes::from(vec![b'x'; 100])).collect();
+    let mut spare = Vec::new();
+    g.throughput(Throughput::Elements(bodies.len() as u64));
+    g.bench_function("publish_dispatch_256x100B", |b| {
+        b.iter(|| {
+            shard.publish("t", &bodies, None).expect("memory queue");
+            if let Some(ch) = shard.channel_mut("t", "c") {
+                ch.empty();
+            }
+            spare.clear();
+            let _ = out.take_into(&mut spare);
+            black_box(spare.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_decode,
+    bench_encode,
+    bench_ring,
+    bench_deliver
+);
 criterion_main!(benches);

@@ -13,7 +13,6 @@
 //! timeouts are plain core-local code.
 
 pub mod compress;
-pub mod info;
 pub mod output;
 pub mod replies;
 pub mod stream;
@@ -38,9 +37,8 @@ use crate::protocol::{
     MAGIC_V2,
 };
 use crate::route::{Broker, Handoff, PublishCommand, PublishSink, ReplyTo};
-use crate::shard::{InFlightError, Subscriber};
+use crate::shard::{ClientInfo, InFlightError, Subscriber};
 use compress::{Decoder, Encoder};
-use info::ClientInfo;
 use output::{FlushPolicy, OutputBuffer};
 use replies::Replies;
 use stream::{ByteStream, ReadHalf, Transport, UnixConn};

@@ -11,6 +11,7 @@ use crate::protocol::message::{
     put_frame, put_message_frame, FRAME_TYPE_ERROR, FRAME_TYPE_RESPONSE,
 };
 use crate::protocol::Message;
+use crate::shard::ConsumerSink;
 
 /// When the writer must flush, as IDENTIFY set it.
 #[derive(Debug, Clone, Copy)]
@@ -202,5 +203,20 @@ impl OutputBuffer {
         self.buffered_since.set(None);
         self.wake_reader();
         self.switch.borrow_mut().take()
+    }
+}
+
+/// How a channel delivers to this connection.
+impl ConsumerSink for OutputBuffer {
+    fn push_message(&self, msg: &Message) {
+        OutputBuffer::push_message(self, msg)
+    }
+
+    fn flush_soon(&self) {
+        OutputBuffer::flush_soon(self)
+    }
+
+    fn is_dead(&self) -> bool {
+        OutputBuffer::is_dead(self)
     }
 }

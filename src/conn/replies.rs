@@ -16,7 +16,7 @@ use std::task::{Poll, Waker};
 
 use bytes::Bytes;
 
-use super::info::ClientInfo;
+use crate::shard::ClientInfo;
 use super::output::OutputBuffer;
 use crate::protocol::message::OK;
 use crate::route::{PublishCommand, PublishResult, PublishSink};

@@ -16,9 +16,11 @@ use http_body_util::BodyExt;
 use smol_hyper::rt::FuturesIo;
 
 use super::{LookupHandle, LookupdHttp};
+use crate::shard::Announce;
 use crate::storage::notify::Notify;
 
-/// One per core: the topics waiting to ask.
+/// One per core: the topics waiting to ask. It is also how the core's shard
+/// tells nsqlookupd what comes and goes (`Announce`).
 pub struct Discovery {
     lookup: LookupHandle,
     pending: RefCell<Vec<String>>,
@@ -99,6 +101,22 @@ impl Discovery {
         channels.dedup();
         channels.retain(|c| !crate::protocol::names::is_ephemeral(c));
         channels
+    }
+}
+
+/// The shard's view of nsqlookupd: registrations go to the lookup thread
+/// (L5), channel queries to this core's discovery task (L7).
+impl Announce for Discovery {
+    fn register(&self, topic: &str, channel: Option<&str>) {
+        self.lookup.register(topic, channel);
+    }
+
+    fn unregister(&self, topic: &str, channel: Option<&str>) {
+        self.lookup.unregister(topic, channel);
+    }
+
+    fn request_channels(&self, topic: &str) -> bool {
+        self.request(topic)
     }
 }
 

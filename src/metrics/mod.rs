@@ -1,7 +1,6 @@
-//! Beyond nsqd: per-core counters, Prometheus text at `GET /metrics`,
-//! end-to-end latency windows, and nsqd's statsd push (S1, S2).
+//! Beyond nsqd: per-core counters, Prometheus text at `GET /metrics`, and
+//! nsqd's statsd push (S1, S2).
 
-pub mod e2e;
 pub mod prometheus;
 pub mod statsd;
 

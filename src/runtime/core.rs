@@ -112,14 +112,13 @@ pub async fn run_core(setup: CoreSetup) {
         opts.http_client_connect_timeout,
         opts.http_client_request_timeout,
     ));
-    let mut shard_config = ShardConfig::from_options(
+    let shard_config = ShardConfig::from_options(
         &opts,
         shared.node_id,
         shared.metadata_dirty.clone(),
         Some(storage.clone()),
-        Some(shared.lookup.clone()),
+        Some(discovery.clone()),
     );
-    shard_config.discovery = Some(discovery.clone());
     let broker = Rc::new(Broker::new(BrokerParts {
         id,
         opts: shared.opts.clone(),

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
+use super::client::ClientInfo;
+use super::e2e::E2eWindow;
 use super::queue::{Backend, MessageQueue};
+use super::sink::ConsumerSink;
 use super::ShardConfig;
-use crate::conn::info::ClientInfo;
-use crate::conn::output::OutputBuffer;
-use crate::metrics::e2e::E2eWindow;
 use crate::protocol::{Message, MessageId};
 use crate::storage::{QueueShared, StorageError};
 
@@ -22,7 +22,7 @@ use crate::storage::{QueueShared, StorageError};
 pub struct Subscriber {
     pub client_id: u64,
     pub info: Rc<ClientInfo>,
-    pub out: Rc<OutputBuffer>,
+    pub out: Rc<dyn ConsumerSink>,
     /// RDY: messages are sent while in_flight < rdy (a window, T24).
     pub rdy: Cell<i64>,
     pub in_flight: Cell<i64>,
@@ -37,7 +37,7 @@ pub struct Subscriber {
 impl Subscriber {
     pub fn new(
         info: Rc<ClientInfo>,
-        out: Rc<OutputBuffer>,
+        out: Rc<dyn ConsumerSink>,
         msg_timeout: Duration,
         sample_rate: u8,
     ) -> Self {
@@ -285,7 +285,11 @@ impl Channel {
         self.push_deferred(msg, Instant::now() + delay);
     }
 
-    fn push_deferred(&mut self, msg: Message, due: Instant) {
+    fn push_deferred(&mut self, mut msg: Message, due: Instant) {
+        // The heap's due time rules from here: once released the message
+        // goes out, without a second look at the wall clock in `dispatch`
+        // (which may have been stepped back meanwhile).
+        msg.deferred = None;
         self.deferred_seq += 1;
         self.deferred.push(Reverse(Deferred {
             due,

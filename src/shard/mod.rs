@@ -2,9 +2,16 @@
 //! deferred state. Only the owning core touches a shard, so there are no
 //! locks; other cores reach it through `route`.
 
+pub mod announce;
 pub mod channel;
+pub mod client;
+pub mod e2e;
 pub mod queue;
+pub mod sink;
 pub mod topic;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -14,14 +21,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+pub use announce::Announce;
 pub use channel::{Channel, InFlightError, Subscriber};
+pub use client::ClientInfo;
+pub use sink::ConsumerSink;
 pub use topic::Topic;
 
-use crate::metrics::e2e::{result_of, E2eConfig, E2eWindow};
 use crate::protocol::{ClientError, ErrorCode};
 use crate::stats::{ChannelStats, E2eLatency, StatsFilter, TopicStats};
 use crate::storage::metadata::{ChannelMeta, TopicMeta};
 use crate::storage::StorageError;
+use e2e::{result_of, E2eConfig, E2eWindow};
 
 /// The flags a shard's topics and channels are built with.
 #[derive(Clone, Default)]
@@ -35,10 +45,9 @@ pub struct ShardConfig {
     pub e2e: Option<E2eConfig>,
     /// Set when a topic or channel that belongs in nsqd.dat comes or goes.
     pub metadata_dirty: Arc<AtomicBool>,
-    /// Tells nsqlookupd what comes and goes (L5); None in unit tests.
-    pub lookup: Option<crate::lookup::LookupHandle>,
-    /// Asks nsqlookupd for a new topic's channels (L7); None in unit tests.
-    pub discovery: Option<Rc<crate::lookup::discovery::Discovery>>,
+    /// Tells nsqlookupd what comes and goes (L5) and asks it for a new
+    /// topic's channels (L7); None in unit tests.
+    pub announce: Option<Rc<dyn Announce>>,
 }
 
 impl ShardConfig {
@@ -47,12 +56,11 @@ impl ShardConfig {
         node_id: u16,
         metadata_dirty: Arc<AtomicBool>,
         storage: Option<Rc<crate::storage::CoreStorage>>,
-        lookup: Option<crate::lookup::LookupHandle>,
+        announce: Option<Rc<dyn Announce>>,
     ) -> ShardConfig {
         ShardConfig {
             storage,
-            lookup,
-            discovery: None,
+            announce,
             metadata_dirty,
             node_id,
             mem_queue_size: o.mem_queue_size.max(0) as usize,
@@ -85,16 +93,24 @@ impl ShardConfig {
 
     /// L5: a topic (channel None) or channel now exists.
     pub fn announce(&self, topic: &str, channel: Option<&str>) {
-        if let Some(l) = &self.lookup {
-            l.register(topic, channel);
+        if let Some(a) = &self.announce {
+            a.register(topic, channel);
         }
     }
 
     /// L5: a topic (channel None) or channel was deleted.
     pub fn withdraw(&self, topic: &str, channel: Option<&str>) {
-        if let Some(l) = &self.lookup {
-            l.unregister(topic, channel);
+        if let Some(a) = &self.announce {
+            a.unregister(topic, channel);
         }
+    }
+
+    /// L7: true if a topic created at run time must wait for nsqlookupd's
+    /// list of its channels.
+    pub fn request_channels(&self, topic: &str) -> bool {
+        self.announce
+            .as_ref()
+            .is_some_and(|a| a.request_channels(topic))
     }
 
     /// D2: creating or deleting a non-ephemeral topic or channel rewrites
@@ -130,11 +146,9 @@ impl Shard {
             );
             self.config.metadata_changed(name);
             self.config.announce(name, None);
-            if let Some(d) = &self.config.discovery {
-                if d.request(name) {
-                    if let Some(t) = self.topics.get_mut(name) {
-                        t.awaiting_channels = true;
-                    }
+            if self.config.request_channels(name) {
+                if let Some(t) = self.topics.get_mut(name) {
+                    t.awaiting_channels = true;
                 }
             }
         }

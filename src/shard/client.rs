@@ -1,5 +1,6 @@
-//! What the rest of the core knows about a connection: identity, state and
-//! counters for /stats, and its socket for shutdown and forced disconnects.
+//! What the core knows about a client connection: identity, settings and
+//! counters for /stats, and its socket for shutdown and forced disconnects
+//! (a deleted topic or channel drops its consumers, Q13).
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod route;
 pub mod runtime;
+pub mod server;
 pub mod shard;
 pub mod stats;
 pub mod storage;

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             inert.join(", ")
         );
     }
-    match ringsq::runtime::run(opts) {
+    match ringsq::server::run(opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // nsqd's FATAL line, with the prefix (C5).

@@ -131,7 +131,11 @@ fn imports_point_down_the_layers() {
                 .collect();
             used.extend(grouped_modules(code));
             if super_is_root {
-                used.extend(modules_after(code, "super::").into_iter().map(str::to_string));
+                used.extend(
+                    modules_after(code, "super::")
+                        .into_iter()
+                        .map(str::to_string),
+                );
             }
             for target in used {
                 if target == me {

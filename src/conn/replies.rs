@@ -16,10 +16,10 @@ use std::task::{Poll, Waker};
 
 use bytes::Bytes;
 
-use crate::shard::ClientInfo;
 use super::output::OutputBuffer;
 use crate::protocol::message::OK;
 use crate::route::{PublishCommand, PublishResult, PublishSink};
+use crate::shard::ClientInfo;
 
 /// What the answer of one publish needs besides its outcome.
 struct Waiting {

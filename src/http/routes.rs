@@ -672,7 +672,7 @@ async fn config(core: &Rc<Core>, req: Request<Incoming>, opt: &str, put: bool) -
                         .lookupd_addresses
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()) = addrs;
-                    core.shared.lookup.peers_changed();
+                    core.shared.services.lookupd_peers_changed();
                 }
                 Err(_) => return reply::error(400, "INVALID_VALUE"),
             },

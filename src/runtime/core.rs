@@ -12,7 +12,6 @@ use super::event::LocalEvent;
 use super::listen::{Accepted, ListenAddr, Listener};
 use super::{Shared, StartError};
 use crate::conn;
-use crate::lookup::discovery::Discovery;
 use crate::metrics::CoreCounters;
 use crate::route::{Broker, BrokerParts, CoreMsg, Inbox, Router};
 use crate::shard::{Shard, ShardConfig};
@@ -78,8 +77,60 @@ pub async fn run_core(setup: CoreSetup) {
         ready,
         serve,
     } = setup;
-    let opts = shared.opts.clone();
-    // A unix socket is served by core 0 alone; TCP by every core.
+    let (listener, http_listener) = match bind_listeners(id, &tcp_addr, http_addr.as_ref()) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let services = shared.services.for_core(id);
+    let core = build_core(id, shared, router, services.announce()).await;
+    let broker = core.broker.clone();
+    broker.storage.prepare_queues(queue_names(&restore)).await;
+    broker.shard.borrow_mut().restore(&restore);
+    super::report::opened(&core.shared.tally, id, &broker.shard.borrow());
+    let _ = ready.send(Ok(()));
+    let serving = serve.await.is_ok();
+
+    let inbox_task = glommio::spawn_local(inbox_loop(core.clone(), inbox));
+    let sync_task = glommio::spawn_local(broker.storage.clone().sync_loop());
+    let refill_task = glommio::spawn_local(refill_loop(core.clone()));
+    let timer_task = glommio::spawn_local(timer_loop(core.clone()));
+    let metadata_task = (id == 0).then(|| glommio::spawn_local(metadata_loop(core.clone())));
+    let service_tasks = if serving {
+        services.serve(&core, http_listener)
+    } else {
+        Vec::new()
+    };
+    match listener {
+        Some(listener) if serving => accept_loop(&core, listener).await,
+        _ => core.stopping.wait().await,
+    }
+
+    close_clients(&broker).await;
+    timer_task.await;
+    for t in service_tasks {
+        t.await;
+    }
+    if let Some(t) = metadata_task {
+        t.await;
+    }
+    broker.storage.begin_close();
+    refill_task.await;
+    write_out(&core).await;
+    sync_task.await;
+    core.exited.set(true);
+    core.shared.wakers[id].wake();
+    inbox_task.await;
+}
+
+/// A unix socket is served by core 0 alone; TCP by every core.
+fn bind_listeners(
+    id: usize,
+    tcp: &ListenAddr,
+    http: Option<&ListenAddr>,
+) -> Result<(Option<Listener>, Option<Listener>), StartError> {
     let bind = |addr: &ListenAddr| -> Result<Option<Listener>, StartError> {
         if !addr.listens_on(id) {
             return Ok(None);
@@ -91,110 +142,68 @@ pub async fn run_core(setup: CoreSetup) {
                 err: e.to_string(),
             })
     };
-    let listeners = bind(&tcp_addr).and_then(|tcp| {
-        let http = match &http_addr {
-            Some(a) => bind(a)?,
-            None => None,
-        };
-        Ok((tcp, http))
-    });
-    let (listener, http_listener) = match listeners {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
+    let tcp = bind(tcp)?;
+    let http = match http {
+        Some(a) => bind(a)?,
+        None => None,
     };
-    let storage = CoreStorage::new(StorageConfig::from_options(&opts), shared.health.clone());
+    Ok((tcp, http))
+}
+
+async fn build_core(
+    id: usize,
+    shared: Arc<Shared>,
+    router: Router,
+    announce: Option<Rc<dyn crate::shard::Announce>>,
+) -> Rc<Core> {
+    let opts = &shared.opts;
+    let storage = CoreStorage::new(StorageConfig::from_options(opts), shared.health.clone());
     crate::storage::probe_direct_reads(&storage.config.dir, id).await;
-    let discovery = Rc::new(Discovery::new(
-        shared.lookup.clone(),
-        opts.http_client_connect_timeout,
-        opts.http_client_request_timeout,
-    ));
     let shard_config = ShardConfig::from_options(
-        &opts,
+        opts,
         shared.node_id,
         shared.metadata_dirty.clone(),
         Some(storage.clone()),
-        Some(discovery.clone()),
+        announce,
     );
     let broker = Rc::new(Broker::new(BrokerParts {
         id,
-        opts: shared.opts.clone(),
+        opts: opts.clone(),
         shard: Shard::new(id, shard_config),
         router,
-        storage: storage.clone(),
+        storage,
         client_ids: shared.client_ids.clone(),
         data_path: shared.data_path.clone(),
     }));
-    let core = Rc::new(Core {
+    Rc::new(Core {
         id,
         shared,
-        broker: broker.clone(),
+        broker,
         stopping: LocalEvent::default(),
         exited: std::cell::Cell::new(false),
-    });
-    storage.prepare_queues(queue_names(&restore)).await;
-    broker.shard.borrow_mut().restore(&restore);
-    super::report::opened(&core.shared.tally, id, &broker.shard.borrow());
-    let _ = ready.send(Ok(()));
-    let serving = serve.await.is_ok();
+    })
+}
 
-    let inbox_task = glommio::spawn_local(inbox_loop(core.clone(), inbox));
-    let sync_task = glommio::spawn_local(storage.clone().sync_loop());
-    let refill_task = glommio::spawn_local(refill_loop(core.clone()));
-    // L7: a weak handle, so the detached task never keeps the core alive.
-    let weak = Rc::downgrade(&broker);
-    glommio::spawn_local(discovery.run(move |topic, channels| {
-        if let Some(broker) = weak.upgrade() {
-            broker
-                .shard
-                .borrow_mut()
-                .channels_discovered(topic, channels);
-        }
-    }))
-    .detach();
-    let timer_task = glommio::spawn_local(timer_loop(core.clone()));
-    let http_task = http_listener
-        .filter(|_| serving)
-        .map(|l| glommio::spawn_local(crate::http::serve(core.clone(), l)));
-    let metadata_task = (id == 0).then(|| glommio::spawn_local(metadata_loop(core.clone())));
-    let statsd_task =
-        (id == 0).then(|| glommio::spawn_local(crate::metrics::statsd::run(core.clone())));
-
-    match listener {
-        Some(listener) if serving => accept_loop(&core, listener).await,
-        _ => core.stopping.wait().await,
-    }
-
-    // Close every client (D10 order: listener, then clients).
+/// D10 order: the listener is closed, then every client.
+async fn close_clients(broker: &Broker) {
     for info in broker.clients.borrow().values() {
         info.disconnect();
     }
-    let drained = async {
+    let gone = async {
         broker.clients_gone().await;
         true
     };
-    let _ = futures_lite::future::or(drained, async {
+    let _ = futures_lite::future::or(gone, async {
         glommio::timer::sleep(DRAIN_TIMEOUT).await;
         false
     })
     .await;
-    timer_task.await;
-    if let Some(t) = http_task {
-        t.await;
-    }
-    if let Some(t) = statsd_task {
-        t.await;
-    }
-    if let Some(t) = metadata_task {
-        t.await;
-    }
-    // D10: memory, in-flight and deferred messages to disk, then every
-    // queue synced with its consume position saved.
-    broker.storage.begin_close();
-    refill_task.await;
+}
+
+/// D10: memory, in-flight and deferred messages to disk, then every queue
+/// synced with its consume position saved; this core's topics for nsqd.dat.
+async fn write_out(core: &Core) {
+    let broker = &core.broker;
     let held = broker.shard.borrow().stats(&StatsFilter::default());
     super::report::stopping(&core.shared.tally, &held);
     let queues = broker.shard.borrow_mut().persist_for_shutdown();
@@ -208,15 +217,11 @@ pub async fn run_core(setup: CoreSetup) {
         }
     }
     broker.storage.close();
-    sync_task.await;
     core.shared
         .exit_metadata
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .extend(broker.shard.borrow().metadata());
-    core.exited.set(true);
-    core.shared.wakers[id].wake();
-    inbox_task.await;
 }
 
 /// The disk queues restoring `topics` opens: each topic's and each of its

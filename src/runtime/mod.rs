@@ -5,6 +5,7 @@ pub mod core;
 pub mod event;
 pub mod listen;
 pub mod report;
+pub mod services;
 
 use std::panic;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,10 +16,11 @@ use glommio::{LocalExecutorBuilder, Placement};
 use thiserror::Error;
 
 use crate::config::Options;
-use crate::route::{build_mesh, CoreWaker};
+use crate::route::{build_mesh, CoreWaker, Inbox, Router};
 use crate::storage::metadata::{self, TopicMeta};
 use crate::system::{self, Limit, Limits};
 use listen::ListenAddr;
+pub use services::{CoreServices, Listening, NoServices, Services};
 
 /// glommio's own floor for the soft RLIMIT_MEMLOCK (non-root).
 const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
@@ -78,10 +80,10 @@ pub struct Shared {
     pub tcp_port: Option<u16>,
     /// None when HTTP is disabled (`--http-address=""`).
     pub http_port: Option<u16>,
+    /// What the layers above plug in (nsqlookupd, HTTP, statsd).
+    pub services: Arc<dyn Services>,
     /// Changed at run time through PUT /config (H21).
     pub lookupd_addresses: Arc<std::sync::Mutex<Vec<String>>>,
-    /// The nsqlookupd client thread (L1-L6).
-    pub lookup: crate::lookup::LookupHandle,
     pub log_level: std::sync::Mutex<String>,
     pub data_path: std::path::PathBuf,
     /// Set by any core when nsqd.dat must be rewritten; core 0 writes it.
@@ -150,21 +152,6 @@ fn probe_io_uring(io_memory: usize) -> Result<(), StartError> {
     result.map_err(StartError::NoIoUring)
 }
 
-/// L3: what nsqlookupd is told; ports 0 mean the real listening ports.
-fn lookup_identity(
-    opts: &Options,
-    tcp: &ListenAddr,
-    http: Option<&ListenAddr>,
-) -> crate::lookup::Identity {
-    crate::lookup::Identity {
-        broadcast_address: opts.effective_broadcast_address(),
-        hostname: crate::config::hostname(),
-        tcp_port: opts.effective_broadcast_tcp_port(tcp.port()),
-        http_port: opts.effective_broadcast_http_port(http.and_then(ListenAddr::port)),
-        max_response: opts.max_body_size.max(0) as u64,
-    }
-}
-
 /// Listeners bind with SO_REUSEPORT, which would let a second broker share
 /// a TCP port silently. A plain bind first fails as nsqd would if anything
 /// holds the port; it also resolves port 0 to one port for all cores.
@@ -185,13 +172,96 @@ fn check_listen_address(addr: &str) -> Result<ListenAddr, StartError> {
     }
 }
 
+/// What start-up checked and loaded before any core starts.
+struct Prepared {
+    allowed_cpus: Vec<usize>,
+    io_memory: usize,
+    data_path: std::path::PathBuf,
+    /// Held until the broker exits (C6).
+    _data_lock: std::fs::File,
+    restored: Vec<TopicMeta>,
+    tcp_addr: ListenAddr,
+    http_addr: Option<ListenAddr>,
+}
+
+/// The started cores, waiting for the word to serve.
+struct Cores {
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    serve_signals: Vec<futures::channel::oneshot::Sender<()>>,
+    ready: mpsc::Receiver<Result<(), StartError>>,
+}
+
 /// Runs the broker until SIGINT/SIGTERM. Returns once every core stopped.
-pub fn run(opts: Options) -> Result<(), StartError> {
-    let allowed = system::allowed_cpus();
-    if opts.cores > allowed.len() {
+pub fn run(opts: Options, services: Arc<dyn Services>) -> Result<(), StartError> {
+    let prepared = prepare(&opts)?;
+    let signals =
+        signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]).map_err(|e| {
+            StartError::Executor {
+                core: 0,
+                err: format!("signal handler: {e}"),
+            }
+        })?;
+    let lookupd_addresses = Arc::new(std::sync::Mutex::new(opts.lookupd_tcp_address.clone()));
+    services.start(&Listening {
+        tcp: &prepared.tcp_addr,
+        http: prepared.http_addr.as_ref(),
+        lookupd_addresses: lookupd_addresses.clone(),
+    })?;
+    let signal_handle = signals.handle();
+    let (routers, inboxes, wakers) = build_mesh(opts.cores);
+    let shared = Arc::new(shared_state(
+        opts,
+        &prepared,
+        wakers,
+        services.clone(),
+        lookupd_addresses,
+    ));
+    let mut cores = match start_cores(&shared, &prepared, routers, inboxes) {
+        Ok(c) => c,
+        Err(e) => {
+            services.stop();
+            return Err(e);
+        }
+    };
+    let startup_error = wait_until_ready(&cores.ready, shared.opts.cores);
+    if startup_error.is_none() {
+        serve_until_signal(&shared, &prepared, &mut cores, signals);
+    }
+    signal_handle.close();
+    // Start-up failed: the cores waiting to serve stop instead.
+    drop(cores.serve_signals);
+    let stop_started = Instant::now();
+    shared.shutdown.store(true, Ordering::SeqCst);
+    for w in &shared.wakers {
+        w.wake();
+    }
+    for (core, h) in cores.handles.into_iter().enumerate() {
+        if let Err(e) = h.join() {
+            tracing::error!(core, error = %e, "core stopped with an error");
+        }
+    }
+    // Closing the connections makes nsqlookupd forget this broker.
+    services.stop();
+    if startup_error.is_none() {
+        write_metadata_at_exit(&shared, stop_started);
+    }
+    // Shutdown is quick; give log lines a chance to be written.
+    std::thread::sleep(Duration::from_millis(1));
+    match startup_error {
+        Some(e) => Err(e),
+        None if CORE_PANICKED.load(Ordering::SeqCst) => Err(StartError::CorePanicked),
+        None => Ok(()),
+    }
+}
+
+/// Limits, io_uring, the data path's lock and metadata, the addresses:
+/// everything that can fail before a core starts, failing with one line.
+fn prepare(opts: &Options) -> Result<Prepared, StartError> {
+    let allowed_cpus = system::allowed_cpus();
+    if opts.cores > allowed_cpus.len() {
         return Err(StartError::TooManyCores {
             wanted: opts.cores,
-            allowed: allowed.len(),
+            allowed: allowed_cpus.len(),
         });
     }
     let io_memory = prepare_memlock(opts.cores)?;
@@ -201,7 +271,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     probe_io_uring(MIN_IO_MEMORY)?;
     stop_on_core_panic();
     let data_path = opts.effective_data_path();
-    let _data_lock = crate::storage::lock_data_path(&data_path, true)?;
+    let data_lock = crate::storage::lock_data_path(&data_path, true)?;
     // An export to nsqd that was interrupted after it committed is finished
     // first, or its queues would be read twice.
     crate::storage::nsqd_export::finish_interrupted(&data_path)?;
@@ -215,28 +285,33 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     } else {
         Some(check_listen_address(&opts.http_address)?)
     };
+    Ok(Prepared {
+        allowed_cpus,
+        io_memory,
+        data_path,
+        _data_lock: data_lock,
+        restored,
+        tcp_addr,
+        http_addr,
+    })
+}
 
-    let cores = opts.cores;
-    let node_id = opts.effective_node_id();
-    let (routers, inboxes, wakers) = build_mesh(cores);
-    let lookupd_addresses = Arc::new(std::sync::Mutex::new(opts.lookupd_tcp_address.clone()));
-    let (lookup, lookup_thread) = crate::lookup::start(
-        lookup_identity(&opts, &tcp_addr, http_addr.as_ref()),
-        lookupd_addresses.clone(),
-    )
-    .map_err(|e| StartError::Executor {
-        core: 0,
-        err: format!("lookup thread: {e}"),
-    })?;
-    let shared = Arc::new(Shared {
-        node_id,
-        start_time: std::time::SystemTime::now(),
-        tcp_port: tcp_addr.port(),
-        http_port: http_addr.as_ref().and_then(ListenAddr::port),
+fn shared_state(
+    opts: Options,
+    p: &Prepared,
+    wakers: Vec<Arc<CoreWaker>>,
+    services: Arc<dyn Services>,
+    lookupd_addresses: Arc<std::sync::Mutex<Vec<String>>>,
+) -> Shared {
+    Shared {
+        services,
         lookupd_addresses,
-        lookup: lookup.clone(),
+        node_id: opts.effective_node_id(),
+        start_time: std::time::SystemTime::now(),
+        tcp_port: p.tcp_addr.port(),
+        http_port: p.http_addr.as_ref().and_then(ListenAddr::port),
         log_level: std::sync::Mutex::new(opts.log_level.to_ascii_lowercase()),
-        data_path: data_path.clone(),
+        data_path: p.data_path.clone(),
         // C3: nsqd persists the metadata right after loading it.
         metadata_dirty: Arc::new(AtomicBool::new(true)),
         exit_metadata: std::sync::Mutex::new(Vec::new()),
@@ -246,147 +321,131 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         client_ids: Arc::new(AtomicU64::new(0)),
         wakers,
         tally: report::Tally::default(),
-    });
-
-    let signals =
-        signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]).map_err(|e| {
-            StartError::Executor {
-                core: 0,
-                err: format!("signal handler: {e}"),
-            }
-        })?;
-    let signal_handle = signals.handle();
-
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
-    let mut serve_signals = Vec::with_capacity(cores);
-    let mut handles = Vec::new();
-    let spin = shared.opts.spin_before_park;
-    let mut restore_per_core: Vec<Vec<TopicMeta>> = vec![Vec::new(); cores];
-    for t in restored {
-        restore_per_core[crate::route::owner_core(t.name.as_bytes(), cores)].push(t);
     }
-    for ((core, (router, inbox)), restore) in routers
-        .into_iter()
-        .zip(inboxes)
-        .enumerate()
-        .zip(restore_per_core)
-    {
-        let shared = shared.clone();
-        let ready = ready_tx.clone();
-        let (tcp_addr, http_addr) = (tcp_addr.clone(), http_addr.clone());
+}
+
+/// One pinned executor per core, each with the topics of nsqd.dat it owns.
+fn start_cores(
+    shared: &Arc<Shared>,
+    p: &Prepared,
+    routers: Vec<Router>,
+    inboxes: Vec<Inbox>,
+) -> Result<Cores, StartError> {
+    let cores = shared.opts.cores;
+    let (ready_tx, ready) = mpsc::channel::<Result<(), StartError>>();
+    let mut restore_per_core: Vec<Vec<TopicMeta>> = vec![Vec::new(); cores];
+    for t in &p.restored {
+        restore_per_core[crate::route::owner_core(t.name.as_bytes(), cores)].push(t.clone());
+    }
+    let mut started = Cores {
+        handles: Vec::with_capacity(cores),
+        serve_signals: Vec::with_capacity(cores),
+        ready,
+    };
+    let setups = routers.into_iter().zip(inboxes).zip(restore_per_core);
+    for (id, ((router, inbox), restore)) in setups.enumerate() {
         let (serve_tx, serve) = futures::channel::oneshot::channel();
-        serve_signals.push(serve_tx);
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(allowed[core]))
-            .name(&format!("ringsq-core-{core}"))
-            .io_memory(io_memory)
-            .spin_before_park(spin)
-            .spawn(move || {
-                core::run_core(core::CoreSetup {
-                    id: core,
-                    shared,
-                    router,
-                    inbox,
-                    tcp_addr,
-                    http_addr,
-                    restore,
-                    ready,
-                    serve,
-                })
-            })
+        started.serve_signals.push(serve_tx);
+        let setup = core::CoreSetup {
+            id,
+            shared: shared.clone(),
+            router,
+            inbox,
+            tcp_addr: p.tcp_addr.clone(),
+            http_addr: p.http_addr.clone(),
+            restore,
+            ready: ready_tx.clone(),
+            serve,
+        };
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(p.allowed_cpus[id]))
+            .name(&format!("ringsq-core-{id}"))
+            .io_memory(p.io_memory)
+            .spin_before_park(shared.opts.spin_before_park)
+            .spawn(move || core::run_core(setup))
             .map_err(|e| StartError::Executor {
-                core,
+                core: id,
                 err: e.to_string(),
             })?;
-        handles.push(handle);
+        started.handles.push(handle);
     }
-    drop(ready_tx);
+    Ok(started)
+}
 
+/// Every core has bound its listeners and opened its queues; the first
+/// error otherwise.
+fn wait_until_ready(
+    ready: &mpsc::Receiver<Result<(), StartError>>,
+    cores: usize,
+) -> Option<StartError> {
     let mut startup_error = None;
     for _ in 0..cores {
-        match ready_rx.recv() {
+        match ready.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 startup_error.get_or_insert(e);
             }
             Err(_) => {
-                startup_error.get_or_insert(StartError::Executor {
+                return Some(StartError::Executor {
                     core: 0,
                     err: "a core stopped during start-up".into(),
                 });
-                break;
             }
         }
     }
+    startup_error
+}
 
-    if startup_error.is_none() {
-        // All cores ready: every core has its listeners bound and its
-        // queues opened. This is the one place readiness is declared: the
-        // cores start accepting (TCP and HTTP, so /ping answers OK only
-        // now), and the log line below (and the service manager) say so.
-        for serve in serve_signals.drain(..) {
-            let _ = serve.send(());
-        }
-        tracing::info!(
-            "TCP: listening on {tcp_addr} with {cores} core(s), version {}",
-            crate::config::NSQD_COMPAT_VERSION
-        );
-        if let Some(http) = &http_addr {
-            tracing::info!("HTTP: listening on {http}");
-        }
-        report::serving(&shared.tally, cores, &data_path, io_memory);
-        let mut signals = signals;
-        if let Some(sig) = signals.forever().next() {
-            tracing::info!(signal = sig, "shutting down");
-        }
-        report::sd_notify("STOPPING=1\nSTATUS=writing queues to disk");
-        if CORE_PANICKED.load(Ordering::SeqCst) {
-            std::thread::spawn(|| {
-                std::thread::sleep(PANIC_STOP_GRACE);
-                eprintln!("ringsqd: cores did not stop after a panic; exiting");
-                std::process::exit(70);
-            });
-        }
+/// The one place readiness is declared: the cores start accepting (TCP and
+/// HTTP, so /ping answers OK only now), and the log line (and the service
+/// manager) say so. Then waits for SIGINT/SIGTERM.
+fn serve_until_signal(
+    shared: &Shared,
+    p: &Prepared,
+    cores: &mut Cores,
+    mut signals: signal_hook::iterator::Signals,
+) {
+    for serve in cores.serve_signals.drain(..) {
+        let _ = serve.send(());
     }
-    signal_handle.close();
-    // Start-up failed: the cores waiting to serve stop instead.
-    drop(serve_signals);
-    let stop_started = Instant::now();
+    let n = shared.opts.cores;
+    tracing::info!(
+        "TCP: listening on {} with {n} core(s), version {}",
+        p.tcp_addr,
+        crate::config::NSQD_COMPAT_VERSION
+    );
+    if let Some(http) = &p.http_addr {
+        tracing::info!("HTTP: listening on {http}");
+    }
+    report::serving(&shared.tally, n, &p.data_path, p.io_memory);
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "shutting down");
+    }
+    report::sd_notify("STOPPING=1\nSTATUS=writing queues to disk");
+    if CORE_PANICKED.load(Ordering::SeqCst) {
+        std::thread::spawn(|| {
+            std::thread::sleep(PANIC_STOP_GRACE);
+            eprintln!("ringsqd: cores did not stop after a panic; exiting");
+            std::process::exit(70);
+        });
+    }
+}
 
-    shared.shutdown.store(true, Ordering::SeqCst);
-    for w in &shared.wakers {
-        w.wake();
-    }
-    for (core, h) in handles.into_iter().enumerate() {
-        if let Err(e) = h.join() {
-            tracing::error!(core, error = %e, "core stopped with an error");
+/// D10: nsqd.dat from every core's topics as they stopped; the last lines.
+fn write_metadata_at_exit(shared: &Shared, stop_started: Instant) {
+    let topics = std::mem::take(
+        &mut *shared
+            .exit_metadata
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+    let channels = topics.iter().map(|t| t.channels.len()).sum();
+    let written = match metadata::persist(&shared.data_path, &topics) {
+        Ok(()) => Some((topics.len(), channels)),
+        Err(e) => {
+            tracing::error!(error = %e, "failed to persist metadata at exit");
+            None
         }
-    }
-    // Closing the connections makes nsqlookupd forget this broker.
-    lookup.stop();
-    let _ = lookup_thread.join();
-    if startup_error.is_none() {
-        let topics = std::mem::take(
-            &mut *shared
-                .exit_metadata
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        let channels = topics.iter().map(|t| t.channels.len()).sum();
-        let written = match metadata::persist(&data_path, &topics) {
-            Ok(()) => Some((topics.len(), channels)),
-            Err(e) => {
-                tracing::error!(error = %e, "failed to persist metadata at exit");
-                None
-            }
-        };
-        let clean = written.is_some() && !CORE_PANICKED.load(Ordering::SeqCst);
-        report::log_stopped(&shared.tally, written, stop_started, clean);
-    }
-    // Shutdown is quick; give log lines a chance to be written.
-    std::thread::sleep(Duration::from_millis(1));
-    match startup_error {
-        Some(e) => Err(e),
-        None if CORE_PANICKED.load(Ordering::SeqCst) => Err(StartError::CorePanicked),
-        None => Ok(()),
-    }
+    };
+    let clean = written.is_some() && !CORE_PANICKED.load(Ordering::SeqCst);
+    report::log_stopped(&shared.tally, written, stop_started, clean);
 }

@@ -22,7 +22,7 @@ import pytest
 
 from helpers.disk import finish_then_stop, log_lines_with
 from helpers.http_api import channel_stats, post_ok, request
-from helpers.wait import wait_channel
+from helpers.wait import wait_channel, wait_for
 from helpers.wire import cmd_bytes, Conn, mpub_body, publish_all, RawConsumer
 
 ARGS = ["--mem-queue-size=0"]
@@ -77,17 +77,17 @@ def fill_backlog(b, topic, n, size=100):
 
 def time_to_depth(b, topic, depth, started, timeout=120):
     """Seconds from `started` until /stats shows the channel's exact depth."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+
+    def shown():
         try:
             ch = channel_stats(b, topic, "c")
         except OSError:
-            ch = None
-        if ch is not None and ch["depth"] == depth:
-            assert ch["backend_depth"] == depth, ch
-            return time.time() - started
-        time.sleep(0.01)
-    raise AssertionError(f"depth {depth} not shown within {timeout}s: {channel_stats(b, topic, 'c')}")
+            return None
+        return ch if ch is not None and ch["depth"] == depth else None
+
+    ch = wait_for(shown, timeout=timeout, interval=0.01, what=f"{topic}/c depth {depth}")
+    assert ch["backend_depth"] == depth, ch
+    return time.time() - started
 
 
 def restart_timed(brokers, data_dir, args=ARGS):
@@ -243,21 +243,19 @@ def test_kill9_restart_is_quick_and_loses_no_acknowledged_message(brokers):
 
     t = threading.Thread(target=storm)
     t.start()
-    while acked[0] < BIG + 20_000:
-        time.sleep(0.01)
+    wait_for(lambda: acked[0] >= BIG + 20_000, timeout=120, what="20,000 durable publishes acknowledged")
     b.kill9()
     stop.set()
     t.join()
     total = acked[0]
 
     b, started = restart_timed(brokers, b.data_dir, args)
-    deadline = started + 120
-    while True:
+
+    def recovered():
         ch = channel_stats(b, "crash", "c")
-        if ch is not None and ch["depth"] >= total:
-            break
-        assert time.time() < deadline, ch
-        time.sleep(0.01)
+        return ch if ch is not None and ch["depth"] >= total else None
+
+    ch = wait_for(recovered, timeout=120 - (time.time() - started), interval=0.01, what=f"crash/c depth >= {total}")
     took = time.time() - started
     print(f"kill -9 restart: {took:.3f}s")
     depth = ch["depth"]

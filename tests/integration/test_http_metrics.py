@@ -336,15 +336,16 @@ def group_pushes(datagrams, gap=0.3):
 
 def wait_pushes_after(sink, t0, n, timeout=6.0):
     """Wait until `n` complete pushes began after t0; return all pushes so far (complete)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        time.sleep(0.1)
-        pushes = group_pushes(sink.snapshot())
+
+    def enough():
         # a push is complete once 0.3 s of silence followed it
-        complete = [p for p in pushes if time.time() - p["end"] > 0.3]
-        if sum(1 for p in complete if p["start"] > t0) >= n:
-            return complete
-    pytest.fail(f"fewer than {n} statsd pushes after t0: {group_pushes(sink.snapshot())!r}")
+        complete = [p for p in group_pushes(sink.snapshot()) if time.time() - p["end"] > 0.3]
+        return complete if sum(1 for p in complete if p["start"] > t0) >= n else None
+
+    try:
+        return wait_for(enough, timeout=timeout, interval=0.1, what=f"{n} statsd pushes after t0")
+    except AssertionError:
+        raise AssertionError(f"fewer than {n} statsd pushes after t0: {group_pushes(sink.snapshot())!r}") from None
 
 
 def parse_push(push, prefix, size):

@@ -12,6 +12,7 @@ import pytest
 
 from helpers.broker import BIN, free_port
 from helpers.http_api import post, stats
+from helpers.wait import wait_for
 from helpers.wire import Wire
 
 
@@ -81,14 +82,16 @@ def test_go_style_flags_and_config_file(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.time() + 10
-        while True:
+
+        def listening():
+            assert proc.poll() is None, "ringsqd exited"
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
+                return True
             except OSError:
-                assert time.time() < deadline and proc.poll() is None
-                time.sleep(0.05)
+                return False
+
+        wait_for(listening, what=f"ringsqd listening on {port}")
         w = Wire(f"127.0.0.1:{port}")
         w.cmd("IDENTIFY", b'{"feature_negotiation":true}')
         ftype, data = w.read_frame()
@@ -256,11 +259,12 @@ def test_unix_socket_listeners(tmp_path, cores):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.time() + 10
-        while not (os.path.exists(tcp_sock) and os.path.exists(http_sock)):
+
+        def listening():
             assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline
-            time.sleep(0.02)
+            return os.path.exists(tcp_sock) and os.path.exists(http_sock)
+
+        wait_for(listening, what="both unix sockets")
         # Topics on every core, so that consumers move between cores.
         topics = [f"u{i}" for i in range(6)]
         pub = UnixWire(tcp_sock)

@@ -18,15 +18,12 @@ from helpers.wire import (
     consumer,
     expect_error,
     expect_no_frame,
+    i32,
     mpub,
     pub,
     read_message_within,
     read_messages,
 )
-
-
-def i32(n):
-    return struct.pack(">i", n)
 
 
 def test_garbage_after_magic(broker, connect):

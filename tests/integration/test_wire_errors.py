@@ -6,7 +6,6 @@ E_REQ_FAILED, E_TOUCH_FAILED are the only non-fatal codes).
 """
 
 import json
-import struct
 import time
 
 import pytest
@@ -22,6 +21,7 @@ from helpers.wire import (
     expect_error,
     expect_no_frame,
     frame_bytes,
+    i32,
     identify,
     identify_ok,
     mpub_body,
@@ -31,10 +31,6 @@ from helpers.wire import (
 )
 
 MID = "0123456789abcdef"  # a well-formed message id that is never in flight
-
-
-def i32(n):
-    return struct.pack(">i", n)
 
 
 def ident_body(**fields):

@@ -16,6 +16,11 @@ OK = (FRAME_RESPONSE, b"OK")
 HEARTBEAT = b"_heartbeat_"
 
 
+def i32(n):
+    """A big-endian int32, as every length on the wire (T4)."""
+    return struct.pack(">i", n)
+
+
 def cmd_bytes(line, body=None):
     """`line\\n`, then [int32 BE len] + body when a body is given (T4)."""
     data = line.encode() + b"\n" if isinstance(line, str) else line + b"\n"

@@ -33,7 +33,7 @@ class Broker:
     - `log_dir`: where the log goes (default: a fresh temporary directory next to, not
       inside, the data path, so that a full data path still takes the log, and a
       restart on the same data path gets a log of its own).
-    - Started and listening on return (recovery of a large data path may take a
+    - Started, its TCP and HTTP listeners accepting, on return (recovery of a large data path may take a
       while, hence the long `ready_timeout`).
 
     stop() (SIGTERM: clean shutdown, D10) and kill9() (a crash, nothing flushed, D11)
@@ -70,13 +70,20 @@ class Broker:
         self._wait_ready(ready_timeout)
 
     def _wait_ready(self, timeout):
+        """Until both listeners accept (the HTTP one may come up after the TCP one),
+        unless the test's own flags move the HTTP listener."""
+        ports = [self.tcp_port]
+        if not any(a.lstrip("-").startswith("http-address") for a in self.args):
+            ports.append(self.http_port)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ringsqd exited with {self.proc.returncode}: {self.log()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.tcp_port), timeout=0.2):
-                    return
+                for port in ports:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                        pass
+                return
             except OSError:
                 time.sleep(0.02)
         raise RuntimeError(f"ringsqd did not listen in {timeout}s: {self.log()}")

@@ -15,11 +15,11 @@ Scenarios, each `rounds` times, with 20 topics x 3 channels registered:
 import os
 import sys
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
 
-from conftest import Broker  # noqa: E402
+from helpers.broker import Broker  # noqa: E402
+from helpers.http_api import post_ok  # noqa: E402
 from lookupd_stub import LookupdStub  # noqa: E402
 
 TOPICS, CHANNELS, DOWN_S, LIMIT_S = 20, 3, 3.0, 45.0
@@ -27,11 +27,6 @@ TOPICS, CHANNELS, DOWN_S, LIMIT_S = 20, 3, 3.0, 45.0
 
 def want():
     return {f"REGISTER t{i} c{j}" for i in range(TOPICS) for j in range(CHANNELS)}
-
-
-def post(b, path):
-    urllib.request.urlopen(urllib.request.Request(
-        f"http://127.0.0.1:{b.http_port}{path}", method="POST"), timeout=5).read()
 
 
 def time_to_registered(stub, since, skip=0):
@@ -54,9 +49,9 @@ def main():
                      "--broadcast-address=127.0.0.1"])
     try:
         for i in range(TOPICS):
-            post(b, f"/topic/create?topic=t{i}")
+            post_ok(b, f"/topic/create?topic=t{i}")
             for j in range(CHANNELS):
-                post(b, f"/channel/create?topic=t{i}&channel=c{j}")
+                post_ok(b, f"/channel/create?topic=t{i}&channel=c{j}")
         assert time_to_registered(stub, time.monotonic()) < LIMIT_S
         restart, idle = [], []
         for _ in range(rounds):
@@ -76,6 +71,7 @@ def main():
                   + f"   max {max(xs):.3f}")
     finally:
         b.stop()
+        b.cleanup()
         stub.close()
 
 

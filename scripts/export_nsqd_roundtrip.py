@@ -31,18 +31,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 
-from conftest import free_port  # noqa: E402
-from test_disk_support import (  # noqa: E402
-    OK,
-    Conn,
-    DiskBroker,
-    RawConsumer,
-    post,
-    publish_all,
-    stats,
-    wait_channel,
-    wait_topic,
-)
+import helpers.broker  # noqa: E402
+from helpers.broker import Broker, free_port  # noqa: E402
+from helpers.http_api import post_ok, stats  # noqa: E402
+from helpers.wait import wait_channel, wait_topic  # noqa: E402
+from helpers.wire import OK, Conn, RawConsumer, publish_all  # noqa: E402
 
 
 class Nsqd:
@@ -101,10 +94,7 @@ def main():
     ap.add_argument("--max-bytes-per-file", type=int, default=1 << 20)
     args = ap.parse_args()
     os.environ["RINGSQD_BIN"] = os.path.abspath(args.ringsqd)
-    import conftest
-    import test_disk_support
-
-    conftest.BIN = test_disk_support.BIN = os.environ["RINGSQD_BIN"]
+    helpers.broker.BIN = os.environ["RINGSQD_BIN"]
     work = tempfile.mkdtemp(prefix="ringsq-roundtrip-")
     data = os.path.join(work, "data")
     os.mkdir(data)
@@ -118,29 +108,29 @@ def main():
     legacy = [b"legacy-%05d|" % i + rng.randbytes(rng.choice([0, 50, 500])) for i in range(3000)]
     say(f"$ nsqd -data-path={data} -max-bytes-per-file=65536   # nsqd's own data first")
     q = Nsqd(args.nsqd, data, log, "-max-bytes-per-file=65536")
-    post(q, "/topic/create?topic=legacy")
-    post(q, "/channel/create?topic=legacy&channel=c")
+    post_ok(q, "/topic/create?topic=legacy")
+    post_ok(q, "/channel/create?topic=legacy&channel=c")
     publish_all(q, "legacy", legacy)
     first = finish_some(q, 500, left=2500)
     say(f"  legacy: 3000 published, 500 FIN; nsqd exit {q.stop()}; nsqd files: "
         f"{len([x for x in os.listdir(data) if x.startswith('legacy:c.diskqueue.0')])}")
 
     say(f"$ ringsqd --data-path={data} --cores=2   # takes nsqd's files over, then the scenario")
-    b = DiskBroker(data_dir=data, log_dir=work)
+    b = Broker(data_dir=data, log_dir=work, cores=2)
     wait_channel(b, "legacy", "c", depth=2500)
     second = finish_some(b, 500, left=2000)
     gone = {m.body for m in first + second}
     say("  legacy: 500 more FIN by ringsqd")
-    post(b, "/topic/create?topic=scratch%23ephemeral")
-    post(b, "/channel/create?topic=scratch%23ephemeral&channel=c")
-    post(b, "/topic/create?topic=orders")
+    post_ok(b, "/topic/create?topic=scratch%23ephemeral")
+    post_ok(b, "/channel/create?topic=scratch%23ephemeral&channel=c")
+    post_ok(b, "/topic/create?topic=orders")
     for ch in ("billing", "audit"):
-        post(b, f"/channel/create?topic=orders&channel={ch}")
+        post_ok(b, f"/channel/create?topic=orders&channel={ch}")
     eph = RawConsumer(b, "orders", "tail#ephemeral", rdy=0)
     publish_all(b, "scratch#ephemeral", [b"ephemeral"] * 10)
     publish_all(b, "orders", bodies)
     publish_all(b, "solo", solo)
-    post(b, "/topic/pause?topic=solo")
+    post_ok(b, "/topic/pause?topic=solo")
     wait_channel(b, "orders", "billing", depth=n)
     c = RawConsumer(b, "orders", "billing", rdy=1008, fin=False)
     got = c.take(1008, quiet=0.5)
@@ -155,7 +145,7 @@ def main():
     wait_channel(b, "orders", "billing", in_flight_count=3, deferred_count=7)
     say(f"  published {n} to orders, 100 to solo (paused, no channel), 10 to scratch#ephemeral")
     say("  billing: 1000 FIN, 5 REQ 30min, 3 in flight at shutdown; 2 DPUB 1h")
-    assert b.terminate() == 0
+    assert b.stop() == 0
     for x in (c, p, eph):
         x.close()
     finished = {m.body for m in got[:1000]}
@@ -200,8 +190,8 @@ def main():
     missing, extra = sum((want_legacy - g).values()), sum((g - want_legacy).values())
     say(f"  legacy/c: {len(msgs)} delivered, 2000 expected, missing {missing}, duplicate/extra {extra}")
     ok &= missing == 0 and extra == 0
-    post(q, "/channel/create?topic=solo&channel=c")
-    post(q, "/topic/unpause?topic=solo")
+    post_ok(q, "/channel/create?topic=solo&channel=c")
+    post_ok(q, "/topic/unpause?topic=solo")
     cons = RawConsumer(q, "solo", "c", rdy=200)
     msgs = [m.body for m in cons.take(100, quiet=2.0)]
     cons.close()

@@ -10,16 +10,7 @@ import hashlib
 import os
 import time
 
-import pytest
-
-from test_clients_support import PynsqLoop, assert_valid_message_id
-
-
-@pytest.fixture
-def loop():
-    lp = PynsqLoop()
-    yield lp
-    lp.close()
+from helpers.clients import assert_valid_message_id
 
 
 def _body(topic, writer, i):
@@ -28,11 +19,11 @@ def _body(topic, writer, i):
     return b"%s|w%02d|%04d|" % (topic.encode(), writer, i) + bytes(range(256))[(i % 256):] + tail
 
 
-def test_many_topics_many_connections_exactly_once(broker_factory, loop):
+def test_many_topics_many_connections_exactly_once(brokers, loop):
     """Q1/T23/T30/T31/Q7 across cores: 24 topics x 2 channels (48 consumer connections) and
     12 publisher connections, each publishing to every topic with PUB and MPUB. Every
     channel receives every message of its topic exactly once, byte-exact, attempts 1."""
-    b = broker_factory(cores=2)
+    b = brokers(cores=2)
     topics = ["xc-%02d" % t for t in range(24)]
     channels = ["alpha", "beta"]
     received = {(t, c): [] for t in topics for c in channels}
@@ -122,10 +113,10 @@ def test_many_topics_many_connections_exactly_once(broker_factory, loop):
     assert all(not r.errors for r in readers), [r.errors for r in readers if r.errors][:3]
 
 
-def test_consumer_and_publisher_on_other_cores_share_channel(broker_factory, loop):
+def test_consumer_and_publisher_on_other_cores_share_channel(brokers, loop):
     """Q1 across cores: 6 consumers on one channel of one topic (their connections land on
     both cores) and 6 publishers: union == published, no duplicate, each message once."""
-    b = broker_factory(cores=2)
+    b = brokers(cores=2)
     topic = "xc-shared"
     got = []
 
@@ -153,7 +144,7 @@ def test_consumer_and_publisher_on_other_cores_share_channel(broker_factory, loo
     assert sorted(got) == sorted(bodies)
 
 
-def test_handed_over_consumers_fin_req_timeout_dpub(broker_factory, loop):
+def test_handed_over_consumers_fin_req_timeout_dpub(brokers, loop):
     """T25/T26/T27/T32/Q6/Q7/Q8 across cores: 8 topics (owned by both cores), one consumer
     each (msg_timeout 1 s) whose connection may land on the non-owning core, DPUBs from 4
     publisher connections. Per topic: a FIN'd message arrives once; a REQ'd (500 ms)
@@ -162,7 +153,7 @@ def test_handed_over_consumers_fin_req_timeout_dpub(broker_factory, loop):
 
     # Q5: nsqd may process a new channel's timeouts/deferreds only after its 5 s refresh
     slack = 5.5
-    b = broker_factory(cores=2)
+    b = brokers(cores=2)
     topics = ["hand-%d" % i for i in range(8)]
     seen = {t: [] for t in topics}
 

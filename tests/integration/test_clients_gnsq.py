@@ -7,7 +7,7 @@ test checks. Reference rows: nsqd-reference.md sections 1 (T*) and 2 (Q*).
 
 import os
 
-from test_clients_support import run_gnsq_script
+from helpers.clients import run_gnsq_script
 
 COMMON = r"""
 import binascii
@@ -60,14 +60,14 @@ def msg_json(m):
 """
 
 
-def test_gnsq_identify_pub_mpub_sub_rdy_fin(broker_factory):
+def test_gnsq_identify_pub_mpub_sub_rdy_fin(brokers):
     """T17/T30/T31/T23/T24/T25/Q6/Q7 via gnsq NsqdTCPClient: IDENTIFY with feature_negotiation
     returns the JSON features (max_rdy_count 2500, msg_timeout from --msg-timeout, version);
     PUB and MPUB answer OK; SUB answers OK; RDY 10 delivers all messages byte-exact with
     attempts 1; FIN'd messages never come back while the one left unanswered is redelivered
     after --msg-timeout=1s with attempts 2 (nsqd may take up to its 5 s scanner refresh for
     the first timeout of a new channel, Q5)."""
-    b = broker_factory(args=["--msg-timeout=1s"])
+    b = brokers(args=["--msg-timeout=1s"])
     bodies = [bytes(range(256)), b"\x00\n\r", os.urandom(2000), b"gnsq-4", b"gnsq-5"]
     res = run_gnsq_script(
         COMMON

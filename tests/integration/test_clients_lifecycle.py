@@ -13,17 +13,10 @@ import time
 
 import pytest
 
-from test_clients_support import Collector, PynsqLoop
+from helpers.clients import Collector
 
 # Q5: nsqd refreshes the list of channels its timeout scanner visits every 5 s
 SCAN_SLACK = 5.5
-
-
-@pytest.fixture
-def loop():
-    lp = PynsqLoop()
-    yield lp
-    lp.close()
 
 
 def test_req_with_delay_redelivers_after_delay(broker, loop):
@@ -81,15 +74,15 @@ def test_req_zero_redelivers_immediately(broker, loop):
 
 
 @pytest.mark.parametrize("source", ["identify", "flag"])
-def test_timeout_redelivery_counts_attempts(broker_factory, loop, source):
+def test_timeout_redelivery_counts_attempts(brokers, loop, source):
     """Q4/Q6/Q7/T16: a message that is neither FIN'd nor REQ'd times out after msg_timeout
     (1 s, from IDENTIFY msg_timeout=1000 or from --msg-timeout=1s) and is delivered again
     with attempts incremented each time (1, 2, 3), same id and body."""
     if source == "identify":
-        b = broker_factory()
+        b = brokers()
         kwargs = {"msg_timeout": 1}
     else:
-        b = broker_factory(args=["--msg-timeout=1s"])
+        b = brokers(args=["--msg-timeout=1s"])
         kwargs = {}
     topic = "timeout"
     seen = []
@@ -117,10 +110,10 @@ def test_timeout_redelivery_counts_attempts(broker_factory, loop, source):
     assert gaps[0] <= 1 + SCAN_SLACK and gaps[1] <= 2.5, "redelivery gaps %r for a 1 s msg_timeout" % gaps
 
 
-def test_default_msg_timeout_not_hit(broker_factory, loop):
+def test_default_msg_timeout_not_hit(brokers, loop):
     """T16: without IDENTIFY msg_timeout the server's --msg-timeout (here 3s) applies, so an
     unanswered message is not redelivered after 1.5 s."""
-    b = broker_factory(args=["--msg-timeout=3s"])
+    b = brokers(args=["--msg-timeout=3s"])
     seen = []
 
     def handler(m):

@@ -8,27 +8,14 @@ import time
 
 import pytest
 
-from test_clients_support import (
-    Collector,
-    PynsqLoop,
-    assert_valid_message_id,
-    binary_bodies,
-    error_text,
-)
-
-
-@pytest.fixture
-def loop():
-    lp = PynsqLoop()
-    yield lp
-    lp.close()
+from helpers.clients import assert_valid_message_id, binary_bodies, Collector, error_text
 
 
 @pytest.mark.parametrize("cores", [1, 2])
-def test_pub_mpub_roundtrip_byte_exact(broker_factory, loop, cores):
+def test_pub_mpub_roundtrip_byte_exact(brokers, loop, cores):
     """T30/T31/T6/T7: PUB and MPUB bodies arrive byte-exact, once, with attempts 1, a
     16-lowercase-hex id (unique) and a nanosecond publish timestamp; on 1 and 2 cores."""
-    b = broker_factory(cores=cores)
+    b = brokers(cores=cores)
     topic = "roundtrip"
     col = Collector()
     r = loop.reader(b.tcp_address, topic, "ch", col, max_in_flight=20)
@@ -75,11 +62,11 @@ def test_message_timestamp_is_publish_time_ns(broker, loop):
     assert t0 - 10**9 <= got[0] <= t1 + 10**9, (t0, got[0], t1)
 
 
-def test_max_msg_size_boundary(broker_factory, loop):
+def test_max_msg_size_boundary(brokers, loop):
     """T30/T31: with --max-msg-size=4096 a 4096-byte PUB and an MPUB of 4096-byte bodies are
     delivered byte-exact; a 4097-byte PUB and an MPUB holding one 4097-byte body are rejected
     with E_BAD_MESSAGE (fatal: connection closed) and nothing of them is delivered."""
-    b = broker_factory(args=["--max-msg-size=4096"])
+    b = brokers(args=["--max-msg-size=4096"])
     topic = "sizes"
     col = Collector()
     r = loop.reader(b.tcp_address, topic, "ch", col, max_in_flight=10)

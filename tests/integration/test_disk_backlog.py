@@ -3,7 +3,7 @@
 With --mem-queue-size=0 every message of a normal topic/channel goes through the disk
 queue (Q3). One publisher connection and one channel consumer: the delivery order is the
 publish order. Volumes are large on purpose (a million messages, several segment files);
-the raw-socket consumer of test_disk_support takes them in a few seconds.
+the raw-socket consumer (helpers.wire.RawConsumer) takes them in a few seconds.
 """
 
 import os
@@ -11,19 +11,10 @@ import random
 
 import pytest
 
-from test_disk_support import (  # noqa: F401  (brokers is a fixture)
-    Conn,
-    OK,
-    RawConsumer,
-    all_segment_files,
-    brokers,
-    cmd_bytes,
-    mpub_body,
-    post,
-    segment_files,
-    wait_channel,
-    wait_topic,
-)
+from helpers.disk import all_segment_files, segment_files
+from helpers.http_api import post_ok
+from helpers.wait import wait_channel, wait_topic
+from helpers.wire import OK, cmd_bytes, Conn, mpub_body, RawConsumer
 
 PATTERN = bytes(random.Random(7).randrange(256) for _ in range(4096))
 
@@ -76,8 +67,8 @@ def test_million_messages_spill_to_disk_and_come_back_in_order(brokers, cores):
     publish order, exactly once, and the channel is empty afterwards."""
     n = 1_000_000
     b = brokers(args=["--mem-queue-size=0"], cores=cores)
-    post(b, "/topic/create?topic=big")
-    post(b, "/channel/create?topic=big&channel=ch")
+    post_ok(b, "/topic/create?topic=big")
+    post_ok(b, "/channel/create?topic=big&channel=ch")
     publish_range(b, "big", 0, n)
 
     t = wait_topic(b, "big", timeout=60, message_count=n, depth=0)
@@ -109,7 +100,7 @@ def test_topic_without_channel_holds_backlog_on_disk(brokers):
     and a second channel created afterwards receives none of them (Q1: only messages
     published after it exists)."""
     n = 100_000
-    b = brokers(args=["--mem-queue-size=0"])
+    b = brokers(args=["--mem-queue-size=0"], cores=2)
     publish_range(b, "held", 0, n)
     t = wait_topic(b, "held", depth=n)
     assert t["backend_depth"] == n, {k: v for k, v in t.items() if k != "channels"}
@@ -134,10 +125,10 @@ def test_fan_out_from_disk_to_two_channels(brokers):
     messages in order from the disk queue, consumed one after the other (the second
     channel's backlog stays on disk while the first is drained)."""
     n = 200_000
-    b = brokers(args=["--mem-queue-size=0"])
-    post(b, "/topic/create?topic=fan")
-    post(b, "/channel/create?topic=fan&channel=a")
-    post(b, "/channel/create?topic=fan&channel=b")
+    b = brokers(args=["--mem-queue-size=0"], cores=2)
+    post_ok(b, "/topic/create?topic=fan")
+    post_ok(b, "/channel/create?topic=fan&channel=a")
+    post_ok(b, "/channel/create?topic=fan&channel=b")
     publish_range(b, "fan", 0, n)
     wait_channel(b, "fan", "a", depth=n, backend_depth=n)
     wait_channel(b, "fan", "b", depth=n, backend_depth=n)
@@ -156,9 +147,9 @@ def test_small_memory_queue_overflow_keeps_every_message(brokers):
     consumer gets every body exactly once (order is not guaranteed when memory and disk
     interleave), and depth counts both (Q21)."""
     n = 100_000
-    b = brokers(args=["--mem-queue-size=100"])
-    post(b, "/topic/create?topic=ovf")
-    post(b, "/channel/create?topic=ovf&channel=c")
+    b = brokers(args=["--mem-queue-size=100"], cores=2)
+    post_ok(b, "/topic/create?topic=ovf")
+    post_ok(b, "/channel/create?topic=ovf&channel=c")
     publish_range(b, "ovf", 0, n)
     ch = wait_channel(b, "ovf", "c", depth=n)
     assert n - 100 <= ch["backend_depth"] <= n, ch

@@ -17,17 +17,10 @@ import re
 
 import pytest
 
-from test_disk_support import (  # noqa: F401  (brokers is a fixture)
-    RawConsumer,
-    brokers,
-    locate,
-    log_lines_with,
-    post,
-    publish_all,
-    segment_files,
-    wait_channel,
-    wait_topic,
-)
+from helpers.disk import locate, log_lines_with, segment_files
+from helpers.http_api import post_ok
+from helpers.wait import wait_channel, wait_topic
+from helpers.wire import publish_all, RawConsumer
 
 N = 3000
 TAG_RE = re.compile(rb"<<(\d{6})>>")
@@ -60,10 +53,10 @@ def build_backlog(brokers, kind):
     """`kind` = "topic": the backlog sits in topic `corr` (no channel, Q2); "channel":
     in channel `corr:c` (created before publishing)."""
     bodies = bodies_for()
-    b = brokers(args=ARGS)
+    b = brokers(args=ARGS, cores=2)
     if kind == "channel":
-        post(b, "/topic/create?topic=corr")
-        post(b, "/channel/create?topic=corr&channel=c")
+        post_ok(b, "/topic/create?topic=corr")
+        post_ok(b, "/channel/create?topic=corr&channel=c")
     publish_all(b, "corr", bodies)
     if kind == "channel":
         wait_channel(b, "corr", "c", depth=N)
@@ -71,7 +64,7 @@ def build_backlog(brokers, kind):
     else:
         wait_topic(b, "corr", depth=N)
         queue = "corr"
-    assert b.terminate() == 0, b.log()[-2000:]
+    assert b.stop() == 0, b.log()[-2000:]
     files = segment_files(b.data_dir, queue)
     assert files, f"no segment files for {queue}: {sorted(os.listdir(b.data_dir))}"
     where = locate(files, bodies, TAG_RE)
@@ -91,7 +84,7 @@ def patch(path, offset, data):
 
 def restart_and_consume(brokers, bl, expected, publish_after=()):
     """Restart on the damaged data path, optionally publish more, consume everything."""
-    b = brokers(args=ARGS, data_dir=bl.data_dir)
+    b = brokers(args=ARGS, data_dir=bl.data_dir, cores=2)
     if publish_after:
         publish_all(b, "corr", list(publish_after))
     c = RawConsumer(b, "corr", "c", rdy=2500)
@@ -189,8 +182,8 @@ def test_garbage_after_last_record_is_ignored(brokers):
     assert_delivered(got, expected, bl.bodies)
     # A second clean restart: nothing comes back.
     wait_channel(b, "corr", "c", depth=0, in_flight_count=0)
-    assert b.terminate() == 0
-    b = brokers(args=ARGS, data_dir=bl.data_dir)
+    assert b.stop() == 0
+    b = brokers(args=ARGS, data_dir=bl.data_dir, cores=2)
     wait_channel(b, "corr", "c", depth=0)
     c = RawConsumer(b, "corr", "c", rdy=100)
     assert c.take(None, quiet=0.5) == []
@@ -211,12 +204,12 @@ def test_unreadable_queue_files_are_set_aside_not_deleted(brokers):
         open(os.path.join(blocker, "entry-with-a-long-name-%04d" % i), "w").close()
     assert os.path.getsize(blocker) > 4096
     sizes = {p: os.path.getsize(p) for p in bl.files}
-    b = brokers(args=ARGS, data_dir=bl.data_dir)
+    b = brokers(args=ARGS, data_dir=bl.data_dir, cores=2)
     fresh = new_bodies(5)
     publish_all(b, "corr", fresh)
     wait_channel(b, "corr", "c", depth=5)
-    assert b.terminate() == 0, b.log()[-2000:]
-    b = brokers(args=ARGS, data_dir=bl.data_dir)
+    assert b.stop() == 0, b.log()[-2000:]
+    b = brokers(args=ARGS, data_dir=bl.data_dir, cores=2)
     wait_channel(b, "corr", "c", depth=5)
     for path, size in sizes.items():
         assert not os.path.exists(path)

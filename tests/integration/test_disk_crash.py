@@ -20,17 +20,9 @@ import time
 
 import pytest
 
-from test_disk_support import (  # noqa: F401  (brokers is a fixture)
-    OK,
-    Conn,
-    RawConsumer,
-    brokers,
-    cmd_bytes,
-    mpub_body,
-    post,
-    publish_all,
-    wait_channel,
-)
+from helpers.http_api import post_ok
+from helpers.wait import wait_channel
+from helpers.wire import OK, cmd_bytes, Conn, mpub_body, publish_all, RawConsumer
 
 PATTERN = bytes(random.Random(11).randrange(256) for _ in range(8192))
 
@@ -201,11 +193,11 @@ def test_sync_every_1_ok_then_immediate_kill9(brokers):
     data_dir = None
     expected = {"okk": [], "okc": []}
     for rnd in range(5):
-        b = brokers(args=args, data_dir=data_dir)
+        b = brokers(args=args, data_dir=data_dir, cores=2)
         data_dir = b.data_dir
         if rnd == 0:
-            post(b, "/topic/create?topic=okc")
-            post(b, "/channel/create?topic=okc&channel=c")
+            post_ok(b, "/topic/create?topic=okc")
+            post_ok(b, "/channel/create?topic=okc&channel=c")
         kind = ("PUB", "MPUB", "DPUB", "PUB", "DPUB")[rnd]
         for topic in ("okk", "okc"):
             c = Conn(b)
@@ -224,7 +216,7 @@ def test_sync_every_1_ok_then_immediate_kill9(brokers):
                 b.kill9()
             c.close()
             expected[topic] += bodies
-    b = brokers(args=args, data_dir=data_dir)
+    b = brokers(args=args, data_dir=data_dir, cores=2)
     for topic in ("okk", "okc"):
         got = drain(b, topic, "c", set(expected[topic]), timeout=20)
         missing = set(expected[topic]) - set(got)
@@ -240,9 +232,9 @@ def test_default_policy_loses_at_most_the_sync_window(brokers):
     so nothing is delivered twice; survivors come in publish order (one publisher per
     phase, one channel, mem-queue-size 0); no unknown body."""
     args = ["--mem-queue-size=0", "--sync-timeout=200ms"]
-    b = brokers(args=args)
-    post(b, "/topic/create?topic=win")
-    post(b, "/channel/create?topic=win&channel=c")
+    b = brokers(args=args, cores=2)
+    post_ok(b, "/topic/create?topic=win")
+    post_ok(b, "/channel/create?topic=win&channel=c")
     burst = [make_body(b"burst", i) for i in range(20000)]
     publish_all(b, "win", burst)
     time.sleep(1.0)
@@ -256,7 +248,7 @@ def test_default_policy_loses_at_most_the_sync_window(brokers):
     must_load = [body for body, t in load.acked if t < t_kill - 1.2]
     assert len(must_load) > 0, "the load published nothing early enough"
 
-    b = brokers(args=args, data_dir=b.data_dir)
+    b = brokers(args=args, data_dir=b.data_dir, cores=2)
     got = drain(b, "win", "c", set(burst) | set(must_load))
     assert_no_duplicates(got, "after a crash with nothing consumed before it")
     gs = set(got)
@@ -279,9 +271,9 @@ def test_delivered_but_not_finished_is_redelivered_after_kill9(brokers, args):
     again (bodies exact), nothing unknown, nothing twice in the new lifetime;
     FINished ones may come again (at-least-once)."""
     bodies = [make_body(b"infl", i) for i in range(200)]
-    b = brokers(args=args)
-    post(b, "/topic/create?topic=infl")
-    post(b, "/channel/create?topic=infl&channel=c")
+    b = brokers(args=args, cores=2)
+    post_ok(b, "/topic/create?topic=infl")
+    post_ok(b, "/channel/create?topic=infl&channel=c")
     publish_all(b, "infl", bodies, batch=50)
     time.sleep(1.0)
     c = RawConsumer(b, "infl", "c", rdy=250, fin=False)
@@ -295,7 +287,7 @@ def test_delivered_but_not_finished_is_redelivered_after_kill9(brokers, args):
     b.kill9()
     c.close()
 
-    b = brokers(args=args, data_dir=b.data_dir)
+    b = brokers(args=args, data_dir=b.data_dir, cores=2)
     again = drain(b, "infl", "c", unfinished, timeout=30)
     assert_no_duplicates(again, "after restart")
     missing = unfinished - set(again)

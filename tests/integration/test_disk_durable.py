@@ -8,8 +8,9 @@ when a file vanishes under it) (D7 ringsq extension, Q9, Q11, Q12)."""
 import threading
 import time
 
-from conftest import Wire
-from test_disk_support import MpubStorm, brokers, metric, post, wait_for  # noqa: F401  (fixture)
+from helpers.http_api import metric, post_ok
+from helpers.wait import wait_for
+from helpers.wire import MpubStorm, Wire
 
 DURABLE = ["--sync-every=1"]
 
@@ -18,22 +19,22 @@ def test_durable_dpub_held_by_a_paused_topic_keeps_its_due_time(brokers):
     """A DPUB of 6 s to a paused topic (held on disk), a clean restart (the
     message is then read back from the topic's segment file), unpause: it must
     not arrive before its due time, and must arrive after it."""
-    b = brokers(args=DURABLE)
-    post(b, "/topic/create?topic=held")
-    post(b, "/channel/create?topic=held&channel=c")
-    post(b, "/topic/pause?topic=held")
+    b = brokers(args=DURABLE, cores=2)
+    post_ok(b, "/topic/create?topic=held")
+    post_ok(b, "/channel/create?topic=held&channel=c")
+    post_ok(b, "/topic/pause?topic=held")
     p = Wire(b.tcp_address)
     sent = time.time()
     p.cmd(b"DPUB held 6000", b"later")
     assert p.read_frame() == (0, b"OK")
     p.close()
-    assert b.terminate() == 0
-    b = brokers(args=DURABLE, data_dir=b.data_dir)
+    assert b.stop() == 0
+    b = brokers(args=DURABLE, data_dir=b.data_dir, cores=2)
     c = Wire(b.tcp_address, timeout=10)
     c.cmd(b"SUB held c")
     assert c.read_frame() == (0, b"OK")
     c.cmd(b"RDY 1")
-    post(b, "/topic/unpause?topic=held")
+    post_ok(b, "/topic/unpause?topic=held")
     msg = c.read_message()
     arrived = time.time() - sent
     assert msg["body"] == b"later"
@@ -46,11 +47,11 @@ def test_emptying_a_channel_under_durable_load_never_blocks_publishing(brokers):
     """Q12 /channel/empty while 4 publishers MPUB in durable mode: every
     publish keeps getting OK, and one after the storm still does."""
     b = brokers(args=DURABLE + ["--mem-queue-size=0"], cores=1)
-    post(b, "/topic/create?topic=t")
-    post(b, "/channel/create?topic=t&channel=c")
+    post_ok(b, "/topic/create?topic=t")
+    post_ok(b, "/channel/create?topic=t&channel=c")
     storm = MpubStorm(b, "t")
     for _ in range(30):
-        post(b, "/channel/empty?topic=t&channel=c")
+        post_ok(b, "/channel/empty?topic=t&channel=c")
         time.sleep(0.03)
     storm.stop()
     assert not storm.errors, storm.errors[:3]
@@ -69,22 +70,22 @@ def test_deleting_and_recreating_a_topic_under_load_keeps_the_broker_whole(broke
     last incarnation's files must be intact: a message published after the
     storm is delivered."""
     b = brokers(args=DURABLE + ["--mem-queue-size=0"], cores=1)
-    post(b, "/topic/create?topic=churn")
+    post_ok(b, "/topic/create?topic=churn")
     storm = MpubStorm(b, "churn", fill=b"y")
     for i in range(200):
         if i % 2:
-            post(b, "/channel/empty?topic=churn&channel=c")
+            post_ok(b, "/channel/empty?topic=churn&channel=c")
         else:
-            post(b, "/topic/delete?topic=churn")
-            post(b, "/topic/create?topic=churn")
-            post(b, "/channel/create?topic=churn&channel=c")
+            post_ok(b, "/topic/delete?topic=churn")
+            post_ok(b, "/topic/create?topic=churn")
+            post_ok(b, "/channel/create?topic=churn&channel=c")
         time.sleep(0.01)
     storm.stop()
     assert not storm.errors, storm.errors[:3]
     assert all(n > 0 for n in storm.counts), storm.counts
     assert b.proc.poll() is None, b.log()[-3000:]
 
-    post(b, "/topic/delete?topic=churn")
+    post_ok(b, "/topic/delete?topic=churn")
     c = Wire(b.tcp_address, timeout=10)
     c.cmd(b"SUB churn c")
     assert c.read_frame() == (0, b"OK")
@@ -105,8 +106,8 @@ def test_emptying_a_channel_while_its_backlog_is_read_keeps_the_broker_whole(bro
     reader may be opening right then. The broker must stay up and go on
     delivering: a message published after the storm arrives, byte for byte."""
     b = brokers(args=["--mem-queue-size=0", "--max-bytes-per-file=65536"], cores=1)
-    post(b, "/topic/create?topic=drain")
-    post(b, "/channel/create?topic=drain&channel=c")
+    post_ok(b, "/topic/create?topic=drain")
+    post_ok(b, "/channel/create?topic=drain&channel=c")
     p = Wire(b.tcp_address, timeout=10)
     batch = b"\x00\x00\x00\xc8" + (b"\x00\x00\x00\x64" + b"z" * 100) * 200
 
@@ -148,7 +149,7 @@ def test_emptying_a_channel_while_its_backlog_is_read_keeps_the_broker_whole(bro
     t.start()
     for _ in range(100):
         time.sleep(0.01)
-        post(b, "/channel/empty?topic=drain&channel=c")
+        post_ok(b, "/channel/empty?topic=drain&channel=c")
         refill(5)
     stop.set()
     t.join(timeout=20)
@@ -156,7 +157,7 @@ def test_emptying_a_channel_while_its_backlog_is_read_keeps_the_broker_whole(bro
     assert received[0] > 0
     assert b.proc.poll() is None, b.log()[-3000:]
 
-    post(b, "/channel/empty?topic=drain&channel=c")
+    post_ok(b, "/channel/empty?topic=drain&channel=c")
     c = Wire(b.tcp_address, timeout=10)
     c.cmd(b"SUB drain c")
     assert c.read_frame() == (0, b"OK")

@@ -18,19 +18,9 @@ import time
 
 import pytest
 
-from test_disk_support import (  # noqa: F401  (brokers is a fixture)
-    FRAME_ERROR,
-    OK,
-    Conn,
-    RawConsumer,
-    brokers,
-    cmd_bytes,
-    http_request,
-    metric,
-    mpub_body,
-    post,
-    wait_for,
-)
+from helpers.http_api import metric, post_ok, request
+from helpers.wait import wait_for
+from helpers.wire import FRAME_ERROR, OK, cmd_bytes, Conn, mpub_body, RawConsumer
 
 MiB = 1 << 20
 
@@ -136,9 +126,9 @@ def test_disk_full_fails_publishes_then_recovers(small_disk, brokers):
     mnt, how = small_disk
     data = os.path.join(mnt, "data")
     os.mkdir(data)
-    b = brokers(args=["--mem-queue-size=0"], data_dir=data)
-    post(b, "/topic/create?topic=full")
-    post(b, "/channel/create?topic=full&channel=c")
+    b = brokers(args=["--mem-queue-size=0"], data_dir=data, cores=2)
+    post_ok(b, "/topic/create?topic=full")
+    post_ok(b, "/channel/create?topic=full&channel=c")
     sent, acked = [], []
 
     p = Conn(b)
@@ -175,7 +165,8 @@ def test_disk_full_fails_publishes_then_recovers(small_disk, brokers):
     assert fr[0] == FRAME_ERROR and fr[1].startswith(b"E_PUB_FAILED PUB failed "), fr
     assert p.is_closed(3.0), "E_PUB_FAILED must close the connection"
 
-    status, text = http_request(b, "GET", "/ping")
+    r = request(b, "GET", "/ping")
+    status, text = r.status, r.body
     assert status == 500 and text.startswith(b"NOK - ") and len(text) > 6, (status, text)
     assert b.alive()
     assert metric(b, "ringsq_disk_failing_queues") >= 1
@@ -199,7 +190,12 @@ def test_disk_full_fails_publishes_then_recovers(small_disk, brokers):
         return False
 
     wait_for(publish_again, timeout=10, what="PUB OK once space is back")
-    wait_for(lambda: http_request(b, "GET", "/ping") == (200, b"OK"), timeout=5, what="/ping 200 OK")
+
+    def ping_ok():
+        r = request(b, "GET", "/ping")
+        return (r.status, r.body) == (200, b"OK")
+
+    wait_for(ping_ok, timeout=5, what="/ping 200 OK")
     assert metric(b, "ringsq_disk_failing_queues") == 0
     p = Conn(b)
     more = [body(b"more", i) for i in range(300)]

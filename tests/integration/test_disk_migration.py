@@ -15,15 +15,10 @@ import os
 import tempfile
 
 from nsqd_fixture import make_standard_fixture
-from test_disk_support import (  # noqa: F401  (brokers is a fixture)
-    RawConsumer,
-    brokers,
-    finish_then_stop,
-    post,
-    stats,
-    wait_channel,
-    wait_topic,
-)
+from helpers.disk import finish_then_stop
+from helpers.http_api import post_ok, stats
+from helpers.wait import wait_channel, wait_topic
+from helpers.wire import RawConsumer
 
 # What nsqd 1.3.0 reports right after starting on the fixture (Q21): the topic pump has
 # copied `orders`' backlog into its channels; the paused topic `held` keeps its own.
@@ -40,7 +35,7 @@ def start_on_fixture(brokers):
     d = tempfile.mkdtemp(prefix="ringsq-nsqd-")
     fx = make_standard_fixture(d)
     hashes = {p: digest(p) for p in fx.files}
-    b = brokers(data_dir=d)
+    b = brokers(data_dir=d, cores=2)
     return b, fx, hashes
 
 
@@ -108,7 +103,7 @@ def test_nsqd_data_path_is_taken_over(brokers):
 
     audit = RawConsumer(b, "orders", "audit", rdy=300)
     assert audit.take(None, quiet=0.7) == [], "a paused channel delivered"
-    post(b, "/channel/unpause?topic=orders&channel=audit")
+    post_ok(b, "/channel/unpause?topic=orders&channel=audit")
     exp = fx.expected[("orders", "audit")]
     assert_exact(audit.take(len(exp), quiet=0.5), exp, fx, "orders/audit")
 
@@ -119,7 +114,7 @@ def test_nsqd_data_path_is_taken_over(brokers):
     held = RawConsumer(b, "held", "c", rdy=300)
     exp = fx.expected[("held", "c")]
     assert_exact(held.take(len(exp), quiet=0.7), exp, fx, "held/c while the topic is paused")
-    post(b, "/topic/unpause?topic=held")
+    post_ok(b, "/topic/unpause?topic=held")
     exp = fx.topic_backlog["held"]
     assert_exact(held.take(len(exp), quiet=0.5), exp, fx, "held/c after /topic/unpause")
 
@@ -159,7 +154,7 @@ def test_migrated_backlog_is_not_delivered_again_after_restart(brokers):
     assert_depths(b)
     first = finish_then_stop(b, "orders", "billing", 60, left=115)
 
-    b = brokers(data_dir=fx.data_path)
+    b = brokers(data_dir=fx.data_path, cores=2)
     wait_channel(b, "orders", "billing", timeout=10, depth=115)
     for key in (("orders", "fresh"), ("orders", "audit"), ("held", "c")):
         wait_channel(b, *key, timeout=10, depth=DEPTHS[key])
@@ -174,11 +169,11 @@ def test_migrated_backlog_is_not_delivered_again_after_restart(brokers):
     assert_exact(f.take(125, quiet=0.5), fx.expected[("orders", "fresh")], fx, "orders/fresh after restart")
     wait_channel(b, "orders", "billing", depth=0, in_flight_count=0)
     wait_channel(b, "orders", "fresh", depth=0, in_flight_count=0)
-    assert b.terminate() == 0
+    assert b.stop() == 0
     c.close()
     f.close()
 
-    b = brokers(data_dir=fx.data_path)
+    b = brokers(data_dir=fx.data_path, cores=2)
     wait_channel(b, "orders", "billing", timeout=10, depth=0)
     wait_channel(b, "orders", "fresh", timeout=10, depth=0)
     wait_channel(b, "orders", "audit", timeout=10, depth=135, paused=True)

@@ -20,20 +20,10 @@ import zlib
 
 import pytest
 
-from test_disk_support import (  # noqa: F401  (brokers is a fixture)
-    Conn,
-    RawConsumer,
-    brokers,
-    channel_stats,
-    cmd_bytes,
-    finish_then_stop,
-    http_request,
-    log_lines_with,
-    mpub_body,
-    post,
-    publish_all,
-    wait_channel,
-)
+from helpers.disk import finish_then_stop, log_lines_with
+from helpers.http_api import channel_stats, post_ok, request
+from helpers.wait import wait_channel, wait_for
+from helpers.wire import cmd_bytes, Conn, mpub_body, publish_all, RawConsumer
 
 ARGS = ["--mem-queue-size=0"]
 BIG = 1_000_000
@@ -47,8 +37,8 @@ META_RE = re.compile(r"^(?P<queue>.+)\.ringsq\.meta\.dat$")
 def fill_backlog(b, topic, n, size=100):
     """`n` copies of one `size`-byte body into `topic` (channel `c` made first), sent as
     pipelined MPUBs of BATCH over two connections; waits for the depth."""
-    post(b, f"/topic/create?topic={topic}")
-    post(b, f"/channel/create?topic={topic}&channel=c")
+    post_ok(b, f"/topic/create?topic={topic}")
+    post_ok(b, f"/channel/create?topic={topic}&channel=c")
     frame = cmd_bytes(f"MPUB {topic}", mpub_body([b"m" * size] * BATCH))
     batches = n // BATCH
     errors = []
@@ -87,22 +77,22 @@ def fill_backlog(b, topic, n, size=100):
 
 def time_to_depth(b, topic, depth, started, timeout=120):
     """Seconds from `started` until /stats shows the channel's exact depth."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+
+    def shown():
         try:
             ch = channel_stats(b, topic, "c")
         except OSError:
-            ch = None
-        if ch is not None and ch["depth"] == depth:
-            assert ch["backend_depth"] == depth, ch
-            return time.time() - started
-        time.sleep(0.01)
-    raise AssertionError(f"depth {depth} not shown within {timeout}s: {channel_stats(b, topic, 'c')}")
+            return None
+        return ch if ch is not None and ch["depth"] == depth else None
+
+    ch = wait_for(shown, timeout=timeout, interval=0.01, what=f"{topic}/c depth {depth}")
+    assert ch["backend_depth"] == depth, ch
+    return time.time() - started
 
 
 def restart_timed(brokers, data_dir, args=ARGS):
     started = time.time()
-    b = brokers(args=args, data_dir=data_dir)
+    b = brokers(args=args, data_dir=data_dir, cores=2)
     return b, started
 
 
@@ -142,9 +132,9 @@ def test_clean_restart_with_a_large_backlog_is_quick_and_ping_waits_for_every_co
     meta files (no depth): start-up falls back to scanning (slow), and H1: no /ping is
     answered OK before every core has opened its queues, i.e. /stats with the exact
     depth answers right after the first OK."""
-    b = brokers(args=ARGS)
+    b = brokers(args=ARGS, cores=2)
     fill_backlog(b, "big", BIG, size=1024)
-    assert b.terminate() == 0, b.log()[-2000:]
+    assert b.stop() == 0, b.log()[-2000:]
 
     b, started = restart_timed(brokers, b.data_dir)
     took = time_to_depth(b, "big", BIG, started)
@@ -152,15 +142,16 @@ def test_clean_restart_with_a_large_backlog_is_quick_and_ping_waits_for_every_co
     assert took < START_BOUND, f"start-up took {took:.2f}s with {BIG} messages queued"
     # Nothing was read: no queue reports a scan or a verified tail.
     assert not opened_lines(b, "big:c"), opened_lines(b, "big:c")
-    assert b.terminate() == 0, b.log()[-2000:]
+    assert b.stop() == 0, b.log()[-2000:]
 
     to_format_1(b.data_dir)
     started = time.time()
-    b = brokers(args=ARGS, data_dir=b.data_dir)
+    b = brokers(args=ARGS, data_dir=b.data_dir, cores=2)
     first_ok = None
     while first_ok is None and time.time() < started + 120:
         try:
-            status, body = http_request(b, "GET", "/ping", timeout=0.3)
+            r = request(b, "GET", "/ping", timeout=0.3)
+            status, body = r.status, r.body
         except OSError:
             continue
         assert (status, body) == (200, b"OK"), (status, body)
@@ -177,9 +168,9 @@ def test_format_1_meta_falls_back_to_the_scan(brokers):
     """A meta file written before format 2 (consume position only): the queue opens by
     scanning from that position, the depth is exact, every message is delivered once in
     order, and the next clean stop writes format 2 again."""
-    b = brokers(args=ARGS + ["--max-bytes-per-file=65536"])
-    post(b, "/topic/create?topic=old")
-    post(b, "/channel/create?topic=old&channel=c")
+    b = brokers(args=ARGS + ["--max-bytes-per-file=65536"], cores=2)
+    post_ok(b, "/topic/create?topic=old")
+    post_ok(b, "/channel/create?topic=old&channel=c")
     bodies = [b"old-%06d" % i for i in range(5000)]
     publish_all(b, "old", bodies)
     wait_channel(b, "old", "c", depth=5000)
@@ -187,7 +178,7 @@ def test_format_1_meta_falls_back_to_the_scan(brokers):
     assert first == bodies[:1000]
 
     to_format_1(b.data_dir)
-    b = brokers(args=ARGS + ["--max-bytes-per-file=65536"], data_dir=b.data_dir)
+    b = brokers(args=ARGS + ["--max-bytes-per-file=65536"], data_dir=b.data_dir, cores=2)
     wait_channel(b, "old", "c", depth=4000, timeout=30)
     lines = opened_lines(b, "old:c")
     assert lines and "Scan" in lines[-1], lines
@@ -196,7 +187,7 @@ def test_format_1_meta_falls_back_to_the_scan(brokers):
     c.close()
     assert rest == bodies[1000:]
     wait_channel(b, "old", "c", depth=0, in_flight_count=0)
-    assert b.terminate() == 0, b.log()[-2000:]
+    assert b.stop() == 0, b.log()[-2000:]
     with open(os.path.join(b.data_dir, "old:c.ringsq.meta.dat"), "rb") as f:
         data = f.read()
     assert b"RSQMETA2" in (data[:8], data[4096:4104]), data[:8]
@@ -213,9 +204,9 @@ def test_kill9_restart_is_quick_and_loses_no_acknowledged_message(brokers):
     message (plus at most the one batch in flight at the kill) within START_BOUND, and
     consuming the channel yields every acknowledged message exactly once."""
     args = ARGS + ["--sync-every=1"]
-    b = brokers(args=args)
-    post(b, "/topic/create?topic=crash")
-    post(b, "/channel/create?topic=crash&channel=c")
+    b = brokers(args=args, cores=2)
+    post_ok(b, "/topic/create?topic=crash")
+    post_ok(b, "/channel/create?topic=crash&channel=c")
     c = Conn(b, timeout=60)
     window = 0
     for k in range(0, BIG, BATCH):
@@ -252,21 +243,19 @@ def test_kill9_restart_is_quick_and_loses_no_acknowledged_message(brokers):
 
     t = threading.Thread(target=storm)
     t.start()
-    while acked[0] < BIG + 20_000:
-        time.sleep(0.01)
+    wait_for(lambda: acked[0] >= BIG + 20_000, timeout=120, what="20,000 durable publishes acknowledged")
     b.kill9()
     stop.set()
     t.join()
     total = acked[0]
 
     b, started = restart_timed(brokers, b.data_dir, args)
-    deadline = started + 120
-    while True:
+
+    def recovered():
         ch = channel_stats(b, "crash", "c")
-        if ch is not None and ch["depth"] >= total:
-            break
-        assert time.time() < deadline, ch
-        time.sleep(0.01)
+        return ch if ch is not None and ch["depth"] >= total else None
+
+    ch = wait_for(recovered, timeout=120 - (time.time() - started), interval=0.01, what=f"crash/c depth >= {total}")
     took = time.time() - started
     print(f"kill -9 restart: {took:.3f}s")
     depth = ch["depth"]
@@ -326,7 +315,7 @@ def test_nsqd_files_are_counted_not_trusted(brokers, depth):
 
     d = tempfile.mkdtemp(prefix="ringsq-nsqd-")
     expected = nsqd_queue(d, tail=7, depth=depth)
-    b = brokers(data_dir=d)
+    b = brokers(data_dir=d, cores=2)
     wait_channel(b, "legacy", "c", depth=len(expected))
     lines = opened_lines(b, "legacy:c")
     assert lines and "Scan" in lines[-1], lines
@@ -334,4 +323,3 @@ def test_nsqd_files_are_counted_not_trusted(brokers, depth):
     got = [m.body for m in c.take(len(expected), quiet=1.0)]
     c.close()
     assert got == expected
-

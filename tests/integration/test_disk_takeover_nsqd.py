@@ -22,14 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from test_disk_support import (  # noqa: F401  (brokers is a fixture)
-    RawConsumer,
-    brokers,
-    post,
-    stats,
-    wait_channel,
-    wait_topic,
-)
+from helpers.http_api import post_ok, stats
+from helpers.wait import wait_channel, wait_topic
+from helpers.wire import RawConsumer
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "nsqd-1.3.0"
 CASES = sorted(p.name for p in DATA.iterdir() if (p / "manifest.json").exists())
@@ -78,7 +73,7 @@ def messages(m):
 
 def stop_and_check_files(b, m, d):
     """A clean stop leaves no segment without its meta and nsqd's files unwritten."""
-    assert b.terminate() == 0
+    assert b.stop() == 0
     assert_no_orphan_segments(d)
     nsqd_files_untouched(m, d)
 
@@ -160,14 +155,14 @@ def unpause_and_take(b, e, stored, count=None):
     got = []
     if e["channel_paused"]:
         assert take(None, 1000) == [], f"{t}/{ch}: a paused channel delivered"
-        post(b, f"/channel/unpause?topic={t}&channel={ch}")
+        post_ok(b, f"/channel/unpause?topic={t}&channel={ch}")
     own = len(e["channel_queue"])
     if e["topic_paused"]:
         first = min(own, count)
         # all of its own queue and no more while the topic is paused
         got += take(first, own + 50 if first == own else first)
         assert len(got) == first, f"{t}/{ch}: {len(got)} of its own {first} while the topic is paused"
-        post(b, f"/topic/unpause?topic={t}")
+        post_ok(b, f"/topic/unpause?topic={t}")
     left = count - len(got)
     if left:
         got += take(left, left)
@@ -189,7 +184,7 @@ def test_takeover_delivers_nsqd_data_path_exactly(brokers, case):
     files are left alone, and no nsqd segment is left without its meta file."""
     m, d = copy_case(case)
     stored = messages(m)
-    b = brokers(data_dir=d)
+    b = brokers(data_dir=d, cores=2)
     assert_stats(b, m)
     nsqd_files_untouched(m, d)
     for e in m["consume"]:
@@ -199,7 +194,7 @@ def test_takeover_delivers_nsqd_data_path_exactly(brokers, case):
         c.close()
     for topic in m["stats"]:
         wait_topic(b, topic, depth=0)
-    assert b.terminate() == 0
+    assert b.stop() == 0
     assert_no_orphan_segments(d)
     gone = nsqd_files_untouched(m, d)
     bad = [n for n in m["files"] if n.endswith(".bad")]
@@ -214,7 +209,7 @@ def test_takeover_restart_mid_consumption(brokers, case):
     in order; after another restart nothing is left and nothing comes again."""
     m, d = copy_case(case)
     stored = messages(m)
-    b = brokers(data_dir=d)
+    b = brokers(data_dir=d, cores=2)
     assert_stats(b, m)
     half = {}
     for e in m["consume"]:
@@ -223,7 +218,7 @@ def test_takeover_restart_mid_consumption(brokers, case):
         c.close()
     stop_and_check_files(b, m, d)
 
-    b = brokers(data_dir=d)
+    b = brokers(data_dir=d, cores=2)
     for e in m["consume"]:
         t, ch = e["topic"], e["channel"]
         want = expected_order(e)
@@ -239,7 +234,7 @@ def test_takeover_restart_mid_consumption(brokers, case):
         c.close()
     stop_and_check_files(b, m, d)
 
-    b = brokers(data_dir=d)
+    b = brokers(data_dir=d, cores=2)
     for e in m["consume"]:
         t, ch = e["topic"], e["channel"]
         wait_channel(b, t, ch, timeout=10, depth=0)

@@ -21,20 +21,11 @@ import subprocess
 import tempfile
 
 from nsqd_fixture import Msg, diskqueue_file, diskqueue_meta, write_diskqueue, write_metadata
-from test_disk_support import (  # noqa: F401  (brokers is a fixture)
-    BIN,
-    OK,
-    Conn,
-    RawConsumer,
-    brokers,
-    finish_then_stop,
-    locate,
-    post,
-    publish_all,
-    segment_files,
-    wait_channel,
-    wait_topic,
-)
+from helpers.broker import BIN
+from helpers.disk import finish_then_stop, locate, segment_files
+from helpers.http_api import post_ok
+from helpers.wait import wait_channel, wait_topic
+from helpers.wire import OK, Conn, publish_all, RawConsumer
 
 META_RE = re.compile(rb"^(\d+)\n(\d+),(\d+)\n(\d+),(\d+)\n$")
 HOUR_MS = 3600 * 1000
@@ -101,12 +92,12 @@ def build_ringsq_data_path(brokers):
     delivered; orders/audit (paused): all 10; both channels hold the DPUB (1 h);
     solo (paused, no channel): 3. An ephemeral topic and an ephemeral channel hold
     messages too."""
-    b = brokers()
-    post(b, "/topic/create?topic=orders")
-    post(b, "/channel/create?topic=orders&channel=billing")
-    post(b, "/channel/create?topic=orders&channel=audit")
-    post(b, "/topic/create?topic=scratch%23ephemeral")
-    post(b, "/channel/create?topic=scratch%23ephemeral&channel=c")
+    b = brokers(cores=2)
+    post_ok(b, "/topic/create?topic=orders")
+    post_ok(b, "/channel/create?topic=orders&channel=billing")
+    post_ok(b, "/channel/create?topic=orders&channel=audit")
+    post_ok(b, "/topic/create?topic=scratch%23ephemeral")
+    post_ok(b, "/channel/create?topic=scratch%23ephemeral&channel=c")
     eph = RawConsumer(b, "orders", "tail#ephemeral", rdy=0)
     bodies = order_bodies()
     publish_all(b, "orders", bodies)
@@ -122,12 +113,12 @@ def build_ringsq_data_path(brokers):
     p = Conn(b)
     p.cmd(f"DPUB orders {HOUR_MS}", DPUB)
     assert p.read_frame() == OK
-    post(b, "/channel/pause?topic=orders&channel=audit")
-    post(b, "/topic/pause?topic=solo")
+    post_ok(b, "/channel/pause?topic=orders&channel=audit")
+    post_ok(b, "/topic/pause?topic=solo")
     wait_channel(b, "orders", "billing", depth=6, in_flight_count=0, deferred_count=2)
     wait_channel(b, "orders", "audit", depth=10, deferred_count=1)
     wait_topic(b, "solo", depth=3)
-    assert b.terminate() == 0, b.log()[-2000:]
+    assert b.stop() == 0, b.log()[-2000:]
     for x in (c, p, eph):
         x.close()
     return b.data_dir, seen
@@ -208,26 +199,26 @@ def test_ringsqd_on_the_exported_path_delivers_each_message_once(brokers):
     d, seen = build_ringsq_data_path(brokers)
     assert export(d).returncode == 0
     want = expected_queues(seen)
-    b = brokers(data_dir=d)
+    b = brokers(data_dir=d, cores=2)
     wait_channel(b, "orders", "billing", depth=8, paused=False)
     wait_channel(b, "orders", "audit", depth=11, paused=True)
     wait_topic(b, "solo", depth=3, paused=True)
     c = RawConsumer(b, "orders", "billing", rdy=100)
     assert [m.body for m in c.take(8, quiet=0.5)] == [x for x, _ in want["orders:billing"]]
-    post(b, "/channel/unpause?topic=orders&channel=audit")
+    post_ok(b, "/channel/unpause?topic=orders&channel=audit")
     a = RawConsumer(b, "orders", "audit", rdy=100)
     assert [m.body for m in a.take(11, quiet=0.5)] == [x for x, _ in want["orders:audit"]]
-    post(b, "/channel/create?topic=solo&channel=c")
-    post(b, "/topic/unpause?topic=solo")
+    post_ok(b, "/channel/create?topic=solo&channel=c")
+    post_ok(b, "/topic/unpause?topic=solo")
     s = RawConsumer(b, "solo", "c", rdy=100)
     assert [m.body for m in s.take(3, quiet=0.5)] == SOLO
     for ch in ("billing", "audit"):
         wait_channel(b, "orders", ch, depth=0, in_flight_count=0)
     wait_channel(b, "solo", "c", depth=0, in_flight_count=0)
-    assert b.terminate() == 0
+    assert b.stop() == 0
     for x in (c, a, s):
         x.close()
-    b = brokers(data_dir=d)
+    b = brokers(data_dir=d, cores=2)
     for t, ch in (("orders", "billing"), ("orders", "audit"), ("solo", "c")):
         wait_channel(b, t, ch, depth=0, deferred_count=0)
 
@@ -236,7 +227,7 @@ def test_export_refuses_a_held_or_bad_data_path(brokers):
     """C6: while a broker holds the data path the export exits 1 with nsqd's flock
     error (the broker's own text) and touches nothing; a missing path, a file and a
     directory with no ringsq data are refused with one line each."""
-    b = brokers()
+    b = brokers(cores=2)
     publish_all(b, "t", [b"x"])
     before = files_of(b.data_dir)
     r = export(b.data_dir)
@@ -292,7 +283,7 @@ def test_export_of_a_takeover_in_progress_with_durable_dpub(brokers):
     legacy = [fixed(b"legacy", i, attempts=i % 3) for i in range(11)]
     write_diskqueue(d, "legacy:c", [legacy[1:6], legacy[6:]], consumed=[legacy[0]], first_file_num=3)
     write_metadata(d, [("legacy", False, [("c", False)])])
-    b = brokers(args=["--sync-every=1"], data_dir=d)
+    b = brokers(args=["--sync-every=1"], data_dir=d, cores=2)
     dpub = (b"dpub-%03d-" % 0).ljust(50, b".")
     p = Conn(b)
     p.cmd(f"DPUB legacy {HOUR_MS}", dpub)
@@ -327,7 +318,7 @@ def test_export_of_a_takeover_in_progress_with_durable_dpub(brokers):
     ]
     assert not [n for n in names if ".ringsq." in n], names
 
-    b = brokers(data_dir=d)
+    b = brokers(data_dir=d, cores=2)
     c = RawConsumer(b, "legacy", "c", rdy=100)
     assert [m.body for m in c.take(8, quiet=0.5)] == [m.body for m in legacy[4:]] + [dpub]
     c.close()
@@ -388,7 +379,7 @@ def test_an_interrupted_export_loses_nothing_and_duplicates_nothing(brokers):
                 assert "  orders:billing: already in nsqd's format, left as it is" in r.stdout, r.stdout
                 assert files_of(after) == reference
             else:
-                b = brokers(data_dir=after)
+                b = brokers(data_dir=after, cores=2)
                 wait_channel(b, "orders", "billing", depth=8)
                 c = RawConsumer(b, "orders", "billing", rdy=100)
                 got = [m.body for m in c.take(8, quiet=0.5)]
@@ -404,13 +395,13 @@ def test_damaged_records_are_skipped_and_counted(brokers):
     byte flipped in ringsq's segment) is skipped as the broker would skip it, the
     summary counts the damaged range and its bytes, and the 19 others are exported in
     order."""
-    b = brokers()
-    post(b, "/topic/create?topic=dmg")
-    post(b, "/channel/create?topic=dmg&channel=c")
+    b = brokers(cores=2)
+    post_ok(b, "/topic/create?topic=dmg")
+    post_ok(b, "/channel/create?topic=dmg&channel=c")
     bodies = [b"dmg-%03d-" % i + b"y" * 40 for i in range(20)]
     publish_all(b, "dmg", bodies)
     wait_channel(b, "dmg", "c", depth=20)
-    assert b.terminate() == 0
+    assert b.stop() == 0
     where = locate(segment_files(b.data_dir, "dmg:c"), bodies, re.compile(rb"dmg-(\d{3})-"))
     path, off = where[7]
     with open(path, "r+b") as f:
@@ -434,15 +425,15 @@ def test_export_killed_at_any_point_then_rerun_gives_the_same_files(brokers):
     the journal in place: right after one; the first queue's meta renamed: mid-apply;
     the second queue's temp files: after a whole queue), then run again: every time
     the result is byte for byte what an uninterrupted export writes."""
-    b = brokers()
-    post(b, "/topic/create?topic=many")
+    b = brokers(cores=2)
+    post_ok(b, "/topic/create?topic=many")
     channels = [f"c{i}" for i in range(6)]
     for ch in channels:
-        post(b, f"/channel/create?topic=many&channel={ch}")
+        post_ok(b, f"/channel/create?topic=many&channel={ch}")
     publish_all(b, "many", [b"many-%05d-" % i + b"z" * 1000 for i in range(2000)])
     for ch in channels:
         wait_channel(b, "many", ch, depth=2000)
-    assert b.terminate() == 0
+    assert b.stop() == 0
     base = tempfile.mkdtemp(prefix="ringsq-export-kill-")
     try:
         pristine = os.path.join(base, "pristine")

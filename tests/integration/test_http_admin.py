@@ -9,8 +9,7 @@ nsqd/http.go and internal/http_api/topic_channel_args.go.
 import json
 import os
 
-from test_http_support import (  # noqa: F401  (tcp is a fixture)
-    FRAME_ERROR,
+from helpers.http_api import (
     assert_error,
     assert_ok_empty,
     assert_ok_text,
@@ -18,11 +17,9 @@ from test_http_support import (  # noqa: F401  (tcp is a fixture)
     find_topic,
     post,
     stats,
-    tcp,
-    wait_channel,
-    wait_for,
-    wait_topic,
 )
+from helpers.wait import wait_channel, wait_for, wait_topic
+from helpers.wire import FRAME_ERROR
 
 
 def names(doc):
@@ -87,7 +84,7 @@ def test_topic_delete_removes_and_disconnects(broker, tcp):
     other = tcp(broker).sub("keeper", "a", rdy=1)
     prod = tcp(broker)
     prod.pub("doomed", b"queued")
-    wait_channel(broker, "doomed", "b", "in_flight_count", 1)
+    wait_channel(broker, "doomed", "b", in_flight_count=1)
     assert_ok_empty(post(broker, "/topic/delete?topic=doomed"))
     doc = stats(broker)
     assert names(doc) == ["keeper"]
@@ -116,7 +113,7 @@ def test_topic_empty_drops_topic_backlog(broker, tcp):
     subscribes afterwards gets none of them, only new ones."""
     for i in range(5):
         assert_ok_text(post(broker, "/pub?topic=backlog", f"old{i}".encode()))
-    wait_topic(broker, "backlog", "depth", 5)
+    wait_topic(broker, "backlog", depth=5)
     assert_ok_empty(post(broker, "/topic/empty?topic=backlog"))
     t = find_topic(stats(broker), "backlog")
     assert t["depth"] == 0 and t["backend_depth"] == 0, t
@@ -133,7 +130,7 @@ def test_topic_empty_leaves_channels_alone(broker):
     assert_ok_empty(post(broker, "/channel/create?topic=te&channel=c"))
     for i in range(3):
         assert_ok_text(post(broker, "/pub?topic=te", b"x"))
-    wait_channel(broker, "te", "c", "depth", 3)
+    wait_channel(broker, "te", "c", depth=3)
     assert_ok_empty(post(broker, "/topic/empty?topic=te"))
     assert find_channel(stats(broker), "te", "c")["depth"] == 3
 
@@ -158,7 +155,7 @@ def test_topic_pause_holds_messages_until_unpause(broker, tcp):
     assert find_topic(stats(broker), "pt")["paused"] is True
     for i in range(3):
         assert_ok_text(post(broker, "/pub?topic=pt", f"p{i}".encode()))
-    wait_topic(broker, "pt", "depth", 3)
+    wait_topic(broker, "pt", depth=3)
     c.expect_nothing(0.6)
     doc = stats(broker)
     assert find_topic(doc, "pt")["depth"] == 3
@@ -168,7 +165,7 @@ def test_topic_pause_holds_messages_until_unpause(broker, tcp):
     assert_ok_empty(post(broker, "/topic/unpause?topic=pt"))
     assert find_topic(stats(broker), "pt")["paused"] is False
     assert [m["body"] for m in c.read_messages(3)] == [b"p0", b"p1", b"p2"]
-    wait_topic(broker, "pt", "depth", 0)
+    wait_topic(broker, "pt", depth=0)
 
 
 def test_topic_pause_persists_metadata(broker):
@@ -221,7 +218,7 @@ def test_channel_create_is_idempotent_and_receives(broker, tcp):
     assert_ok_empty(post(broker, "/channel/create?topic=cc&channel=two%23ephemeral"))
     for i in range(2):
         assert_ok_text(post(broker, "/pub?topic=cc", b"x"))
-    wait_channel(broker, "cc", "one", "depth", 2)
+    wait_channel(broker, "cc", "one", depth=2)
     assert_ok_empty(post(broker, "/channel/create?topic=cc&channel=one"))
     doc = stats(broker)
     t = find_topic(doc, "cc")
@@ -240,7 +237,7 @@ def test_channel_delete_removes_and_disconnects(broker, tcp):
     channels stay; the channel's consumer is disconnected; second delete -> 404."""
     gone = tcp(broker).sub("cd", "gone", rdy=1)
     stay = tcp(broker).sub("cd", "stay", rdy=1)
-    wait_channel(broker, "cd", "gone", "client_count", 1)
+    wait_channel(broker, "cd", "gone", client_count=1)
     assert_ok_empty(post(broker, "/channel/delete?topic=cd&channel=gone"))
     t = find_topic(stats(broker), "cd")
     assert [c["channel_name"] for c in t["channels"]] == ["stay"]
@@ -263,7 +260,7 @@ def test_channel_empty_drops_queue_and_in_flight(broker, tcp):
     p.mpub("ce", [f"old{i}".encode() for i in range(6)])
     p.dpub("ce", 60000, b"deferred")
     held = c.read_messages(2)
-    wait_channel(broker, "ce", "ch", "depth", 4)
+    wait_channel(broker, "ce", "ch", depth=4)
     ch = find_channel(stats(broker), "ce", "ch")
     assert ch["in_flight_count"] == 2 and ch["deferred_count"] == 1, ch
     assert_ok_empty(post(broker, "/channel/empty?topic=ce&channel=ch"))
@@ -296,13 +293,13 @@ def test_channel_pause_holds_until_unpause(broker, tcp):
     for i in range(3):
         assert_ok_text(post(broker, "/pub?topic=cp", f"c{i}".encode()))
     assert [m["body"] for m in other.read_messages(3)] == [b"c0", b"c1", b"c2"]
-    wait_channel(broker, "cp", "paused", "depth", 3)
+    wait_channel(broker, "cp", "paused", depth=3)
     c.expect_nothing(0.6)
     assert find_channel(stats(broker), "cp", "paused")["in_flight_count"] == 0
     assert_ok_empty(post(broker, "/channel/unpause?topic=cp&channel=paused"))
     assert find_channel(stats(broker), "cp", "paused")["paused"] is False
     assert [m["body"] for m in c.read_messages(3)] == [b"c0", b"c1", b"c2"]
-    wait_channel(broker, "cp", "paused", "depth", 0)
+    wait_channel(broker, "cp", "paused", depth=0)
 
 
 def test_channel_pause_persists_metadata(broker):
@@ -316,9 +313,9 @@ def test_channel_pause_persists_metadata(broker):
     assert meta_topic(read_metadata(broker), "mp")["channels"] == [{"name": "c", "paused": False}]
 
 
-def test_admin_routes_across_cores(broker_factory, tcp):
+def test_admin_routes_across_cores(brokers, tcp):
     """H14-H19 with --cores 2: admin actions reach topics wherever they live."""
-    b = broker_factory(cores=2)
+    b = brokers(cores=2)
     topics = [f"x{i}" for i in range(8)]
     consumers = {}
     for t in topics:
@@ -329,7 +326,7 @@ def test_admin_routes_across_cores(broker_factory, tcp):
         assert_ok_empty(post(b, f"/channel/pause?topic={t}&channel=c"))
         assert_ok_text(post(b, f"/pub?topic={t}", t.encode()))
     for t in topics:
-        wait_channel(b, t, "c", "depth", 1)
+        wait_channel(b, t, "c", depth=1)
     for t in topics:
         consumers[t].expect_nothing(0.05)
         assert_ok_empty(post(b, f"/channel/unpause?topic={t}&channel=c"))

@@ -11,18 +11,18 @@ import time
 
 import pytest
 
-from test_http_support import (  # noqa: F401  (tcp is a fixture)
+from helpers.http_api import (
     JSON_CT,
     SEMVER,
     V1_HEADER,
     assert_error,
+    find_topic,
     get,
     post,
     put,
     read_http_response,
     request,
     stats,
-    find_topic,
 )
 import http.client
 
@@ -150,9 +150,9 @@ def test_info_shape_and_defaults(broker):
     assert stats(broker)["version"] == info["version"]
 
 
-def test_info_reflects_flags(broker_factory):
+def test_info_reflects_flags(brokers):
     """H5/X4: /info values follow the flags (durations stay integer nanoseconds)."""
-    b = broker_factory(args=[
+    b = brokers(args=[
         "--broadcast-address=nsqd-a.example",
         "--max-heartbeat-interval=90s",
         "--max-output-buffer-timeout=1500ms",
@@ -203,9 +203,9 @@ def test_config_get_values(broker):
     assert r.status == 200 and 0 <= int(r.body) < 1024, r
 
 
-def test_config_get_follows_flags(broker_factory):
+def test_config_get_follows_flags(brokers):
     """H20: values reflect the command-line flags."""
-    b = broker_factory(args=["--msg-timeout=1500ms", "--max-msg-size=4096", "--mem-queue-size=7"])
+    b = brokers(args=["--msg-timeout=1500ms", "--max-msg-size=4096", "--mem-queue-size=7"])
     assert get(b, "/config/msg_timeout").body == b"1500000000"
     assert get(b, "/config/max_msg_size").body == b"4096"
     assert get(b, "/config/mem_queue_size").body == b"7"
@@ -263,9 +263,9 @@ def test_config_put_other_options_rejected(broker):
     assert get(broker, "/config/mem_queue_size").body == b"10000"
 
 
-def test_config_put_oversized_body(broker_factory):
+def test_config_put_oversized_body(brokers):
     """H21: a PUT body longer than --max-msg-size -> 413 INVALID_VALUE."""
-    b = broker_factory(args=["--max-msg-size=100"])
+    b = brokers(args=["--max-msg-size=100"])
     assert_error(put(b, "/config/log_level", b"d" * 101), 413, "INVALID_VALUE")
     assert_error(put(b, "/config/nsqlookupd_tcp_addresses", b"[" + b" " * 100 + b"]"),
                  413, "INVALID_VALUE")

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 
-from test_http_support import find_channel, find_topic, stats, tcp  # noqa: F401
+from helpers.http_api import find_channel, find_topic, stats
 
 SCRIPT = textwrap.dedent(r"""
     import base64, json, sys

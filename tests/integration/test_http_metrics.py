@@ -24,16 +24,8 @@ import zlib
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from test_http_support import (  # noqa: F401  (tcp is a fixture)
-    find_channel,
-    find_topic,
-    get,
-    post,
-    stats,
-    tcp,
-    wait_channel,
-    wait_for,
-)
+from helpers.http_api import find_channel, find_topic, get, post, stats
+from helpers.wait import wait_channel, wait_for
 
 # ====================================================================== helpers
 
@@ -119,12 +111,12 @@ def test_metrics_content_type_and_parse(broker):
     assert sample(samples, "ringsq_process_resident_memory_bytes") > 0
 
 
-def test_metrics_workload_two_cores(broker_factory, tcp):
+def test_metrics_workload_two_cores(brokers, tcp):
     """A scripted workload on --cores 2, with topics owned by each core, then every
     nsq_topic_* / nsq_channel_* figure is exact; ringsq_core_* has one sample per core;
     forwarded == received (and > 0 on both cores, since publishers sit on both cores and
     publish to topics of both); consumer hand-offs out == in."""
-    b = broker_factory(cores=2)
+    b = brokers(cores=2)
     T = [topic_owned_by(0, "mtc_"), topic_owned_by(1, "mtc_")]   # with channels
     E = [topic_owned_by(0, "mte_"), topic_owned_by(1, "mte_")]   # without channels
     for t in T:
@@ -344,15 +336,16 @@ def group_pushes(datagrams, gap=0.3):
 
 def wait_pushes_after(sink, t0, n, timeout=6.0):
     """Wait until `n` complete pushes began after t0; return all pushes so far (complete)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        time.sleep(0.1)
-        pushes = group_pushes(sink.snapshot())
+
+    def enough():
         # a push is complete once 0.3 s of silence followed it
-        complete = [p for p in pushes if time.time() - p["end"] > 0.3]
-        if sum(1 for p in complete if p["start"] > t0) >= n:
-            return complete
-    pytest.fail(f"fewer than {n} statsd pushes after t0: {group_pushes(sink.snapshot())!r}")
+        complete = [p for p in group_pushes(sink.snapshot()) if time.time() - p["end"] > 0.3]
+        return complete if sum(1 for p in complete if p["start"] > t0) >= n else None
+
+    try:
+        return wait_for(enough, timeout=timeout, interval=0.1, what=f"{n} statsd pushes after t0")
+    except AssertionError:
+        raise AssertionError(f"fewer than {n} statsd pushes after t0: {group_pushes(sink.snapshot())!r}") from None
 
 
 def parse_push(push, prefix, size):
@@ -385,13 +378,13 @@ def series(pushes, stat):
     return [p[stat][0] for p in pushes if stat in p]
 
 
-def test_statsd_default_prefix_format_deltas_gauges(broker_factory, tcp, sink):
+def test_statsd_default_prefix_format_deltas_gauges(brokers, tcp, sink):
     """S1/S2 with the default prefix (nsq.%s) and packet size (508): datagrams ≤ 508 bytes
     of whole lines `<prefix><stat>:<value>|c|g`, prefix nsq.<broadcast_address>_<http_port>.
     with '.'/':' → '_'; counters are deltas (MPUB of 5 shows as 5 in one push and 0 after);
     gauges show depth / in_flight / deferred / clients; ephemeral topics and channels are
     included by default; mem.* present by default."""
-    b = broker_factory(args=[f"--statsd-address=127.0.0.1:{sink.port}", "--statsd-interval=1s",
+    b = brokers(args=[f"--statsd-address=127.0.0.1:{sink.port}", "--statsd-interval=1s",
                              "--broadcast-address=my.host"])
     prefix = f"nsq.my_host_{b.http_port}."
     assert post(b, "/topic/create?topic=sd").status == 200
@@ -404,9 +397,9 @@ def test_statsd_default_prefix_format_deltas_gauges(broker_factory, tcp, sink):
     ms = c.read_messages(2)
     c.rdy(0)
     c.req(ms[0]["id"], 60000)
-    wait_channel(b, "sd", "c", "deferred_count", 1)
-    wait_channel(b, "sd", "c", "in_flight_count", 1)
-    wait_channel(b, "sd", "e#ephemeral", "depth", 5)
+    wait_channel(b, "sd", "c", deferred_count=1)
+    wait_channel(b, "sd", "c", in_flight_count=1)
+    wait_channel(b, "sd", "e#ephemeral", depth=5)
     t_settled = time.time()
     raw = wait_pushes_after(sink, t_settled, 2)
     pushes = [parse_push(p, prefix, 508) for p in raw]
@@ -455,12 +448,12 @@ def test_statsd_default_prefix_format_deltas_gauges(broker_factory, tcp, sink):
     ephc.close()
 
 
-def test_statsd_small_packets_exclude_ephemeral_no_mem(broker_factory, tcp, sink):
+def test_statsd_small_packets_exclude_ephemeral_no_mem(brokers, tcp, sink):
     """S1/S2: --statsd-udp-packet-size=100 keeps every datagram ≤ 100 bytes of whole lines;
     a custom prefix gets %s = <broadcast_address>_<broadcast_http_port> and a trailing '.';
     --statsd-exclude-ephemeral drops #ephemeral topics and channels; --statsd-mem-stats=false
     drops mem.*; e2e percentiles become gauges e2e_processing_latency_<pct>."""
-    b = broker_factory(args=[f"--statsd-address=127.0.0.1:{sink.port}", "--statsd-interval=1s",
+    b = brokers(args=[f"--statsd-address=127.0.0.1:{sink.port}", "--statsd-interval=1s",
                              "--statsd-prefix=app.%s.x", "--broadcast-address=my.host",
                              "--broadcast-http-port=4242", "--statsd-udp-packet-size=100",
                              "--statsd-exclude-ephemeral", "--statsd-mem-stats=false",
@@ -553,12 +546,12 @@ def run_e2e_workload(b, tcp):
     ["--e2e-processing-latency-percentile=0.5,0.99"],
     ["--e2e-processing-latency-percentile=0.5", "--e2e-processing-latency-percentile=0.99"],
 ], ids=["comma", "repeated"])
-def test_e2e_percentiles_in_stats(broker_factory, tcp, flags):
+def test_e2e_percentiles_in_stats(brokers, tcp, flags):
     """Q19/H9/H10: with the flag (comma list or repeated), a channel's
     e2e_processing_latency has count = messages FINed and one {quantile, value} per
     configured percentile, value in ns between the hold time and the test's duration,
     p99 >= p50; a channel with no FIN has count 0; the topic merges its channels."""
-    b = broker_factory(args=flags)
+    b = brokers(args=flags)
     low, high = run_e2e_workload(b, tcp)
     check_latency(e2e_of(b, "lat", "a"), 4, [0.5, 0.99], low, high)
     check_latency(e2e_of(b, "lat", "b"), 2, [0.5, 0.99], low, high)
@@ -571,11 +564,11 @@ def test_e2e_percentiles_in_stats(broker_factory, tcp, flags):
     assert a[0.99] >= 3 * HOLD * 1e9 * 0.99, a
 
 
-def test_e2e_percentiles_order_like_nsqd(broker_factory, tcp):
+def test_e2e_percentiles_order_like_nsqd(brokers, tcp):
     """nsqd's --e2e-processing-latency-percentile (app.FloatArray) sorts the list in
     descending order after every Set, so /stats lists quantiles highest first whatever
     the order on the command line; three values from two flags."""
-    b = broker_factory(args=["--e2e-processing-latency-percentile=0.5,0.99",
+    b = brokers(args=["--e2e-processing-latency-percentile=0.5,0.99",
                              "--e2e-processing-latency-percentile=0.9"])
     run_e2e_workload(b, tcp)
     for ch in ("a", "b", None):
@@ -583,14 +576,14 @@ def test_e2e_percentiles_order_like_nsqd(broker_factory, tcp):
         assert qs == [0.99, 0.9, 0.5], (ch, qs)
 
 
-def test_e2e_disabled_without_flag(broker_factory, tcp):
+def test_e2e_disabled_without_flag(brokers, tcp):
     """Q19/X3: without the flag nothing is recorded: after FINs, channel and topic
     e2e_processing_latency are {count: 0, percentiles: null}."""
-    b = broker_factory()
+    b = brokers()
     c = tcp(b).sub("lat", "a", rdy=10)
     tcp(b).mpub("lat", [b"1", b"2", b"3"])
     consume_and_fin(c, 3, hold=0.01)
-    wait_channel(b, "lat", "a", "in_flight_count", 0)
+    wait_channel(b, "lat", "a", in_flight_count=0)
     assert e2e_of(b, "lat", "a") == {"count": 0, "percentiles": None}
     assert e2e_of(b, "lat") == {"count": 0, "percentiles": None}
     # and /metrics has no e2e sample then

@@ -11,20 +11,18 @@ import time
 
 import pytest
 
-from test_http_support import (  # noqa: F401  (tcp is a fixture)
+from helpers.http_api import (
     assert_error,
     assert_ok_text,
     check_message_header,
     find_topic,
-    mpub_body,
     post,
     raw_chunked_post,
     stats,
-    tcp,
     topic_stat,
-    wait_channel,
-    wait_topic,
 )
+from helpers.wait import wait_channel, wait_topic
+from helpers.wire import mpub_body
 
 ALL_BYTES = bytes(range(256))
 
@@ -43,7 +41,7 @@ def test_pub_binary_body_delivered_byte_exact(broker, tcp):
     assert m["body"] == body
     check_message_header(m)
     c.fin(m["id"])
-    wait_topic(broker, "bin", "message_bytes", len(body))
+    wait_topic(broker, "bin", message_bytes=len(body))
 
 
 def test_pub_http_and_tcp_messages_look_the_same(broker, tcp):
@@ -106,10 +104,10 @@ def test_pub_empty_body(broker):
     assert find_topic(stats(broker), "empty") is None
 
 
-def test_pub_msg_too_big(broker_factory):
+def test_pub_msg_too_big(brokers):
     """H6: Content-Length > --max-msg-size -> 413 MSG_TOO_BIG; a chunked body that grows past
     it while reading -> 413 MSG_TOO_BIG; exactly max-msg-size is accepted."""
-    b = broker_factory(args=["--max-msg-size=100"])
+    b = brokers(args=["--max-msg-size=100"])
     assert_error(post(b, "/pub?topic=big", b"x" * 101), 413, "MSG_TOO_BIG")
     # Content-Length is checked before the topic argument
     assert_error(post(b, "/pub", b"x" * 101), 413, "MSG_TOO_BIG")
@@ -122,10 +120,10 @@ def test_pub_msg_too_big(broker_factory):
     assert t["message_count"] == 2 and t["message_bytes"] == 200, t
 
 
-def test_pub_defer_invalid(broker_factory):
+def test_pub_defer_invalid(brokers):
     """H6/X5: defer not an integer or outside [0, --max-req-timeout] -> 400 INVALID_DEFER
     (not clamped); nothing is published."""
-    b = broker_factory(args=["--max-req-timeout=10s"])
+    b = brokers(args=["--max-req-timeout=10s"])
     for bad in ["-1", "10001", "abc", "1.5", "", "1e3", "99999999999999999999"]:
         assert_error(post(b, f"/pub?topic=d&defer={bad}", b"x"), 400, "INVALID_DEFER")
     assert topic_stat(b, "d", "message_count") in (None, 0)
@@ -146,7 +144,7 @@ def test_pub_defer_delays_delivery(broker, tcp):
     c = tcp(broker).sub("later", "ch", rdy=1)
     t0 = time.time()
     assert_ok_text(post(broker, "/pub?topic=later&defer=1500", b"deferred-body"))
-    wait_channel(broker, "later", "ch", "deferred_count", 1, timeout=1.0)
+    wait_channel(broker, "later", "ch", deferred_count=1, timeout=1.0)
     assert topic_stat(broker, "later", "message_count") == 1
     c.expect_nothing(1.0)
     m = c.read_message(timeout=4.0)
@@ -154,7 +152,7 @@ def test_pub_defer_delays_delivery(broker, tcp):
     assert m["body"] == b"deferred-body"
     assert elapsed >= 1.4, elapsed
     check_message_header(m)
-    wait_channel(broker, "later", "ch", "deferred_count", 0)
+    wait_channel(broker, "later", "ch", deferred_count=0)
 
 
 # ------------------------------------------------------------------ /mpub text mode
@@ -194,10 +192,10 @@ def test_mpub_text_only_newlines_publishes_nothing(broker):
     assert topic_stat(broker, "nl", "message_count") in (None, 0)
 
 
-def test_mpub_text_msg_too_big(broker_factory):
+def test_mpub_text_msg_too_big(brokers):
     """H7: a line longer than --max-msg-size -> 413 MSG_TOO_BIG, none of the batch is
     published; the \\r is part of the line (100 bytes + \\r is too big)."""
-    b = broker_factory(args=["--max-msg-size=100"])
+    b = brokers(args=["--max-msg-size=100"])
     assert_error(post(b, "/mpub?topic=mt", b"ok\n" + b"x" * 101 + b"\nok"), 413, "MSG_TOO_BIG")
     assert_error(post(b, "/mpub?topic=mt", b"x" * 100 + b"\r\nok"), 413, "MSG_TOO_BIG")
     assert topic_stat(b, "mt", "message_count") in (None, 0)
@@ -205,10 +203,10 @@ def test_mpub_text_msg_too_big(broker_factory):
     assert topic_stat(b, "mt", "message_count") == 2
 
 
-def test_mpub_body_too_big(broker_factory):
+def test_mpub_body_too_big(brokers):
     """H7: Content-Length > --max-body-size -> 413 BODY_TOO_BIG (before the topic check);
     a chunked text body that grows past it -> 413 BODY_TOO_BIG; binary mode too."""
-    b = broker_factory(args=["--max-msg-size=100", "--max-body-size=1000"])
+    b = brokers(args=["--max-msg-size=100", "--max-body-size=1000"])
     assert_error(post(b, "/mpub?topic=bb", b"a\n" * 500 + b"z"), 413, "BODY_TOO_BIG")
     assert_error(post(b, "/mpub", b"a\n" * 501), 413, "BODY_TOO_BIG")
     lines = b"\n".join([b"L" * 60] * 20)  # 1219 bytes, every line within max-msg-size
@@ -242,10 +240,10 @@ def test_mpub_binary_mode(broker, tcp, param):
     assert t["message_bytes"] == sum(map(len, msgs))
 
 
-def test_mpub_binary_errors(broker_factory):
+def test_mpub_binary_errors(brokers):
     """H7: binary-mode errors are 413 with the readMPUB code minus 'E_': BAD_BODY for the
     count, BAD_MESSAGE for a message; nothing of a bad batch is published."""
-    b = broker_factory(args=["--max-msg-size=100", "--max-body-size=1000"])
+    b = brokers(args=["--max-msg-size=100", "--max-body-size=1000"])
     u = "/mpub?topic=be&binary=true"
     # count problems -> BAD_BODY
     assert_error(post(b, u, b""), 413, "BAD_BODY")

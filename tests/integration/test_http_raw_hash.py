@@ -14,19 +14,19 @@ import json
 import os
 import socket
 
-from test_disk_support import brokers, wait_for  # noqa: F401  (fixture)
-from test_http_support import (
-    Consumer,
-    Resp,
+from helpers.http_api import (
     assert_error,
     assert_ok_empty,
     assert_ok_text,
     chunk_encode,
+    Consumer,
     find_topic,
     post,
     read_http_response,
+    Resp,
     stats,
 )
+from helpers.wait import wait_for
 
 
 def raw(b, data, responses=1):
@@ -64,7 +64,7 @@ def test_pub_to_topic_hash_ephemeral_reaches_the_ephemeral_topic(brokers):
     """H6/Q14: `/pub?topic=t#ephemeral` publishes to `t#ephemeral`, not to `t`; the
     body (with its own `#`) arrives byte-exact; the topic goes when its last channel
     does; it is never written to nsqd.dat, while `/pub?topic=t` stays the durable `t`."""
-    b = brokers()
+    b = brokers(cores=2)
     (r,) = raw(b, request("POST", "/pub?topic=t#ephemeral", b"body #1 #ephemeral"))
     assert_ok_text(r)
     assert topic_names(b) == ["t#ephemeral"]
@@ -80,7 +80,7 @@ def test_pub_to_topic_hash_ephemeral_reaches_the_ephemeral_topic(brokers):
     (r,) = raw(b, request("POST", "/pub?topic=t", b"durable"))
     assert_ok_text(r)
     assert topic_names(b) == ["t", "t#ephemeral"]
-    assert b.terminate() == 0
+    assert b.stop() == 0
     assert saved_topics(b) == {"t": []}
 
 
@@ -88,7 +88,7 @@ def test_topic_and_channel_create_with_a_raw_hash(brokers):
     """H14/H18: `/topic/create?topic=x#ephemeral` creates the ephemeral topic
     `x#ephemeral`, `/channel/create?topic=d&channel=c#ephemeral` the ephemeral
     channel `c#ephemeral` of `d`; neither is saved in nsqd.dat."""
-    b = brokers()
+    b = brokers(cores=2)
     r1, r2, r3 = raw(b, request("POST", "/topic/create?topic=x#ephemeral")
                      + request("POST", "/topic/create?topic=d")
                      + request("POST", "/channel/create?topic=d&channel=c#ephemeral"), 3)
@@ -98,7 +98,7 @@ def test_topic_and_channel_create_with_a_raw_hash(brokers):
     assert topic_names(b) == ["d", "x#ephemeral"]
     assert [c["channel_name"] for c in find_topic(doc, "d")["channels"]] == ["c#ephemeral"]
     assert find_topic(doc, "x#ephemeral")["channels"] == []
-    assert b.terminate() == 0
+    assert b.stop() == 0
     assert saved_topics(b) == {"d": []}
 
 
@@ -106,7 +106,7 @@ def test_pipelined_requests_with_bodies_each_read_their_raw_hash(brokers):
     """Keep-alive, one write: a Content-Length /pub whose body looks like a request
     line with a `#`, a chunked /mpub, then /topic/create and /stats with `#`
     targets. Each target keeps its `#`; no body byte changes."""
-    b = brokers()
+    b = brokers(cores=2)
     pub_body = b"GET /x#y HTTP/1.1\r\n#"
     lines = [b"m#1", b"m#2"]
     r = raw(b, request("POST", "/pub?topic=p#ephemeral", pub_body)
@@ -130,7 +130,7 @@ def test_percent_23_and_plain_targets_are_unchanged(brokers):
     """`%23` (what a URL encoder sends) still means `#`; a target without `#` is
     read as before; a `#` before the `?` stays in the path: no route, 404
     NOT_FOUND (H2), and nothing is created."""
-    b = brokers()
+    b = brokers(cores=2)
     assert_ok_text(post(b, "/pub?topic=u%23ephemeral", b"escaped"))
     assert_ok_text(post(b, "/pub?topic=plain", b"plain"))
     (r,) = raw(b, request("POST", "/pub#x?topic=z", b"nowhere"))

@@ -12,19 +12,8 @@ import time
 
 import pytest
 
-from test_http_support import (  # noqa: F401  (tcp is a fixture)
-    JSON_CT,
-    SEMVER,
-    V1_HEADER,
-    find_channel,
-    find_topic,
-    get,
-    post,
-    stats,
-    tcp,
-    wait_channel,
-    wait_for,
-)
+from helpers.http_api import JSON_CT, SEMVER, V1_HEADER, find_channel, find_topic, get, post, stats
+from helpers.wait import wait_channel, wait_for
 
 TOP_KEYS = {"version", "health", "start_time", "topics", "memory", "producers"}
 TOPIC_KEYS = {
@@ -124,11 +113,11 @@ def test_stats_topic_filter_miss_is_null(broker):
 
 @pytest.mark.parametrize("cores,topic", [(None, "cnt"), (2, "cnt"), (2, "cnt_b"), (2, "cnt.c"),
                                          (2, "cnt-d"), (2, "CNT")])
-def test_stats_counts_and_client_fields(broker_factory, tcp, cores, topic):
+def test_stats_counts_and_client_fields(brokers, tcp, cores, topic):
     """H9/H10/H11/T37: field-by-field shape and true values after PUB/MPUB/DPUB, FIN, REQ
     (0 and >0), with IDENTIFY client_id/hostname/user_agent and producers; also with
     --cores 2 and several topic names so topic and connections land on either core."""
-    broker = broker_factory(cores=cores)
+    broker = brokers(cores=cores)
     cons = tcp(broker, identify={"client_id": "cons-1", "hostname": "host-a.example",
                                  "user_agent": "ringsq-test/1.0"})
     cons.sub(topic, "ch", rdy=3)
@@ -145,7 +134,7 @@ def test_stats_counts_and_client_fields(broker_factory, tcp, cores, topic):
     m4 = next(m for m in again if m["attempts"] == 1)
     prod.dpub(topic, 60000, b"later")
     cons.req(m4["id"], 30000)  # deferred requeue
-    wait_channel(broker, topic, "ch", "deferred_count", 2)
+    wait_channel(broker, topic, "ch", deferred_count=2)
 
     doc = stats(broker)
     assert set(doc) == TOP_KEYS
@@ -202,7 +191,7 @@ def test_stats_counts_and_client_fields(broker_factory, tcp, cores, topic):
     # FIN the rest: in-flight drops, finish_count grows
     cons.fin(m3["id"])
     cons.fin(next(m for m in again if m["attempts"] == 2)["id"])
-    wait_channel(broker, topic, "ch", "in_flight_count", 0)
+    wait_channel(broker, topic, "ch", in_flight_count=0)
     cl = find_channel(stats(broker), topic, "ch")["clients"][0]
     assert cl["finish_count"] == 3 and cl["in_flight_count"] == 0
 
@@ -210,7 +199,7 @@ def test_stats_counts_and_client_fields(broker_factory, tcp, cores, topic):
 def test_stats_default_client_identity(broker, tcp):
     """T16/H11: without IDENTIFY, client_id and hostname are the remote IP, user_agent ''."""
     c = tcp(broker).sub("anon", "ch", rdy=0)
-    wait_channel(broker, "anon", "ch", "client_count", 1)
+    wait_channel(broker, "anon", "ch", client_count=1)
     cl = find_channel(stats(broker), "anon", "ch")["clients"][0]
     check_client(cl)
     assert cl["client_id"] == "127.0.0.1" and cl["hostname"] == "127.0.0.1"
@@ -220,20 +209,20 @@ def test_stats_default_client_identity(broker, tcp):
 
 
 @pytest.mark.parametrize("how", ["flag", "identify"])
-def test_stats_timeout_count(broker_factory, tcp, how):
+def test_stats_timeout_count(brokers, tcp, how):
     """H10/Q6: a message not FINed within msg_timeout (--msg-timeout=1s, or IDENTIFY
     msg_timeout 1000) counts in timeout_count, leaves in-flight and is redelivered."""
     if how == "flag":
-        b = broker_factory(args=["--msg-timeout=1s"])
+        b = brokers(args=["--msg-timeout=1s"])
         c = tcp(b)
     else:
-        b = broker_factory()
+        b = brokers()
         c = tcp(b, identify={"msg_timeout": 1000})
     c.sub("slow", "ch", rdy=1)
     post(b, "/pub?topic=slow", b"tick")
     first = c.read_message()
     assert first["attempts"] == 1
-    wait_channel(b, "slow", "ch", "in_flight_count", 1, timeout=0.5)
+    wait_channel(b, "slow", "ch", in_flight_count=1, timeout=0.5)
     again = c.read_message(timeout=6.0)  # redelivered after the timeout
     assert again["id"] == first["id"] and again["attempts"] == 2
     ch = find_channel(stats(b), "slow", "ch")
@@ -243,9 +232,9 @@ def test_stats_timeout_count(broker_factory, tcp, how):
     assert ch["clients"][0]["in_flight_count"] == 1
 
 
-def test_stats_depth_counts_memory_and_disk(broker_factory):
+def test_stats_depth_counts_memory_and_disk(brokers):
     """H9/H10/Q3/Q21: depth = memory + disk, backend_depth = disk part (--mem-queue-size=2)."""
-    b = broker_factory(args=["--mem-queue-size=2"])
+    b = brokers(args=["--mem-queue-size=2"])
     for i in range(5):
         post(b, "/pub?topic=spill", f"m{i}".encode())
     t = find_topic(stats(b), "spill")
@@ -261,7 +250,7 @@ def test_stats_include_clients_false(broker, tcp):
     c.pub("ic", b"m")  # this consumer is also a producer (T9)
     c.rdy(1)
     c.read_message()
-    wait_channel(broker, "ic", "ch", "in_flight_count", 1)
+    wait_channel(broker, "ic", "ch", in_flight_count=1)
     for v in ["false", "0"]:
         r = get(broker, f"/stats?format=json&include_clients={v}")
         doc = r.json()
@@ -294,11 +283,11 @@ TOPIC_NAMES = ["zulu", "alpha", "Mike", "bravo_2", "-dash", "9nine", "alpha.b", 
 CHANNEL_NAMES = ["z", "a", "M", "m", "_", "0", "a.b", "a-b"]
 
 
-def test_stats_sorted_filters_across_cores(broker_factory, tcp):
+def test_stats_sorted_filters_across_cores(brokers, tcp):
     """H8/H9/H10/H11/X1 with --cores 2: topics and channels sorted by name; every topic's
     consumer and producer listed with true counts; topic/channel filters; pub_counts per
     topic filter."""
-    b = broker_factory(cores=2)
+    b = brokers(cores=2)
     consumers, producers = {}, {}
     for i, t in enumerate(TOPIC_NAMES):
         consumers[t] = tcp(b, identify={"client_id": f"c-{t}", "user_agent": "ua/" + t})
@@ -377,17 +366,17 @@ def test_stats_paused_flags(broker):
     assert find_channel(doc, "p1", "b")["paused"] is True
 
 
-def test_stats_e2e_percentiles(broker_factory, tcp):
+def test_stats_e2e_percentiles(brokers, tcp):
     """H9/H10/Q19/X3: with --e2e-processing-latency-percentile the latency objects carry
     [{quantile, value}] per configured percentile; a topic with no channels keeps null."""
-    b = broker_factory(args=["--e2e-processing-latency-percentile=0.5,0.99"])
+    b = brokers(args=["--e2e-processing-latency-percentile=0.5,0.99"])
     post(b, "/topic/create?topic=bare")
     c = tcp(b).sub("lat", "ch", rdy=5)
     for i in range(3):
         post(b, "/pub?topic=lat", b"x")
     for m in c.read_messages(3):
         c.fin(m["id"])
-    wait_channel(b, "lat", "ch", "in_flight_count", 0)
+    wait_channel(b, "lat", "ch", in_flight_count=0)
 
     def e2e():
         return find_channel(stats(b), "lat", "ch")["e2e_processing_latency"]
@@ -444,7 +433,7 @@ def test_stats_text_topics_channels_clients_producers(broker, tcp):
     post(broker, "/channel/pause?topic=tx&channel=aa")
     post(broker, "/topic/create?topic=ty")
     post(broker, "/topic/pause?topic=ty")
-    wait_channel(broker, "tx", "zz", "in_flight_count", 1)
+    wait_channel(broker, "tx", "zz", in_flight_count=1)
 
     text = get(broker, "/stats?include_mem=false").text
     lines = text.split("\n")

@@ -18,10 +18,12 @@ import time
 
 import pytest
 
-from conftest import Wire, free_port
+from helpers.broker import free_port
+from helpers.clients import Collector, PynsqLoop
+from helpers.http_api import post_ok, request
+from helpers.wait import wait_for
+from helpers.wire import Wire
 from lookupd_stub import LookupdStub
-from test_clients_support import Collector, PynsqLoop
-from test_disk_support import brokers, http_request, post, wait_for  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -35,6 +37,7 @@ def start(brokers, stub=None, args=(), **kw):
     extra = ["--broadcast-address=127.0.0.1"]
     if stub is not None:
         extra.append(f"--lookupd-tcp-address={stub.tcp_address}")
+    kw.setdefault("cores", 2)
     return brokers(args=extra + list(args), **kw)
 
 
@@ -68,9 +71,9 @@ def test_identify_then_register_and_unregister_as_things_change(brokers, stub):
         "broadcast_address": "127.0.0.1",
     }
 
-    post(b, "/topic/create?topic=alpha")
+    post_ok(b, "/topic/create?topic=alpha")
     wait_command(stub, peer, "REGISTER alpha")
-    post(b, "/channel/create?topic=alpha&channel=c1")
+    post_ok(b, "/channel/create?topic=alpha&channel=c1")
     wait_command(stub, peer, "REGISTER alpha c1")
 
     p = Wire(b.tcp_address)
@@ -84,11 +87,11 @@ def test_identify_then_register_and_unregister_as_things_change(brokers, stub):
     s.close()
     wait_command(stub, peer, "UNREGISTER beta tmp#ephemeral")
 
-    post(b, "/channel/create?topic=beta&channel=keep")
+    post_ok(b, "/channel/create?topic=beta&channel=keep")
     wait_command(stub, peer, "REGISTER beta keep")
-    post(b, "/channel/delete?topic=alpha&channel=c1")
+    post_ok(b, "/channel/delete?topic=alpha&channel=c1")
     wait_command(stub, peer, "UNREGISTER alpha c1")
-    post(b, "/topic/delete?topic=beta")
+    post_ok(b, "/topic/delete?topic=beta")
     wait_command(stub, peer, "UNREGISTER beta keep")
     cmds = stub.commands(peer)
     assert cmds.index("UNREGISTER beta") < cmds.index("UNREGISTER beta keep"), cmds
@@ -109,11 +112,11 @@ def test_a_restarted_broker_registers_what_it_restored(brokers, stub):
     channel of the others, from what nsqd.dat and the disk restored. A clean stop
     closes the connection (nsqlookupd then forgets the producer)."""
     b = start(brokers, cores=2)
-    post(b, "/topic/create?topic=lonely")
-    post(b, "/topic/create?topic=busy")
-    post(b, "/channel/create?topic=busy&channel=c1")
-    post(b, "/channel/create?topic=busy&channel=c2")
-    assert b.terminate() == 0
+    post_ok(b, "/topic/create?topic=lonely")
+    post_ok(b, "/topic/create?topic=busy")
+    post_ok(b, "/channel/create?topic=busy&channel=c1")
+    post_ok(b, "/channel/create?topic=busy&channel=c2")
+    assert b.stop() == 0
 
     b = start(brokers, stub, data_dir=b.data_dir, cores=2)
     peer = wait_peer(stub)
@@ -122,7 +125,7 @@ def test_a_restarted_broker_registers_what_it_restored(brokers, stub):
     cmds = stub.commands(peer)
     assert cmds[0] == "IDENTIFY", cmds
     assert not [c for c in cmds if c.startswith("UNREGISTER")], cmds
-    assert b.terminate() == 0
+    assert b.stop() == 0
     assert peer.closed.wait(5), "the lookupd connection outlived the broker"
 
 
@@ -132,15 +135,15 @@ def test_a_dropped_lookupd_connection_is_remade_with_everything_registered(broke
     registers every topic and channel, including those created meanwhile."""
     b = start(brokers, stub)
     first = wait_peer(stub)
-    post(b, "/topic/create?topic=before")
-    post(b, "/channel/create?topic=before&channel=c")
+    post_ok(b, "/topic/create?topic=before")
+    post_ok(b, "/channel/create?topic=before&channel=c")
     wait_command(stub, first, "REGISTER before c")
     stub.drop_all()
 
     created = []
     for i in range(10):
         created.append(f"during{i}")
-        post(b, f"/topic/create?topic=during{i}")
+        post_ok(b, f"/topic/create?topic=during{i}")
         time.sleep(0.1)
         if len(stub.all_peers()) > 1:
             break
@@ -175,18 +178,18 @@ def test_a_restarted_lookupd_gets_everything_again_within_3s(brokers, stub):
     stale), and no command for a deleted one."""
     b = start(brokers, stub, cores=2)
     for t in ("a", "b", "c"):
-        post(b, f"/topic/create?topic={t}")
-    post(b, "/channel/create?topic=a&channel=a1")
-    post(b, "/channel/create?topic=a&channel=a2")
-    post(b, "/channel/create?topic=b&channel=b1")
+        post_ok(b, f"/topic/create?topic={t}")
+    post_ok(b, "/channel/create?topic=a&channel=a1")
+    post_ok(b, "/channel/create?topic=a&channel=a2")
+    post_ok(b, "/channel/create?topic=b&channel=b1")
     first = wait_peer(stub)
     wait_command(stub, first, "REGISTER b b1")
     ports = (stub.tcp_port, stub.http_port)
     stub.close()
 
-    post(b, "/topic/create?topic=while_down")
-    post(b, "/channel/delete?topic=a&channel=a2")
-    post(b, "/topic/delete?topic=c")
+    post_ok(b, "/topic/create?topic=while_down")
+    post_ok(b, "/channel/delete?topic=a&channel=a2")
+    post_ok(b, "/topic/delete?topic=c")
     time.sleep(3)  # the outage itself; the back-off grows meanwhile
     back = LookupdStub(*ports)
     try:
@@ -205,9 +208,9 @@ def test_a_lookupd_down_at_start_gets_everything_within_3s_of_coming_up(brokers)
     retried with back-off) gets IDENTIFY and every REGISTER within 3 s of coming up."""
     tcp_port = free_port()
     b = start(brokers, args=[f"--lookupd-tcp-address=127.0.0.1:{tcp_port}"])
-    post(b, "/topic/create?topic=early")
-    post(b, "/channel/create?topic=early&channel=e1")
-    post(b, "/topic/create?topic=alone")
+    post_ok(b, "/topic/create?topic=early")
+    post_ok(b, "/channel/create?topic=early&channel=e1")
+    post_ok(b, "/topic/create?topic=alone")
     time.sleep(3)  # the lookupd stays down a while; the back-off grows meanwhile
     late = LookupdStub(tcp_port=tcp_port)
     try:
@@ -221,8 +224,8 @@ def test_a_lookupd_closing_an_idle_connection_is_redialled_at_once(brokers, stub
     sees the EOF on the idle socket (not only at the next PING, 15 s later), dials
     again and registers everything on the new connection within 3 s."""
     b = start(brokers, stub)
-    post(b, "/topic/create?topic=idle")
-    post(b, "/channel/create?topic=idle&channel=i1")
+    post_ok(b, "/topic/create?topic=idle")
+    post_ok(b, "/channel/create?topic=idle&channel=i1")
     first = wait_peer(stub)
     wait_command(stub, first, "REGISTER idle i1")
     since = time.monotonic()
@@ -241,10 +244,10 @@ def test_stop_is_prompt_while_a_lookupd_never_answers(brokers):
     mute.listen(64)  # never accepted: the kernel completes the handshakes
     try:
         b = start(brokers, args=["--lookupd-tcp-address=127.0.0.1:%d" % mute.getsockname()[1]])
-        post(b, "/topic/create?topic=t")
+        post_ok(b, "/topic/create?topic=t")
         time.sleep(1.5)  # let an IDENTIFY time out and a retry be pending
         t0 = time.monotonic()
-        assert b.terminate() == 0
+        assert b.stop() == 0
         assert time.monotonic() - t0 < 1.0
     finally:
         mute.close()
@@ -254,16 +257,18 @@ def test_put_config_lookupd_addresses_adds_and_removes_peers(brokers, stub):
     """L1: PUT /config/nsqlookupd_tcp_addresses connects to a new peer right away
     (identify, register what exists) and closes the connection to a removed one."""
     b = start(brokers)
-    post(b, "/topic/create?topic=t")
-    post(b, "/channel/create?topic=t&channel=c")
-    status, body = http_request(b, "PUT", "/config/nsqlookupd_tcp_addresses",
-                                body=json.dumps([stub.tcp_address]).encode())
+    post_ok(b, "/topic/create?topic=t")
+    post_ok(b, "/channel/create?topic=t&channel=c")
+    r = request(b, "PUT", "/config/nsqlookupd_tcp_addresses",
+                body=json.dumps([stub.tcp_address]).encode())
+    status, body = r.status, r.body
     assert status == 200, body
     assert json.loads(body) == [stub.tcp_address]
     peer = wait_peer(stub)
     wait_command(stub, peer, "REGISTER t c")
 
-    status, body = http_request(b, "PUT", "/config/nsqlookupd_tcp_addresses", body=b"[]")
+    r = request(b, "PUT", "/config/nsqlookupd_tcp_addresses", body=b"[]")
+    status, body = r.status, r.body
     assert status == 200 and json.loads(body) == [], (status, body)
     assert peer.closed.wait(5), "the removed peer's connection stayed open"
 
@@ -274,7 +279,7 @@ def test_a_lookupd_named_by_host_name_is_reached(brokers, stub):
     port = stub.tcp_address.rsplit(":", 1)[1]
     b = start(brokers, args=[f"--lookupd-tcp-address=localhost:{port}"])
     peer = wait_peer(stub)
-    post(b, "/topic/create?topic=named")
+    post_ok(b, "/topic/create?topic=named")
     wait_command(stub, peer, "REGISTER named")
 
 
@@ -300,7 +305,7 @@ def wait_lookupd_known(b, stub):
     """Once a REGISTER made after the connection arrived, the broker has taken in
     the lookupd's IDENTIFY answer (its HTTP address, for L7)."""
     peer = wait_peer(stub)
-    post(b, "/topic/create?topic=marker")
+    post_ok(b, "/topic/create?topic=marker")
     wait_command(stub, peer, "REGISTER marker")
     return peer
 
@@ -320,7 +325,8 @@ def consume(b, topic, channel, n):
 
 
 def channel_names(b, topic):
-    status, body = http_request(b, "GET", f"/stats?format=json&topic={topic}")
+    r = request(b, "GET", f"/stats?format=json&topic={topic}")
+    status, body = r.status, r.body
     assert status == 200, body
     topics = json.loads(body)["topics"]
     return sorted(c["channel_name"] for t in topics for c in t["channels"])
@@ -405,11 +411,12 @@ def test_with_a_real_nsqlookupd(brokers):
     try:
         time.sleep(0.5)
         b = start(brokers, args=[f"--lookupd-tcp-address=127.0.0.1:{tcp}"])
-        post(b, "/topic/create?topic=real")
+        post_ok(b, "/topic/create?topic=real")
         lookupd = type("L", (), {"http_port": http})()
 
         def producers():
-            status, body = http_request(lookupd, "GET", "/lookup?topic=real")
+            r = request(lookupd, "GET", "/lookup?topic=real")
+            status, body = r.status, r.body
             return status == 200 and json.loads(body)["producers"]
 
         wait_for(producers, what="ringsqd listed by nsqlookupd")

@@ -9,14 +9,14 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 import tomllib
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT, Broker, free_port
+from helpers.broker import BIN, ROOT, free_port
+from helpers.wait import wait_for
 
 NSQD_EXAMPLE = ROOT / "tests" / "data" / "nsqd.cfg.example"
 DEPLOY_CFG = ROOT / "deploy" / "ringsqd.cfg"
@@ -36,43 +36,10 @@ INERT = [
 NSQD_LINE = r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{6} (DEBUG|INFO|WARNING|ERROR): "
 
 
-def wait_for(cond, timeout=10.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def http(b, method, path, body=None):
     req = urllib.request.Request(f"http://127.0.0.1:{b.http_port}{path}", data=body, method=method)
     with urllib.request.urlopen(req, timeout=5) as r:
         return r.status, r.read()
-
-
-def stop(b):
-    """SIGTERM, wait, return the exit code (the log stays readable)."""
-    b.proc.send_signal(signal.SIGTERM)
-    rc = b.proc.wait(timeout=30)
-    b.stop()
-    return rc
-
-
-@pytest.fixture
-def brokers():
-    started = []
-
-    def make(args=(), data_dir=None):
-        b = Broker(args=args, data_dir=data_dir)
-        started.append(b)
-        return b
-
-    yield make
-    for b in started:
-        b.stop()
-        b.cleanup()
 
 
 # ---------------------------------------------------------------- --log-prefix (C5)
@@ -81,7 +48,7 @@ def brokers():
 def test_every_line_starts_with_nsqd_prefix_by_default(brokers):
     b = brokers(args=["--tls-cert=/nonexistent.pem"])  # also logs a WARNING
     http(b, "POST", "/pub?topic=t", b"x")
-    assert stop(b) == 0
+    assert b.stop() == 0
     lines = b.log().splitlines()
     assert len(lines) >= 5, lines
     for line in lines:
@@ -91,7 +58,7 @@ def test_every_line_starts_with_nsqd_prefix_by_default(brokers):
 
 def test_log_prefix_flag_and_config_key(brokers, tmp_path):
     b = brokers(args=["--log-prefix=<ringsq-test> "])
-    assert stop(b) == 0
+    assert b.stop() == 0
     lines = b.log().splitlines()
     assert lines
     for line in lines:
@@ -100,14 +67,14 @@ def test_log_prefix_flag_and_config_key(brokers, tmp_path):
     cfg = tmp_path / "prefix.cfg"
     cfg.write_text('log_prefix = "[from-file] "\n')
     b = brokers(args=[f"--config={cfg}"])
-    assert stop(b) == 0
+    assert b.stop() == 0
     for line in b.log().splitlines():
         assert line.startswith("[from-file] "), line
 
 
 def test_empty_log_prefix(brokers):
     b = brokers(args=["--log-prefix="])
-    assert stop(b) == 0
+    assert b.stop() == 0
     for line in b.log().splitlines():
         assert re.match(NSQD_LINE, line), line
 
@@ -145,7 +112,7 @@ def test_startup_warns_once_about_inert_flags_that_are_set(brokers):
             "--queue-scan-worker-pool-max=4",  # nsqd's default
         ]
     )
-    assert stop(b) == 0
+    assert b.stop() == 0
     warned = [line for line in b.log().splitlines() if "not yet in effect" in line]
     assert len(warned) == 1, warned
     assert warned[0].endswith(
@@ -155,7 +122,7 @@ def test_startup_warns_once_about_inert_flags_that_are_set(brokers):
 
 def test_no_inert_warning_with_defaults(brokers):
     b = brokers()
-    assert stop(b) == 0
+    assert b.stop() == 0
     assert "not yet in effect" not in b.log()
 
 
@@ -188,7 +155,7 @@ def test_start_and_stop_lines_report_queues_and_messages(brokers):
     for i in range(3):
         http(b, "POST", "/pub?topic=b", b"b%d" % i)
     http(b, "POST", "/pub?topic=a&defer=600000", b"later")  # deferred in c1 and c2
-    assert stop(b) == 0
+    assert b.stop() == 0
     lines = b.log().splitlines()
     wrote = [line for line in lines if "INFO: wrote to disk: " in line]
     assert len(wrote) == 1, lines
@@ -207,7 +174,7 @@ def test_start_and_stop_lines_report_queues_and_messages(brokers):
     assert re.search(r"DEBUG: opened channel core=\d+ topic=a channel=c1 depth=5 in_flight=0 deferred=1$", log, re.M), log
     assert re.search(r"DEBUG: opened topic core=\d+ topic=b depth=3$", log, re.M), log
     # At info, the queues are one line, not one per queue.
-    assert stop(b2) == 0
+    assert b2.stop() == 0
     b3 = brokers(data_dir=data)
     started_line(b3)
     assert "opened" not in b3.log().replace(" opened holding ", ""), b3.log()
@@ -219,7 +186,7 @@ def test_start_and_stop_lines_report_queues_and_messages(brokers):
 def test_json_log_lines_parse(brokers):
     b = brokers(args=["--log-format=json", "--tls-key=/k.pem"])
     http(b, "POST", "/pub?topic=t", b"x")
-    assert stop(b) == 0
+    assert b.stop() == 0
     lines = b.log().splitlines()
     objs = [json.loads(line) for line in lines]  # every line is one object
     assert all({"timestamp", "level", "message"} <= o.keys() for o in objs), objs
@@ -361,7 +328,7 @@ def test_sd_notify_ready_after_listeners_then_stopping(abstract):
 def test_no_notify_socket_no_error(brokers):
     os.environ.pop("NOTIFY_SOCKET", None)
     b = brokers()
-    assert stop(b) == 0
+    assert b.stop() == 0
     assert "cannot notify systemd" not in b.log()
 
 
@@ -393,28 +360,24 @@ def expected(key, value):
     return value
 
 
-def test_nsqd_example_config_loads_unchanged():
+def test_nsqd_example_config_loads_unchanged(brokers):
     """contrib/nsqd.cfg.example's keys and values (our copy) start ringsqd,
     and every value is in effect; only the ports and data path are flags."""
     cfg = tomllib.loads(NSQD_EXAMPLE.read_text())
-    b = Broker(args=[f"--config={NSQD_EXAMPLE}"])
-    try:
-        assert "not yet in effect" not in b.log()
-        checked = 0
-        for key, value in cfg.items():
-            if key in ("tcp_address", "http_address", "tls_min_version"):
-                continue  # overridden by flags; tls_min_version "" is nsqd's default
-            assert config_value(b, key) == expected(key, value), key
-            checked += 1
-        assert checked == len(cfg) - 3
-        assert config_value(b, "max_msg_size") == 1024768  # not the default 1048576
-        assert stop(b) == 0
-    finally:
-        b.stop()
-        b.cleanup()
+    b = brokers(args=[f"--config={NSQD_EXAMPLE}"])
+    assert "not yet in effect" not in b.log()
+    checked = 0
+    for key, value in cfg.items():
+        if key in ("tcp_address", "http_address", "tls_min_version"):
+            continue  # overridden by flags; tls_min_version "" is nsqd's default
+        assert config_value(b, key) == expected(key, value), key
+        checked += 1
+    assert checked == len(cfg) - 3
+    assert config_value(b, "max_msg_size") == 1024768  # not the default 1048576
+    assert b.stop() == 0
 
 
-def test_deploy_sample_config_loads():
+def test_deploy_sample_config_loads(brokers):
     """deploy/ringsqd.cfg is nsqd's example plus ringsq's keys: the same
     values are in effect and ringsq's keys are read."""
     cfg = tomllib.loads(DEPLOY_CFG.read_text())
@@ -422,15 +385,11 @@ def test_deploy_sample_config_loads():
     extra = set(cfg) - set(nsqd)
     assert extra == {"data_path", "spin_before_park", "log_format"}, extra
     assert all(cfg[k] == v for k, v in nsqd.items()), "nsqd's values changed"
-    b = Broker(args=[f"--config={DEPLOY_CFG}"])  # --data-path flag wins over /var/lib/nsq
-    try:
-        assert config_value(b, "data_path") == b.data_dir
-        assert config_value(b, "max_body_size") == 5123840
-        assert stop(b) == 0
-        assert re.match(r"\[nsqd\] " + NSQD_LINE, b.log().splitlines()[-1])
-    finally:
-        b.stop()
-        b.cleanup()
+    b = brokers(args=[f"--config={DEPLOY_CFG}"])  # --data-path flag wins over /var/lib/nsq
+    assert config_value(b, "data_path") == b.data_dir
+    assert config_value(b, "max_body_size") == 5123840
+    assert b.stop() == 0
+    assert re.match(r"\[nsqd\] " + NSQD_LINE, b.log().splitlines()[-1])
 
 
 @pytest.mark.skipif(not os.environ.get("NSQD_BIN"), reason="set NSQD_BIN to a real nsqd 1.3.0 (shared/tools/build-reference.sh)")

@@ -10,7 +10,10 @@ import time
 
 import pytest
 
-from conftest import BIN, Broker, Wire, free_port
+from helpers.broker import BIN, free_port
+from helpers.http_api import post, stats
+from helpers.wait import wait_for
+from helpers.wire import Wire
 
 
 def run(args, timeout=10):
@@ -46,9 +49,9 @@ def test_bad_node_id_rejected():
     assert b"node-id" in r.stderr
 
 
-def test_data_path_lock(broker_factory):
+def test_data_path_lock(brokers):
     """C6: a second instance on the same data path exits with nsqd's message."""
-    b = broker_factory()
+    b = brokers()
     r = run([f"--tcp-address=127.0.0.1:{free_port()}", f"--data-path={b.data_dir}"])
     assert r.returncode == 1
     err = r.stderr.decode()
@@ -56,9 +59,9 @@ def test_data_path_lock(broker_factory):
     assert "(possibly in use by another instance of nsqd)" in err
 
 
-def test_port_in_use_fails_instead_of_sharing(broker_factory):
+def test_port_in_use_fails_instead_of_sharing(brokers):
     """SO_REUSEPORT must not let a second broker share a port silently."""
-    b = broker_factory()
+    b = brokers()
     r = run([f"--tcp-address={b.tcp_address}", f"--data-path={tempfile.mkdtemp()}"])
     assert r.returncode == 1
     assert b"listen" in r.stderr
@@ -79,14 +82,16 @@ def test_go_style_flags_and_config_file(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.time() + 10
-        while True:
+
+        def listening():
+            assert proc.poll() is None, "ringsqd exited"
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
+                return True
             except OSError:
-                assert time.time() < deadline and proc.poll() is None
-                time.sleep(0.05)
+                return False
+
+        wait_for(listening, what=f"ringsqd listening on {port}")
         w = Wire(f"127.0.0.1:{port}")
         w.cmd("IDENTIFY", b'{"feature_negotiation":true}')
         ftype, data = w.read_frame()
@@ -100,9 +105,9 @@ def test_go_style_flags_and_config_file(tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_shuts_down_cleanly_with_clients_connected(sig):
+def test_signal_shuts_down_cleanly_with_clients_connected(brokers, sig):
     """C4: SIGINT/SIGTERM close listeners and clients, then exit 0."""
-    b = Broker(cores=2)
+    b = brokers(cores=2)
     clients = [Wire(b.tcp_address) for _ in range(6)]
     for i, c in enumerate(clients):
         c.cmd(f"PUB t{i}", b"x")
@@ -119,31 +124,15 @@ def test_signal_shuts_down_cleanly_with_clients_connected(sig):
     b.stop()
 
 
-def _stats(b):
-    import json
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{b.http_port}/stats?format=json") as r:
-        return json.loads(r.read())
-
-
-def _post(b, path):
-    import urllib.request
-
-    req = urllib.request.Request(f"http://127.0.0.1:{b.http_port}{path}", data=b"", method="POST")
-    with urllib.request.urlopen(req) as r:
-        return r.status
-
-
-def test_metadata_survives_restart(tmp_path):
+def test_metadata_survives_restart(brokers):
     """D1, D2, C3: topics, channels and paused flags are in nsqd.dat and come back."""
-    b = Broker(cores=2)
-    assert _post(b, "/topic/create?topic=keep") == 200
-    assert _post(b, "/channel/create?topic=keep&channel=c1") == 200
-    assert _post(b, "/channel/pause?topic=keep&channel=c1") == 200
-    assert _post(b, "/topic/create?topic=other") == 200
-    assert _post(b, "/topic/pause?topic=other") == 200
-    assert _post(b, "/topic/create?topic=gone%23ephemeral") == 200
+    b = brokers(cores=2)
+    assert post(b, "/topic/create?topic=keep").status == 200
+    assert post(b, "/channel/create?topic=keep&channel=c1").status == 200
+    assert post(b, "/channel/pause?topic=keep&channel=c1").status == 200
+    assert post(b, "/topic/create?topic=other").status == 200
+    assert post(b, "/topic/pause?topic=other").status == 200
+    assert post(b, "/topic/create?topic=gone%23ephemeral").status == 200
     data_dir = b.data_dir
     b.proc.send_signal(signal.SIGTERM)
     assert b.proc.wait(timeout=10) == 0
@@ -158,18 +147,14 @@ def test_metadata_survives_restart(tmp_path):
         ],
         "version": "1.3.0",
     }
-    b2 = Broker(cores=2, data_dir=data_dir)
-    try:
-        topics = {t["topic_name"]: t for t in _stats(b2)["topics"]}
-        assert set(topics) == {"keep", "other"}
-        assert topics["other"]["paused"] is True
-        assert [(c["channel_name"], c["paused"]) for c in topics["keep"]["channels"]] == [("c1", True)]
-    finally:
-        b2.stop()
-        b2.cleanup()
+    b2 = brokers(cores=2, data_dir=data_dir)
+    topics = {t["topic_name"]: t for t in stats(b2)["topics"]}
+    assert set(topics) == {"keep", "other"}
+    assert topics["other"]["paused"] is True
+    assert [(c["channel_name"], c["paused"]) for c in topics["keep"]["channels"]] == [("c1", True)]
 
 
-def test_loads_nsqd_written_metadata_and_skips_bad_names(tmp_path):
+def test_loads_nsqd_written_metadata_and_skips_bad_names(brokers, tmp_path):
     """D1/D2: an nsqd.dat left by nsqd is taken over; invalid names are skipped."""
     (tmp_path / "nsqd.dat").write_text(json.dumps({
         "topics": [
@@ -181,25 +166,22 @@ def test_loads_nsqd_written_metadata_and_skips_bad_names(tmp_path):
         ],
         "version": "1.3.0",
     }))
-    b = Broker(data_dir=str(tmp_path))
-    try:
-        topics = _stats(b)["topics"]
-        assert [t["topic_name"] for t in topics] == ["orders"]
-        assert [c["channel_name"] for c in topics[0]["channels"]] == ["billing"]
-        # A message published now reaches the restored channel (C3).
-        w = Wire(b.tcp_address)
-        w.cmd("PUB orders", b"after-restart")
-        assert w.read_frame() == (0, b"OK")
-        c = Wire(b.tcp_address)
-        c.cmd("SUB orders billing")
-        assert c.read_frame() == (0, b"OK")
-        c.cmd("RDY 1")
-        assert c.read_message()["body"] == b"after-restart"
-    finally:
-        b.stop()
+    b = brokers(data_dir=str(tmp_path))
+    topics = stats(b)["topics"]
+    assert [t["topic_name"] for t in topics] == ["orders"]
+    assert [c["channel_name"] for c in topics[0]["channels"]] == ["billing"]
+    # A message published now reaches the restored channel (C3).
+    w = Wire(b.tcp_address)
+    w.cmd("PUB orders", b"after-restart")
+    assert w.read_frame() == (0, b"OK")
+    c = Wire(b.tcp_address)
+    c.cmd("SUB orders billing")
+    assert c.read_frame() == (0, b"OK")
+    c.cmd("RDY 1")
+    assert c.read_message()["body"] == b"after-restart"
 
 
-def test_loads_nsqd_null_shapes(tmp_path):
+def test_loads_nsqd_null_shapes(brokers, tmp_path):
     """D1: nsqd 1.3.0 writes "channels":null for a topic with no channel (and
     "topics":null with none); its loader also takes keys in any case and
     unknown keys. ringsqd starts on all of it."""
@@ -208,21 +190,16 @@ def test_loads_nsqd_null_shapes(tmp_path):
         '{"Name":"orders","channels":[{"name":"billing","paused":null,"x":1}],"future":2}],'
         '"version":"1.3.0"}'
     )
-    b = Broker(data_dir=str(tmp_path))
-    try:
-        topics = {t["topic_name"]: t for t in _stats(b)["topics"]}
-        assert set(topics) == {"lonely", "orders"}
-        assert topics["lonely"]["paused"] is True
-        assert topics["lonely"]["channels"] == []
-        assert [(c["channel_name"], c["paused"]) for c in topics["orders"]["channels"]] == [("billing", False)]
-    finally:
-        b.stop()
+    b = brokers(data_dir=str(tmp_path))
+    topics = {t["topic_name"]: t for t in stats(b)["topics"]}
+    assert set(topics) == {"lonely", "orders"}
+    assert topics["lonely"]["paused"] is True
+    assert topics["lonely"]["channels"] == []
+    assert [(c["channel_name"], c["paused"]) for c in topics["orders"]["channels"]] == [("billing", False)]
+    b.stop()
     (tmp_path / "nsqd.dat").write_text('{"topics":null,"version":"1.3.0"}')
-    b = Broker(data_dir=str(tmp_path))
-    try:
-        assert _stats(b)["topics"] == []
-    finally:
-        b.stop()
+    b = brokers(data_dir=str(tmp_path))
+    assert stats(b)["topics"] == []
 
 
 def test_empty_metadata_is_nsqds_error(tmp_path):
@@ -282,11 +259,12 @@ def test_unix_socket_listeners(tmp_path, cores):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.time() + 10
-        while not (os.path.exists(tcp_sock) and os.path.exists(http_sock)):
+
+        def listening():
             assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline
-            time.sleep(0.02)
+            return os.path.exists(tcp_sock) and os.path.exists(http_sock)
+
+        wait_for(listening, what="both unix sockets")
         # Topics on every core, so that consumers move between cores.
         topics = [f"u{i}" for i in range(6)]
         pub = UnixWire(tcp_sock)

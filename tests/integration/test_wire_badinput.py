@@ -1,5 +1,5 @@
 """Hostile and sloppy clients on raw bytes (T2-T4, T11, T30, T31, T34, Q1): the broker answers
-as nsqd 1.3.0 does, never crashes (broker_factory asserts it is alive at teardown) and
+as nsqd 1.3.0 does, never crashes (brokers asserts it is alive at teardown) and
 keeps serving new connections."""
 
 import random
@@ -10,24 +10,20 @@ import time
 
 import pytest
 
-from test_wire_support import (  # noqa: F401  (connect is a fixture)
+from helpers.wire import (
     FRAME_ERROR,
     OK,
     assert_broker_serves,
-    body_cmd,
-    connect,
+    cmd_bytes,
     consumer,
     expect_error,
     expect_no_frame,
+    i32,
     mpub,
     pub,
     read_message_within,
     read_messages,
 )
-
-
-def i32(n):
-    return struct.pack(">i", n)
 
 
 def test_garbage_after_magic(broker, connect):
@@ -118,7 +114,7 @@ def test_thousands_of_tiny_frames_in_one_send(broker, connect):
     n = 5000
     c = consumer(connect, broker, "flood", "c", rdy=2500)
     p = connect(broker)
-    payload = b"".join(b"NOP\n" + body_cmd("PUB flood", f"f{i}".encode()) for i in range(n))
+    payload = b"".join(b"NOP\n" + cmd_bytes("PUB flood", f"f{i}".encode()) for i in range(n))
     err = []
 
     def sender():
@@ -174,7 +170,7 @@ def test_publisher_closing_without_reading_ok(broker, connect):
     c = consumer(connect, broker, "fire", "c", rdy=10)
     for i in range(5):
         w = connect(broker)
-        w.send(body_cmd("PUB fire", f"fire{i}".encode()))
+        w.send(cmd_bytes("PUB fire", f"fire{i}".encode()))
         w.sock.shutdown(socket.SHUT_WR)
         w.is_closed(2.0)
         w.close()

@@ -5,10 +5,9 @@ reach the owning core. Every message must arrive exactly once per channel, byte-
 import collections
 import time
 
-from test_wire_support import (  # noqa: F401  (connect is a fixture)
+from helpers.wire import (
     FRAME_MESSAGE,
     OK,
-    connect,
     consumer,
     mpub_body,
     read_frame_within,
@@ -62,11 +61,11 @@ def assert_quiet(ws, wait=0.3):
         assert fr is None, f"unexpected extra frame {fr!r}"
 
 
-def test_cross_core_fanout_exactly_once(broker_factory, connect):
+def test_cross_core_fanout_exactly_once(brokers, connect):
     """Q1/T30-T32 across cores: 10 publisher connections x 20 topics (PUB, MPUB, DPUB 0) and
     two channels per topic, one with two consumers: each channel receives every body exactly
     once, and ids are unique per topic."""
-    b = broker_factory(cores=2)
+    b = brokers(cores=2)
     # consumers first (on their own connections) so that both channels exist (Q2)
     single = {t: consumer(connect, b, t, "one", rdy=500) for t in TOPICS}
     pair = {t: [consumer(connect, b, t, "two", rdy=500) for _ in range(2)] for t in TOPICS}
@@ -94,10 +93,10 @@ def test_cross_core_fanout_exactly_once(broker_factory, connect):
     assert_quiet(list(single.values()) + [w for ws in pair.values() for w in ws])
 
 
-def test_cross_core_publish_from_consumer_connections(broker_factory, connect):
+def test_cross_core_publish_from_consumer_connections(brokers, connect):
     """T9 across cores: consumer connections publish to every topic (their own and others');
     Q2: messages to topics without a channel are held until the first SUB."""
-    b = broker_factory(cores=2)
+    b = brokers(cores=2)
     conns = [connect(b) for _ in range(8)]
     # publish first: no channel exists yet, topics must hold the messages (Q2)
     for ci, w in enumerate(conns):
@@ -133,11 +132,11 @@ def test_cross_core_publish_from_consumer_connections(broker_factory, connect):
     assert_quiet(list(subs.values()))
 
 
-def test_cross_core_fin_req_touch(broker_factory, connect):
+def test_cross_core_fin_req_touch(brokers, connect):
     """T25-T27 across cores: FIN, REQ and TOUCH from connections on any core reach the
     topic's core: REQ 0 redelivers with attempts 2, a FIN of an unknown id is
     E_FIN_FAILED, and no message is lost or duplicated."""
-    b = broker_factory(cores=2)
+    b = brokers(cores=2)
     cons = {t: consumer(connect, b, t, "c", rdy=10) for t in TOPICS[:10]}
     p = connect(b)
     for t in cons:
@@ -162,10 +161,10 @@ def test_cross_core_fin_req_touch(broker_factory, connect):
         assert fr == OK
 
 
-def test_cross_core_many_connections_one_topic(broker_factory, connect):
+def test_cross_core_many_connections_one_topic(brokers, connect):
     """Q1 across cores: 12 publishers on both cores feeding one topic, 4 consumers of one
     channel on both cores: the union is exactly every message once."""
-    b = broker_factory(cores=2)
+    b = brokers(cores=2)
     cons = [consumer(connect, b, "hot", "c", rdy=300) for _ in range(4)]
     pubs = [connect(b) for _ in range(12)]
     expected = []

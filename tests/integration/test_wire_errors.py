@@ -6,23 +6,22 @@ E_REQ_FAILED, E_TOUCH_FAILED are the only non-fatal codes).
 """
 
 import json
-import struct
 import time
 
 import pytest
 
-from test_wire_support import (  # noqa: F401  (connect is a fixture)
+from helpers.wire import (
     FRAME_ERROR,
     FRAME_MESSAGE,
     FRAME_RESPONSE,
     OK,
     assert_broker_serves,
     assert_usable,
-    body_cmd,
-    connect,
+    cmd_bytes,
     expect_error,
     expect_no_frame,
     frame_bytes,
+    i32,
     identify,
     identify_ok,
     mpub_body,
@@ -34,12 +33,8 @@ from test_wire_support import (  # noqa: F401  (connect is a fixture)
 MID = "0123456789abcdef"  # a well-formed message id that is never in flight
 
 
-def i32(n):
-    return struct.pack(">i", n)
-
-
 def ident_body(**fields):
-    return body_cmd("IDENTIFY", json.dumps(fields).encode())
+    return cmd_bytes("IDENTIFY", json.dumps(fields).encode())
 
 
 def do_sub(w):
@@ -76,11 +71,11 @@ CASES = [
      "E_BAD_BODY IDENTIFY body too big 5242881 > 5242880", True),
     ("T13-identify-body-too-big-flag", ["--max-body-size=100"], None, b"IDENTIFY\n" + i32(101),
      "E_BAD_BODY IDENTIFY body too big 101 > 100", True),
-    ("T13-identify-bad-json", [], None, body_cmd("IDENTIFY", b"{not json"),
+    ("T13-identify-bad-json", [], None, cmd_bytes("IDENTIFY", b"{not json"),
      "E_BAD_BODY IDENTIFY failed to decode JSON body", True),
-    ("T13-identify-json-wrong-type", [], None, body_cmd("IDENTIFY", b'{"heartbeat_interval":"1000"}'),
+    ("T13-identify-json-wrong-type", [], None, cmd_bytes("IDENTIFY", b'{"heartbeat_interval":"1000"}'),
      "E_BAD_BODY IDENTIFY failed to decode JSON body", True),
-    ("T13-identify-json-array", [], None, body_cmd("IDENTIFY", b"[1,2]"),
+    ("T13-identify-json-array", [], None, cmd_bytes("IDENTIFY", b"[1,2]"),
      "E_BAD_BODY IDENTIFY failed to decode JSON body", True),
     ("T14-heartbeat-999", [], None, ident_body(heartbeat_interval=999),
      "E_BAD_BODY IDENTIFY heartbeat interval (999) is invalid", True),
@@ -126,13 +121,13 @@ CASES = [
     ("T13-identify-after-sub", [], do_sub, ident_body(client_id="x"),
      "E_INVALID cannot IDENTIFY in current state", True),
     # T21: AUTH without an auth server
-    ("T21-auth-disabled", [], None, body_cmd("AUTH", b"secret"), "E_AUTH_DISABLED AUTH disabled", True),
-    ("T21-auth-extra-param", [], None, body_cmd("AUTH x", b"secret"),
+    ("T21-auth-disabled", [], None, cmd_bytes("AUTH", b"secret"), "E_AUTH_DISABLED AUTH disabled", True),
+    ("T21-auth-extra-param", [], None, cmd_bytes("AUTH x", b"secret"),
      "E_INVALID AUTH invalid number of parameters", True),
     ("T21-auth-body-0", [], None, b"AUTH\n" + i32(0), "E_BAD_BODY AUTH invalid body size 0", True),
     ("T21-auth-body-too-big", [], None, b"AUTH\n" + i32(5242881),
      "E_BAD_BODY AUTH body too big 5242881 > 5242880", True),
-    ("T21-auth-after-sub", [], do_sub, body_cmd("AUTH", b"secret"), "E_INVALID cannot AUTH in current state", True),
+    ("T21-auth-after-sub", [], do_sub, cmd_bytes("AUTH", b"secret"), "E_INVALID cannot AUTH in current state", True),
     # T23: SUB
     ("T23-sub-no-params", [], None, b"SUB\n", "E_INVALID SUB insufficient number of parameters", True),
     ("T23-sub-one-param", [], None, b"SUB t\n", "E_INVALID SUB insufficient number of parameters", True),
@@ -192,13 +187,13 @@ CASES = [
      "E_INVALID cannot SUB in current state", True),
     # T30: PUB
     ("T30-pub-no-topic", [], None, b"PUB\n", "E_INVALID PUB insufficient number of parameters", True),
-    ("T30-pub-bad-topic", [], None, body_cmd("PUB a!b", b"x"), 'E_BAD_TOPIC PUB topic name "a!b" is not valid', True),
-    ("T30-pub-empty-topic", [], None, body_cmd("PUB ", b"x"), 'E_BAD_TOPIC PUB topic name "" is not valid', True),
-    ("T8-pub-topic-65-chars", [], None, body_cmd(f"PUB {T65}", b"x"),
+    ("T30-pub-bad-topic", [], None, cmd_bytes("PUB a!b", b"x"), 'E_BAD_TOPIC PUB topic name "a!b" is not valid', True),
+    ("T30-pub-empty-topic", [], None, cmd_bytes("PUB ", b"x"), 'E_BAD_TOPIC PUB topic name "" is not valid', True),
+    ("T8-pub-topic-65-chars", [], None, cmd_bytes(f"PUB {T65}", b"x"),
      f'E_BAD_TOPIC PUB topic name "{T65}" is not valid', True),
-    ("T8-pub-only-ephemeral-suffix", [], None, body_cmd("PUB #ephemeral", b"x"),
+    ("T8-pub-only-ephemeral-suffix", [], None, cmd_bytes("PUB #ephemeral", b"x"),
      'E_BAD_TOPIC PUB topic name "#ephemeral" is not valid', True),
-    ("T8-pub-ephemeral-65-chars", [], None, body_cmd(f"PUB {EPH65}", b"x"),
+    ("T8-pub-ephemeral-65-chars", [], None, cmd_bytes(f"PUB {EPH65}", b"x"),
      f'E_BAD_TOPIC PUB topic name "{EPH65}" is not valid', True),
     ("T30-pub-body-0", [], None, b"PUB t\n" + i32(0), "E_BAD_MESSAGE PUB invalid message body size 0", True),
     ("T30-pub-body-negative", [], None, b"PUB t\n" + i32(-5), "E_BAD_MESSAGE PUB invalid message body size -5", True),
@@ -233,15 +228,15 @@ CASES = [
      b"MPUB t\n" + i32(300) + i32(2) + i32(100) + b"a" * 100 + i32(101),
      "E_BAD_MESSAGE MPUB message too big 101 > 100", True),
     # T32: DPUB
-    ("T32-dpub-two-params", [], None, body_cmd("DPUB t", b"x"), "E_INVALID DPUB insufficient number of parameters", True),
-    ("T32-dpub-bad-topic", [], None, body_cmd("DPUB a!b 0", b"x"),
+    ("T32-dpub-two-params", [], None, cmd_bytes("DPUB t", b"x"), "E_INVALID DPUB insufficient number of parameters", True),
+    ("T32-dpub-bad-topic", [], None, cmd_bytes("DPUB a!b 0", b"x"),
      'E_BAD_TOPIC DPUB topic name "a!b" is not valid', True),
-    ("T32-dpub-bad-timeout", [], None, body_cmd("DPUB t abc", b"x"), "E_INVALID DPUB could not parse timeout abc", True),
-    ("T32-dpub-negative-timeout", [], None, body_cmd("DPUB t -1", b"x"),
+    ("T32-dpub-bad-timeout", [], None, cmd_bytes("DPUB t abc", b"x"), "E_INVALID DPUB could not parse timeout abc", True),
+    ("T32-dpub-negative-timeout", [], None, cmd_bytes("DPUB t -1", b"x"),
      "E_INVALID DPUB could not parse timeout -1", True),
-    ("T32-dpub-out-of-range", [], None, body_cmd("DPUB t 3600001", b"x"),
+    ("T32-dpub-out-of-range", [], None, cmd_bytes("DPUB t 3600001", b"x"),
      "E_INVALID DPUB timeout 3600001 out of range 0-3600000", True),
-    ("T32-dpub-out-of-range-flag", ["--max-req-timeout=10s"], None, body_cmd("DPUB t 10001", b"x"),
+    ("T32-dpub-out-of-range-flag", ["--max-req-timeout=10s"], None, cmd_bytes("DPUB t 10001", b"x"),
      "E_INVALID DPUB timeout 10001 out of range 0-10000", True),
     ("T32-dpub-body-0", [], None, b"DPUB t 0\n" + i32(0), "E_BAD_MESSAGE DPUB invalid message body size 0", True),
     ("T32-dpub-too-big-flag", ["--max-msg-size=100"], None, b"DPUB t 10\n" + i32(101),
@@ -250,10 +245,10 @@ CASES = [
 
 
 @pytest.mark.parametrize("args,setup,raw,expected,fatal", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_error_frame(broker_factory, connect, args, setup, raw, expected, fatal):
+def test_error_frame(brokers, connect, args, setup, raw, expected, fatal):
     """T2-T32 (T10, T11, T12): exact error frame text; fatal errors close the connection,
     E_FIN_FAILED / E_REQ_FAILED / E_TOUCH_FAILED leave it usable; the broker keeps serving."""
-    b = broker_factory(args=args)
+    b = brokers(args=args)
     w = connect(b)
     if setup:
         setup(w)
@@ -326,9 +321,9 @@ def test_crlf_and_extra_params(broker, connect):
     """T3: one trailing \\r is stripped; extra params are ignored; PUB works in any state (T9)."""
     w = connect(broker)
     w.send(b"NOP\r\n")
-    w.send(body_cmd("PUB t\r", b"crlf"))
+    w.send(cmd_bytes("PUB t\r", b"crlf"))
     assert w.read_frame() == OK
-    w.send(body_cmd("PUB t extra", b"extra"))
+    w.send(cmd_bytes("PUB t extra", b"extra"))
     assert w.read_frame() == OK
     w.send(b"SUB t c extra\r\n")
     assert w.read_frame() == OK
@@ -336,7 +331,7 @@ def test_crlf_and_extra_params(broker, connect):
     bodies = sorted(m["body"] for m in read_messages(w, 2))
     assert bodies == [b"crlf", b"extra"]
     # a consumer connection may publish too (T9)
-    w.send(body_cmd("PUB t", b"from-consumer"))
+    w.send(cmd_bytes("PUB t", b"from-consumer"))
     fr = w.read_frame()
     if fr[0] == FRAME_MESSAGE:  # the new message may overtake the OK
         assert fr[1][26:] == b"from-consumer"
@@ -413,9 +408,9 @@ def test_rdy_valid_counts(broker, connect, count):
     assert_usable(w)
 
 
-def test_dpub_max_defer_accepted(broker_factory, connect):
+def test_dpub_max_defer_accepted(brokers, connect):
     """T32 / X5: DPUB at exactly --max-req-timeout is accepted (range is inclusive)."""
-    b = broker_factory(args=["--max-req-timeout=10s"])
+    b = brokers(args=["--max-req-timeout=10s"])
     w = connect(b)
     w.cmd("DPUB t 10000", b"x")
     assert w.read_frame() == OK
@@ -446,10 +441,10 @@ def test_fin_not_owner(broker, connect):
     expect_error(a, b"E_FIN_FAILED FIN " + m["id"] + b" failed ID not in flight", fatal=False)
 
 
-def test_max_channel_consumers(broker_factory, connect):
+def test_max_channel_consumers(brokers, connect):
     """T23 / Q18: with --max-channel-consumers=1 a second SUB to the same channel is fatal
     `E_SUB_FAILED SUB failed consumers for t:c exceeds limit of 1`; another channel is fine."""
-    b = broker_factory(args=["--max-channel-consumers=1"])
+    b = brokers(args=["--max-channel-consumers=1"])
     w1 = connect(b)
     sub(w1, "t", "c")
     w2 = connect(b)

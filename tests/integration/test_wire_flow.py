@@ -9,11 +9,10 @@ scan every 100 ms), so upper bounds on redelivery below are loose (~8 s); lower 
 
 import time
 
-from test_wire_support import (  # noqa: F401  (connect is a fixture)
+from helpers.wire import (
     FRAME_RESPONSE,
     OK,
     assert_usable,
-    connect,
     consumer,
     expect_error,
     expect_no_frame,
@@ -100,10 +99,10 @@ def test_req_with_delay_is_deferred(broker, connect):
     assert (m2["id"], m2["body"], m2["attempts"]) == (m1["id"], b"deferred", 2)
 
 
-def test_req_timeout_clamped_not_error(broker_factory, connect):
+def test_req_timeout_clamped_not_error(brokers, connect):
     """T26/X5: a REQ timeout above --max-req-timeout is clamped (no error frame) and the
     message comes back after --max-req-timeout, not after the requested hour."""
-    b = broker_factory(args=["--max-req-timeout=1s"])
+    b = brokers(args=["--max-req-timeout=1s"])
     c = consumer(connect, b, "clamp", "c", rdy=1)
     p = connect(b)
     pub(p, "clamp", b"clamped")
@@ -118,10 +117,10 @@ def test_req_timeout_clamped_not_error(broker_factory, connect):
     assert (m2["id"], m2["attempts"]) == (m1["id"], 2)
 
 
-def test_msg_timeout_redelivers_with_attempts(broker_factory, connect):
+def test_msg_timeout_redelivers_with_attempts(brokers, connect):
     """Q4/Q6/Q7: an un-FINed message times out after --msg-timeout and is redelivered with
     attempts incremented each time; FIN stops it."""
-    b = broker_factory(args=["--msg-timeout=1s"])
+    b = brokers(args=["--msg-timeout=1s"])
     c = consumer(connect, b, "tmo", "c", rdy=1)
     p = connect(b)
     pub(p, "tmo", b"slow")
@@ -192,9 +191,9 @@ def test_touch_extends_deadline(broker, connect):
     assert_usable(a)  # no E_TOUCH_FAILED / E_FIN_FAILED was queued before this OK
 
 
-def test_touch_capped_at_max_msg_timeout(broker_factory, connect):
+def test_touch_capped_at_max_msg_timeout(brokers, connect):
     """T27: TOUCH cannot extend a message beyond delivery + --max-msg-timeout."""
-    b = broker_factory(args=["--msg-timeout=1s", "--max-msg-timeout=2s"])
+    b = brokers(args=["--msg-timeout=1s", "--max-msg-timeout=2s"])
     a = consumer(connect, b, "cap", "c", rdy=1)
     p = connect(b)
     pub(p, "cap", b"capped")
@@ -332,10 +331,10 @@ def test_durable_channel_keeps_messages_between_clients(broker, connect):
     assert sorted(m["body"] for m in read_messages(c2, 2)) == [b"d2", b"d3"]
 
 
-def test_disconnect_leaves_message_in_flight_until_timeout(broker_factory, connect):
+def test_disconnect_leaves_message_in_flight_until_timeout(brokers, connect):
     """T36/Q6: when a consumer disconnects with a message in flight, the message is not
     requeued at once but after its timeout, then redelivered with attempts 2."""
-    b = broker_factory(args=["--msg-timeout=1s"])
+    b = brokers(args=["--msg-timeout=1s"])
     a = consumer(connect, b, "disc", "c", rdy=1)
     p = connect(b)
     pub(p, "disc", b"orphan")

@@ -7,7 +7,7 @@ import struct
 import time
 import zlib
 
-from conftest import Wire, mpub_body
+from helpers.wire import mpub_body, Wire
 
 
 def negotiate(w, **features):
@@ -81,9 +81,9 @@ def test_dpub_and_req_delays_wrap_like_nsqd(broker):
     assert again["id"] == m["id"] and again["attempts"] == 2
 
 
-def test_ephemeral_channel_delivers_with_zero_memory_queue(broker_factory):
+def test_ephemeral_channel_delivers_with_zero_memory_queue(brokers):
     """Q3, Q15: --mem-queue-size=0 still hands ephemeral messages to a ready consumer."""
-    b = broker_factory(args=["--mem-queue-size=0"])
+    b = brokers(args=["--mem-queue-size=0"])
     c = Wire(b.tcp_address)
     c.cmd("SUB eph live#ephemeral")
     assert c.read_frame() == (0, b"OK")
@@ -107,9 +107,9 @@ def test_identify_null_fields_are_ignored(broker):
     assert w.read_frame() == (0, b"OK")
 
 
-def test_repeated_touch_keeps_message_and_memory_flat(broker_factory):
+def test_repeated_touch_keeps_message_and_memory_flat(brokers):
     """T27: thousands of TOUCHes on a capped message are harmless."""
-    b = broker_factory(args=["--max-msg-timeout=2s", "--msg-timeout=2s"])
+    b = brokers(args=["--max-msg-timeout=2s", "--msg-timeout=2s"])
     p = Wire(b.tcp_address)
     p.cmd("PUB touchy", b"x")
     assert p.read_frame() == (0, b"OK")
@@ -127,9 +127,9 @@ def test_repeated_touch_keeps_message_and_memory_flat(broker_factory):
     assert c.buf == b""
 
 
-def test_client_that_never_reads_its_answers_is_not_read_forever(broker_factory):
+def test_client_that_never_reads_its_answers_is_not_read_forever(brokers):
     """A publisher pipelining PUBs without reading OKs is throttled, not buffered without end."""
-    b = broker_factory()
+    b = brokers()
     s = socket.create_connection(("127.0.0.1", b.tcp_port))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.sendall(b"  V2" + b'IDENTIFY\n' + struct.pack(">i", 25) + b'{"heartbeat_interval":-1}')

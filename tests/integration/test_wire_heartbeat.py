@@ -3,11 +3,10 @@ Timings are deliberately loose: these check behaviour, not speed."""
 
 import time
 
-from test_wire_support import (  # noqa: F401  (connect is a fixture)
+from helpers.wire import (
     FRAME_RESPONSE,
     OK,
     assert_usable,
-    connect,
     consumer,
     identify,
     identify_ok,
@@ -76,10 +75,10 @@ def test_nop_keeps_connection_alive(broker, connect):
     assert_usable(w)
 
 
-def test_max_heartbeat_interval_flag_bounds(broker_factory, connect):
+def test_max_heartbeat_interval_flag_bounds(brokers, connect):
     """T14: heartbeat_interval up to --max-heartbeat-interval is accepted, above it is
     `E_BAD_BODY IDENTIFY heartbeat interval (N) is invalid`."""
-    b = broker_factory(args=["--max-heartbeat-interval=2s"])
+    b = brokers(args=["--max-heartbeat-interval=2s"])
     w = connect(b)
     assert identify(w, heartbeat_interval=2000) == OK
     w2 = connect(b)
@@ -109,10 +108,10 @@ def test_not_ready_forces_flush(broker, connect):
     assert time.time() - t0 < 2.0
 
 
-def test_unbuffered_delivery_is_immediate(broker_factory, connect):
+def test_unbuffered_delivery_is_immediate(brokers, connect):
     """T15/T34: output_buffer_size -1 (size 1, no timed flush) delivers every message at once
     even when the broker's default --output-buffer-timeout is 2 s and RDY is large."""
-    b = broker_factory(args=["--output-buffer-timeout=2s"])
+    b = brokers(args=["--output-buffer-timeout=2s"])
     c = consumer(connect, b, "nobuf", "c", rdy=100, output_buffer_size=-1)
     p = connect(b)
     for i in range(3):

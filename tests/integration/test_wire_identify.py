@@ -7,16 +7,7 @@ import zlib
 
 import pytest
 
-from test_wire_support import (  # noqa: F401  (connect is a fixture)
-    FRAME_MESSAGE,
-    FRAME_RESPONSE,
-    OK,
-    assert_usable,
-    body_cmd,
-    connect,
-    identify,
-    identify_ok,
-)
+from helpers.wire import FRAME_MESSAGE, FRAME_RESPONSE, OK, assert_usable, cmd_bytes, identify, identify_ok
 
 NSQD_KEYS = {
     "max_rdy_count",
@@ -64,10 +55,10 @@ def test_feature_negotiation_defaults(broker, connect):
     assert_usable(w)
 
 
-def test_feature_negotiation_reflects_flags(broker_factory, connect):
+def test_feature_negotiation_reflects_flags(brokers, connect):
     """T17: max_rdy_count, max_msg_timeout, msg_timeout and output_buffer_timeout come from
     --max-rdy-count, --max-msg-timeout, --msg-timeout, --output-buffer-timeout (in ms)."""
-    b = broker_factory(
+    b = brokers(
         args=["--max-rdy-count=100", "--max-msg-timeout=30s", "--msg-timeout=20s", "--output-buffer-timeout=100ms"]
     )
     w = connect(b)
@@ -213,7 +204,7 @@ def test_deflate_negotiation(broker, connect, req_level, level):
     assert resp["deflate_level"] == level and resp["max_deflate_level"] == 6
     z = Deflated(w, level)
     assert z.read_frame() == OK
-    z.send(b"NOP\n" + body_cmd("PUB dt", b"deflated body"))
+    z.send(b"NOP\n" + cmd_bytes("PUB dt", b"deflated body"))
     assert z.read_frame() == OK
     z.send(b"SUB dt c\n")
     assert z.read_frame() == OK
@@ -230,7 +221,7 @@ def test_snappy_negotiation(broker, connect):
     assert resp["snappy"] is True and resp["deflate"] is False
     z = Snappied(w)
     assert z.read_frame() == OK
-    z.send(body_cmd("PUB st", b"snappy body " * 20))
+    z.send(cmd_bytes("PUB st", b"snappy body " * 20))
     assert z.read_frame() == OK
     z.send(b"SUB st c\nRDY 1\n")
     assert z.read_frame() == OK
@@ -238,10 +229,10 @@ def test_snappy_negotiation(broker, connect):
     assert ft == FRAME_MESSAGE and data[26:] == b"snappy body " * 20
 
 
-def test_compression_disabled_by_flags(broker_factory, connect):
+def test_compression_disabled_by_flags(brokers, connect):
     """T19: with --deflate=false --snappy=false a request for either answers false and the
     connection stays uncompressed."""
-    b = broker_factory(args=["--deflate=false", "--snappy=false"])
+    b = brokers(args=["--deflate=false", "--snappy=false"])
     w = connect(b)
     resp = identify_ok(w, feature_negotiation=True, deflate=True)
     assert resp["deflate"] is False and resp["snappy"] is False

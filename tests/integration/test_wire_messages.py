@@ -5,16 +5,7 @@ import re
 import struct
 import time
 
-from test_wire_support import (  # noqa: F401  (connect is a fixture)
-    FRAME_MESSAGE,
-    OK,
-    connect,
-    consumer,
-    mpub,
-    mpub_body,
-    pub,
-    read_messages,
-)
+from helpers.wire import FRAME_MESSAGE, OK, consumer, mpub, mpub_body, pub, read_messages
 
 HEX16 = re.compile(rb"^[0-9a-f]{16}$")
 TWEPOCH = 1288834974288  # nsqd's snowflake epoch in ns >> 20
@@ -68,10 +59,10 @@ def test_binary_bodies_byte_exact(broker, connect):
     assert sorted(got) == sorted(bodies)
 
 
-def test_body_of_exactly_max_msg_size(broker_factory, connect):
+def test_body_of_exactly_max_msg_size(brokers, connect):
     """T30/T31/T6: a body of exactly --max-msg-size is accepted by PUB and MPUB and delivered
     byte-exact (the limit is inclusive)."""
-    b = broker_factory(args=["--max-msg-size=65536"])
+    b = brokers(args=["--max-msg-size=65536"])
     c = consumer(connect, b, "max", "c", rdy=10)
     p = connect(b)
     big1 = os.urandom(65536)
@@ -91,10 +82,10 @@ def test_default_max_msg_size_body(broker, connect):
     assert read_messages(c, 1)[0]["body"] == body
 
 
-def test_message_ids_unique_and_carry_node_id(broker_factory, connect):
+def test_message_ids_unique_and_carry_node_id(brokers, connect):
     """T7: 4000 messages on one topic get 4000 distinct 16-char lowercase hex ids; the
     snowflake layout carries --node-id in bits 12..21 and a timestamp close to now."""
-    b = broker_factory(args=["--node-id=777"])
+    b = brokers(args=["--node-id=777"])
     c = consumer(connect, b, "ids", "c", rdy=2500)
     p = connect(b)
     n = 4000

@@ -2,22 +2,13 @@
 
 import os
 
-from test_wire_support import (  # noqa: F401  (connect is a fixture)
-    OK,
-    connect,
-    consumer,
-    expect_no_frame,
-    mpub,
-    pub,
-    read_message_within,
-    read_messages,
-)
+from helpers.wire import OK, consumer, expect_no_frame, mpub, pub, read_message_within, read_messages
 
 
-def test_mem_queue_size_zero_goes_through_disk(broker_factory, connect):
+def test_mem_queue_size_zero_goes_through_disk(brokers, connect):
     """Q3: with --mem-queue-size=0 normal topics/channels use the disk queue only; every
     message (including a held backlog, Q2) still arrives byte-exact, exactly once."""
-    b = broker_factory(args=["--mem-queue-size=0"])
+    b = brokers(args=["--mem-queue-size=0"])
     p = connect(b)
     backlog = [os.urandom(200) + b"%04d" % i for i in range(300)]
     mpub(p, "disk", backlog[:150])
@@ -31,10 +22,10 @@ def test_mem_queue_size_zero_goes_through_disk(broker_factory, connect):
     expect_no_frame(c, 0.3)
 
 
-def test_small_mem_queue_overflows_to_disk(broker_factory, connect):
+def test_small_mem_queue_overflows_to_disk(brokers, connect):
     """Q3: with --mem-queue-size=10, 2000 messages overflow to disk and none is lost or
     duplicated for a durable channel."""
-    b = broker_factory(args=["--mem-queue-size=10"])
+    b = brokers(args=["--mem-queue-size=10"])
     c = consumer(connect, b, "ovf", "c", rdy=0)
     p = connect(b)
     bodies = [b"o%05d" % i for i in range(2000)]
@@ -46,11 +37,11 @@ def test_small_mem_queue_overflows_to_disk(broker_factory, connect):
     expect_no_frame(c, 0.3)
 
 
-def test_ephemeral_channel_overflow_dropped(broker_factory, connect):
+def test_ephemeral_channel_overflow_dropped(brokers, connect):
     """Q15/Q3/D12: an ephemeral channel has no disk backend: with --mem-queue-size=10 and a
     consumer at RDY 0, only the 10 queued messages survive a burst of 50; a durable
     channel of the same topic keeps all 50."""
-    b = broker_factory(args=["--mem-queue-size=10"])
+    b = brokers(args=["--mem-queue-size=10"])
     e = consumer(connect, b, "eovf", "e#ephemeral", rdy=0)
     d = consumer(connect, b, "eovf", "d", rdy=0)
     p = connect(b)

@@ -1,24 +1,20 @@
-"""Shared helpers for the HTTP API conformance tests (test_http_*.py).
+"""The HTTP side: a small real HTTP client (http.client, one connection per call
+unless a keep-alive connection is asked for), /stats and /metrics readers, and a raw
+protocol V2 consumer used to check what /pub and /mpub actually deliver.
 
-This module holds no tests. It gives the HTTP test files one place for a small
-real HTTP client (http.client, one connection per call unless a keep-alive
-connection is asked for), a /stats reader, and a raw protocol V2 consumer used
-to check what /pub and /mpub actually deliver.
-
-Row IDs (H*, T*, Q*, X*) refer to /work/shared/nsqd-reference.md; the exact
-bodies and codes were read from nsqd v1.3.0 (nsqd/http.go, internal/http_api).
+Rows H*, T*, Q*, X* of the reference; the exact bodies and codes were read from
+nsqd v1.3.0 (nsqd/http.go, internal/http_api).
 """
 
 import http.client
 import json
 import re
 import socket
-import struct
 import time
 
 import pytest
 
-from conftest import FRAME_ERROR, FRAME_MESSAGE, FRAME_RESPONSE, Wire, mpub_body  # noqa: F401
+from helpers.wire import FRAME_RESPONSE, Wire, mpub_body
 
 V1_HEADER = "nsq; version=1.0"
 JSON_CT = "application/json; charset=utf-8"
@@ -134,36 +130,47 @@ def find_channel(doc, topic, channel):
     return None
 
 
-def wait_for(fn, timeout=5.0, interval=0.05, what="condition"):
-    """Poll fn() until it returns a truthy value; return it, or fail."""
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out waiting for {what}; last value: {last!r}")
+def topic_stats(b, topic):
+    """The topic's /stats object, or None while it does not exist."""
+    return find_topic(stats(b, include_clients="false"), topic)
 
 
-def channel_stat(broker, topic, channel, key):
-    c = find_channel(stats(broker, topic=topic), topic, channel)
-    return None if c is None else c[key]
+def channel_stats(b, topic, channel):
+    """The channel's /stats object, or None while it does not exist."""
+    return find_channel(stats(b, include_clients="false"), topic, channel)
 
 
-def wait_channel(broker, topic, channel, key, value, timeout=5.0):
-    wait_for(lambda: channel_stat(broker, topic, channel, key) == value, timeout=timeout,
-             what=f"{topic}/{channel} {key} == {value}")
-
-
-def topic_stat(broker, topic, key):
-    t = find_topic(stats(broker, topic=topic), topic)
+def topic_stat(b, topic, key):
+    t = topic_stats(b, topic)
     return None if t is None else t[key]
 
 
-def wait_topic(broker, topic, key, value, timeout=5.0):
-    wait_for(lambda: topic_stat(broker, topic, key) == value, timeout=timeout,
-             what=f"{topic} {key} == {value}")
+def channel_stat(b, topic, channel, key):
+    c = channel_stats(b, topic, channel)
+    return None if c is None else c[key]
+
+
+def post_ok(broker, path):
+    """POST with an empty body that must answer 200; returns the body."""
+    r = post(broker, path)
+    assert r.status == 200, (path, r.status, r.body)
+    return r.body
+
+
+def metric(b, name):
+    """The sum over all label sets of one /metrics sample (ringsq_* names)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = get(b, "/metrics")
+    assert r.status == 200, r
+    total, seen = 0.0, False
+    for fam in text_string_to_metric_families(r.text):
+        for s in fam.samples:
+            if s.name == name:
+                total += s.value
+                seen = True
+    assert seen, f"{name} missing from /metrics"
+    return total
 
 
 def read_http_response(f):
@@ -225,7 +232,7 @@ def raw_chunked_post(broker, path, body):
 
 
 class Consumer:
-    """A raw V2 connection (conftest.Wire) with the few commands the HTTP tests need."""
+    """A raw V2 connection (helpers.wire.Wire) with the few commands the HTTP tests need."""
 
     def __init__(self, broker, identify=None):
         self.w = Wire(broker.tcp_address)
@@ -304,21 +311,6 @@ class Consumer:
 
     def close(self):
         self.w.close()
-
-
-@pytest.fixture
-def tcp():
-    """tcp(broker, identify=None) -> Consumer; all closed at teardown."""
-    conns = []
-
-    def make(broker, identify=None):
-        c = Consumer(broker, identify)
-        conns.append(c)
-        return c
-
-    yield make
-    for c in conns:
-        c.close()
 
 
 def check_message_header(msg, now_ns=None, attempts=1):

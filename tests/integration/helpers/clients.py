@@ -1,9 +1,8 @@
-"""Helpers shared by the real-client tests (test_clients_*.py). Holds no tests.
-
-pynsq 0.9.1 is tornado based: every test gets its own fresh IOLoop (`PynsqLoop`) and
-drives it with `run_until(predicate, timeout)`, so no thread or global loop is shared
-between tests. gnsq is gevent based: its tests run a generated script in a subprocess
-(`run_gnsq_script`) so gevent never touches this interpreter.
+"""Real-client drivers. pynsq 0.9.1 is tornado based: every test gets its own fresh
+IOLoop (`PynsqLoop`, the `loop` fixture) and drives it with `run_until(predicate,
+timeout)`, so no thread or global loop is shared between tests. gnsq is gevent based:
+its tests run a generated script in a subprocess (`run_gnsq_script`) so gevent never
+touches this interpreter.
 """
 
 import json

@@ -6,7 +6,7 @@ to topics of both cores, so answers that come back over the ring race local ones
 import struct
 import zlib
 
-from conftest import FRAME_ERROR, FRAME_MESSAGE, FRAME_RESPONSE, Wire
+from helpers.wire import FRAME_ERROR, FRAME_MESSAGE, FRAME_RESPONSE, Wire
 
 CORES = 2
 
@@ -43,8 +43,8 @@ def consume(broker, topic, n):
     return bodies
 
 
-def test_pipelined_pubs_to_both_cores_answer_in_order(broker_factory):
-    b = broker_factory(cores=CORES)
+def test_pipelined_pubs_to_both_cores_answer_in_order(brokers):
+    b = brokers(cores=CORES)
     topics = [topic_on(0, "pipe_a"), topic_on(1, "pipe_b")]
     for t in topics:  # a channel first, so every message is kept
         w = Wire(b.tcp_address)
@@ -61,8 +61,8 @@ def test_pipelined_pubs_to_both_cores_answer_in_order(broker_factory):
     w.close()
 
 
-def test_a_non_publish_answer_waits_for_the_publishes_before_it(broker_factory):
-    b = broker_factory(cores=CORES)
+def test_a_non_publish_answer_waits_for_the_publishes_before_it(brokers):
+    b = brokers(cores=CORES)
     remote = [topic_on(0, "order_a"), topic_on(1, "order_b")]
     w = Wire(b.tcp_address)
     # PUBs to both cores, a NOP (no answer), an IDENTIFY (answers OK), one more PUB: all in
@@ -80,8 +80,8 @@ def test_a_non_publish_answer_waits_for_the_publishes_before_it(broker_factory):
     w.close()
 
 
-def test_a_fatal_error_comes_after_the_answers_before_it_and_closes(broker_factory):
-    b = broker_factory(cores=CORES)
+def test_a_fatal_error_comes_after_the_answers_before_it_and_closes(brokers):
+    b = brokers(cores=CORES)
     topics = [topic_on(0, "fatal_a"), topic_on(1, "fatal_b")]
     w = Wire(b.tcp_address)
     w.send(
@@ -113,8 +113,8 @@ def test_a_fatal_error_comes_after_the_answers_before_it_and_closes(broker_facto
     s.close()
 
 
-def test_pipelined_mpub_and_dpub_keep_their_place(broker_factory):
-    b = broker_factory(cores=CORES)
+def test_pipelined_mpub_and_dpub_keep_their_place(brokers):
+    b = brokers(cores=CORES)
     t = topic_on(1, "mix")
     w = Wire(b.tcp_address)
     bodies = [b"a", b"b"]

@@ -139,3 +139,122 @@ impl PublishSink for Replies {
         self.release();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::output::FlushPolicy;
+    use crate::protocol::identify::ClientSettings;
+    use crate::protocol::ConnState;
+    use crate::route::PublishError;
+    use std::time::{Duration, SystemTime};
+
+    fn replies() -> (Rc<Replies>, Rc<OutputBuffer>, Rc<ClientInfo>) {
+        let out = Rc::new(OutputBuffer::new(FlushPolicy {
+            buffer_size: 16 * 1024,
+            timeout: Duration::from_millis(250),
+            heartbeat: None,
+        }));
+        let info = Rc::new(ClientInfo {
+            id: 1,
+            remote: "127.0.0.1:1".into(),
+            connected_at: SystemTime::now(),
+            fd: -1, // no socket: stop_reading is a no-op
+            settings: RefCell::new(ClientSettings {
+                client_id: "t".into(),
+                hostname: "t".into(),
+                user_agent: String::new(),
+                heartbeat_interval: None,
+                output_buffer_size: 16 * 1024,
+                output_buffer_timeout: Duration::from_millis(250),
+                sample_rate: 0,
+                msg_timeout: Duration::from_secs(60),
+            }),
+            state: Cell::new(ConnState::Init),
+            pub_counts: RefCell::new(Vec::new()),
+            deflate: Cell::new(false),
+            snappy: Cell::new(false),
+        });
+        (Rc::new(Replies::new(out.clone(), info.clone())), out, info)
+    }
+
+    /// The frames written so far, as (type, body).
+    fn frames(out: &OutputBuffer) -> Vec<(i32, Vec<u8>)> {
+        let mut bytes = Vec::new();
+        let _ = out.take_into(&mut bytes);
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while at + 8 <= bytes.len() {
+            let size = i32::from_be_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
+            let ftype = i32::from_be_bytes(bytes[at + 4..at + 8].try_into().expect("4"));
+            frames.push((ftype, bytes[at + 8..at + 4 + size].to_vec()));
+            at += 4 + size;
+        }
+        frames
+    }
+
+    const OK_FRAME: (i32, &[u8]) = (0, b"OK");
+
+    #[test]
+    fn answers_leave_in_command_order_whatever_order_they_come_in() {
+        let (r, out, info) = replies();
+        let a = r.reserve(PublishCommand::Pub, Bytes::from_static(b"a"), 1);
+        let b = r.reserve(PublishCommand::Mpub, Bytes::from_static(b"b"), 3);
+        let c = r.reserve(PublishCommand::Pub, Bytes::from_static(b"a"), 1);
+        r.publish_done(c, Ok(()));
+        r.publish_done(b, Ok(()));
+        assert!(frames(&out).is_empty(), "the first is not answered yet");
+        r.publish_done(a, Ok(()));
+        let got = frames(&out);
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().all(|(t, d)| (*t, d.as_slice()) == OK_FRAME));
+        assert!(r.is_empty());
+        // T37: counted per topic once answered.
+        assert_eq!(
+            *info.pub_counts.borrow(),
+            [("a".to_string(), 2), ("b".to_string(), 3)]
+        );
+    }
+
+    #[test]
+    fn a_failed_publish_is_the_last_answer() {
+        let (r, out, info) = replies();
+        let a = r.reserve(PublishCommand::Pub, Bytes::from_static(b"t"), 1);
+        let b = r.reserve(PublishCommand::Dpub, Bytes::from_static(b"t"), 1);
+        let c = r.reserve(PublishCommand::Pub, Bytes::from_static(b"t"), 1);
+        r.publish_done(b, Err(PublishError::Exiting));
+        r.publish_done(c, Ok(()));
+        r.publish_done(a, Ok(()));
+        assert_eq!(
+            frames(&out),
+            [
+                (0, b"OK".to_vec()),
+                (1, b"E_DPUB_FAILED DPUB failed exiting".to_vec())
+            ]
+        );
+        assert!(r.has_failed());
+        assert_eq!(*info.pub_counts.borrow(), [("t".to_string(), 1)]);
+    }
+
+    #[test]
+    fn answers_for_nothing_waiting_are_ignored() {
+        let (r, out, _) = replies();
+        r.publish_done(5, Ok(()));
+        let a = r.reserve(PublishCommand::Pub, Bytes::from_static(b"t"), 1);
+        r.publish_done(a, Ok(()));
+        r.publish_done(a, Ok(())); // twice: already gone
+        assert_eq!(frames(&out), [(0, b"OK".to_vec())]);
+    }
+
+    #[test]
+    fn drained_waits_for_the_last_answer() {
+        use futures::FutureExt;
+        let (r, _, _) = replies();
+        assert!(r.drained().now_or_never().is_some());
+        let a = r.reserve(PublishCommand::Pub, Bytes::from_static(b"t"), 1);
+        let mut wait = Box::pin(r.drained());
+        assert!(wait.as_mut().now_or_never().is_none());
+        r.publish_done(a, Ok(()));
+        assert!(wait.as_mut().now_or_never().is_some());
+    }
+}

@@ -654,7 +654,7 @@ impl<S: ByteStream> Connection<S> {
             }
         };
         tracing::debug!(to = core, "moving connection to the topic's core");
-        crate::metrics::CoreCounters::add(&self.core.counters.handoffs_out, 1);
+        crate::stats::CoreCounters::add(&self.core.counters.handoffs_out, 1);
         let handoff = Handoff {
             // SAFETY: `fd` was just duplicated and is owned by nobody else.
             fd: Some(unsafe { OwnedFd::from_raw_fd(fd) }),

@@ -192,7 +192,7 @@ pub fn render(stats: &CoreStats, resident_bytes: u64, failing_queues: usize) -> 
         &'static str,
         &'static str,
         &'static str,
-        fn(&super::CoreSnapshot) -> u64,
+        fn(&crate::stats::CoreSnapshot) -> u64,
     );
     let core_metrics: [CoreMetric; 15] = [
         (

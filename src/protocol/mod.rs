@@ -2,10 +2,12 @@
 //! error codes. No I/O here: `conn` owns the sockets.
 
 pub mod codec;
+mod commands;
 pub mod error;
 pub mod gojson;
 pub mod identify;
 pub mod message;
+pub mod mpub;
 pub mod names;
 
 pub use codec::{decode, Command, ConnState, DecodeContext, DecodeError};

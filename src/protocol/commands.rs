@@ -487,10 +487,13 @@ fn parse_req(i: &Input) -> Step {
     let Some(requested_ms) = parse_base10(i.param(2)) else {
         return Err(invalid_raw("REQ could not parse timeout ", i.param(2)));
     };
-    // nsqd: time.Duration(ms) * time.Millisecond wraps, then clamps (T26).
+    // nsqd: time.Duration(ms) * time.Millisecond wraps, then clamps (T26);
+    // `max(0)` last, so a negative limit cannot make a Duration panic.
     let timeout_ns = (requested_ms as i64)
         .wrapping_mul(1_000_000)
-        .clamp(0, i.ctx.max_req_timeout_ms.saturating_mul(1_000_000));
+        .max(0)
+        .min(i.ctx.max_req_timeout_ms.saturating_mul(1_000_000))
+        .max(0);
     i.line_only(super::codec::Command::Req {
         id,
         timeout: Duration::from_nanos(timeout_ns as u64),
@@ -536,5 +539,120 @@ fn parse_mpub(i: &Input) -> Step {
         Ok((bodies, end)) => Ok(Some((Parsed::Mpub(topic, bodies), end))),
         Err(e) if e.is_incomplete() && !i.eof => Ok(None),
         Err(e) => Err(ClientError::from(e).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(state: ConnState) -> DecodeContext {
+        DecodeContext {
+            state,
+            heartbeats_enabled: true,
+            max_msg_size: 1024,
+            max_body_size: 5000,
+            max_rdy_count: 2500,
+            max_req_timeout_ms: 60_000,
+        }
+    }
+
+    fn text(raw: &[u8], ctx: &DecodeContext) -> String {
+        let nl = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
+        match parse(raw, nl, nl + 1, ctx, true) {
+            Err(DecodeError::Client(e)) => e.to_string(),
+            Err(e) => format!("{e:?}"),
+            Ok(_) => "accepted".into(),
+        }
+    }
+
+    #[test]
+    fn generic_checks_run_in_nsqds_order() {
+        let mut c = ctx(ConnState::Init);
+        c.heartbeats_enabled = false;
+        // State, then heartbeats, then the parameter count (T23).
+        assert_eq!(
+            text(b"SUB\n", &c),
+            "E_INVALID cannot SUB with heartbeats disabled"
+        );
+        c.state = ConnState::Subscribed;
+        assert_eq!(text(b"SUB\n", &c), "E_INVALID cannot SUB in current state");
+        let c = ctx(ConnState::Init);
+        assert_eq!(
+            text(b"SUB t\n", &c),
+            "E_INVALID SUB insufficient number of parameters"
+        );
+        assert_eq!(
+            text(b"AUTH x\n", &c),
+            "E_INVALID AUTH invalid number of parameters"
+        );
+        assert_eq!(text(b"FIN\n", &c), "E_INVALID cannot FIN in current state");
+        let s = ctx(ConnState::Subscribed);
+        assert_eq!(
+            text(b"FIN\n", &s),
+            "E_INVALID FIN insufficient number of params"
+        );
+        assert_eq!(text(b"TOUCH abc\n", &s), "E_INVALID invalid message ID");
+    }
+
+    #[test]
+    fn rdy_after_cls_is_ignored_whatever_it_says() {
+        let c = ctx(ConnState::Closing);
+        let step = parse(b"RDY x!\n", 6, 7, &c, false);
+        assert!(matches!(
+            step,
+            Ok(Some((
+                Parsed::Simple(super::super::codec::Command::Rdy(None)),
+                7
+            )))
+        ));
+        let i = ctx(ConnState::Init);
+        assert_eq!(
+            text(b"RDY 1\n", &i),
+            "E_INVALID cannot RDY in current state"
+        );
+    }
+
+    #[test]
+    fn body_checks_keep_each_commands_order() {
+        // Only a negative limit shows the order: IDENTIFY says too big,
+        // PUB says invalid, for the same length.
+        let mut c = ctx(ConnState::Init);
+        c.max_body_size = -5;
+        c.max_msg_size = -5;
+        assert_eq!(
+            text(b"IDENTIFY\n\xff\xff\xff\xff", &c),
+            "E_BAD_BODY IDENTIFY body too big -1 > -5"
+        );
+        assert_eq!(
+            text(b"PUB t\n\xff\xff\xff\xff", &c),
+            "E_BAD_MESSAGE PUB invalid message body size -1"
+        );
+        let c = ctx(ConnState::Init);
+        assert_eq!(
+            text(b"DPUB t 5\n\0\0", &c),
+            "E_BAD_MESSAGE DPUB failed to read message body size"
+        );
+        assert_eq!(
+            text(b"AUTH\n\0\0\0\x09abc", &c),
+            "E_BAD_BODY AUTH failed to read body"
+        );
+        assert_eq!(
+            text(b"MPUB t\n\0\0\0\x09\0\0", &c),
+            "E_BAD_BODY MPUB failed to read message count"
+        );
+    }
+
+    #[test]
+    fn every_command_has_one_rule() {
+        for name in [
+            "IDENTIFY", "AUTH", "SUB", "RDY", "FIN", "REQ", "TOUCH", "CLS", "NOP", "PUB", "MPUB",
+            "DPUB",
+        ] {
+            assert_eq!(RULES.iter().filter(|r| r.name == name).count(), 1, "{name}");
+        }
+        assert_eq!(body_limit(b"MPUB", &ctx(ConnState::Init)), Some(5000));
+        assert_eq!(body_limit(b"DPUB", &ctx(ConnState::Init)), Some(1024));
+        assert_eq!(body_limit(b"FIN", &ctx(ConnState::Init)), None);
     }
 }

@@ -9,6 +9,8 @@ pub mod identify;
 pub mod message;
 pub mod mpub;
 pub mod names;
+#[cfg(test)]
+mod proptests;
 
 pub use codec::{decode, Command, ConnState, DecodeContext, DecodeError};
 pub use error::{ClientError, ErrorCode};

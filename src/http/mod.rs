@@ -3,6 +3,7 @@
 //! that accepted the request and reach topics through the same routing as
 //! TCP publishers.
 
+mod error;
 mod reply;
 mod routes;
 mod target;

@@ -38,12 +38,12 @@ pub fn ok_empty() -> Reply {
 pub fn ok_json<T: Serialize>(value: &T) -> Reply {
     match serde_json::to_vec(value) {
         Ok(body) => build(StatusCode::OK, Some(JSON), true, body.into()),
-        Err(_) => error(500, "INTERNAL_ERROR"),
+        Err(_) => super::error::HttpError::Internal.reply(),
     }
 }
 
-/// An error: `{"message":"<CODE>"}` with the status.
-pub fn error(status: u16, code: &str) -> Reply {
+/// An error: `{"message":"<CODE>"}` with the status (see `HttpError`).
+pub(super) fn error(status: u16, code: &str) -> Reply {
     let body = serde_json::json!({ "message": code }).to_string();
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     build(status, Some(JSON), true, body.into())
@@ -53,14 +53,4 @@ pub fn error(status: u16, code: &str) -> Reply {
 pub fn plain(status: u16, body: impl Into<Bytes>) -> Reply {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     build(status, Some(TEXT), false, body.into())
-}
-
-/// An HTTP API failure: a status and nsqd's code (nsqd's `http_api.Err`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ApiError(pub u16, pub &'static str);
-
-impl ApiError {
-    pub fn reply(self) -> Reply {
-        error(self.0, self.1)
-    }
 }

@@ -11,12 +11,13 @@ use hyper::body::Incoming;
 use hyper::{Method, Request};
 use serde::Serialize;
 
-use super::reply::{self, ApiError, Reply};
+use super::error::{publish_failed, HttpError};
+use super::reply::{self, Reply};
 use crate::config::NSQD_COMPAT_VERSION;
+use crate::protocol::mpub::{self, MpubLimits};
 use crate::protocol::names::is_valid_name;
 use crate::route::AdminOp;
 use crate::runtime::core::Core;
-use crate::shard::AdminError;
 use crate::stats::{ClientStats, StatsFilter, TopicStats};
 
 /// The query string as nsqd's `url.ParseQuery` sees it.
@@ -24,17 +25,17 @@ struct Query(Vec<(String, String)>);
 
 impl Query {
     /// Go rejects bad %-escapes and `;` separators: 400 INVALID_REQUEST.
-    fn parse(raw: Option<&str>) -> Result<Query, ApiError> {
+    fn parse(raw: Option<&str>) -> Result<Query, HttpError> {
         let raw = raw.unwrap_or("");
         let bytes = raw.as_bytes();
         let mut i = 0;
         while i < bytes.len() {
             match bytes[i] {
-                b';' => return Err(ApiError(400, "INVALID_REQUEST")),
+                b';' => return Err(HttpError::InvalidRequest),
                 b'%' => {
                     let hex = |b: Option<&u8>| b.is_some_and(|c| c.is_ascii_hexdigit());
                     if !hex(bytes.get(i + 1)) || !hex(bytes.get(i + 2)) {
-                        return Err(ApiError(400, "INVALID_REQUEST"));
+                        return Err(HttpError::InvalidRequest);
                     }
                     i += 3;
                     continue;
@@ -68,19 +69,12 @@ fn bool_param(v: Option<&str>) -> Option<bool> {
     }
 }
 
-fn not_found_or(e: AdminError) -> Reply {
-    match e {
-        AdminError::TopicNotFound => reply::error(404, "TOPIC_NOT_FOUND"),
-        AdminError::ChannelNotFound => reply::error(404, "CHANNEL_NOT_FOUND"),
-    }
-}
-
 /// Reads the body, at most `limit` bytes; None if it is longer.
-async fn read_body(body: Incoming, limit: usize) -> Result<Option<Bytes>, ApiError> {
+async fn read_body(body: Incoming, limit: usize) -> Result<Option<Bytes>, HttpError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(Some(collected.to_bytes())),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Ok(None),
-        Err(_) => Err(ApiError(500, "INTERNAL_ERROR")),
+        Err(_) => Err(HttpError::Internal),
     }
 }
 
@@ -125,10 +119,10 @@ async fn route(core: &Rc<Core>, req: Request<Incoming>, path: &str, method: &Met
         p if p.starts_with("/config/") && p.len() > "/config/".len() && !p[8..].contains('/') => {
             get || put
         }
-        _ => return reply::error(404, "NOT_FOUND"),
+        _ => return HttpError::NotFound.reply(),
     };
     if !allowed {
-        return reply::error(405, "METHOD_NOT_ALLOWED");
+        return HttpError::MethodNotAllowed.reply();
     }
     let query = match Query::parse(req.uri().query()) {
         Ok(q) => q,
@@ -141,20 +135,20 @@ async fn route(core: &Rc<Core>, req: Request<Incoming>, path: &str, method: &Met
         "/metrics" => metrics(core).await,
         "/pub" => publish(core, req, &query).await,
         "/mpub" => mpublish(core, req, &query).await,
-        "/topic/create" => match topic_arg(&query, "INVALID_TOPIC") {
+        "/topic/create" => match topic_arg(&query, HttpError::InvalidTopic) {
             Ok(t) => admin(core, AdminOp::CreateTopic(t)).await,
             Err(e) => e.reply(),
         },
         "/topic/delete" => match query.get("topic") {
-            None => reply::error(400, "MISSING_ARG_TOPIC"),
+            None => HttpError::MissingArgTopic.reply(),
             Some(t) => admin(core, AdminOp::DeleteTopic(t.to_string())).await,
         },
-        "/topic/empty" => match topic_arg(&query, "INVALID_TOPIC") {
+        "/topic/empty" => match topic_arg(&query, HttpError::InvalidTopic) {
             Ok(t) => admin(core, AdminOp::EmptyTopic(t)).await,
             Err(e) => e.reply(),
         },
         "/topic/pause" | "/topic/unpause" => match query.get("topic") {
-            None => reply::error(400, "MISSING_ARG_TOPIC"),
+            None => HttpError::MissingArgTopic.reply(),
             Some(t) => {
                 let op = AdminOp::PauseTopic(t.to_string(), path == "/topic/pause");
                 admin(core, op).await
@@ -187,24 +181,21 @@ async fn route(core: &Rc<Core>, req: Request<Incoming>, path: &str, method: &Met
     }
 }
 
-fn topic_arg(query: &Query, invalid: &'static str) -> Result<String, ApiError> {
-    let t = query
-        .get("topic")
-        .ok_or(ApiError(400, "MISSING_ARG_TOPIC"))?;
+/// The `topic` argument; `invalid` is the route's error for a bad name.
+fn topic_arg(query: &Query, invalid: HttpError) -> Result<String, HttpError> {
+    let t = query.get("topic").ok_or(HttpError::MissingArgTopic)?;
     if !is_valid_name(t.as_bytes()) {
-        return Err(ApiError(400, invalid));
+        return Err(invalid);
     }
     Ok(t.to_string())
 }
 
 /// nsqd's `GetTopicChannelArgs` (H18, H19).
-fn topic_channel_args(query: &Query) -> Result<(String, String), ApiError> {
-    let t = topic_arg(query, "INVALID_ARG_TOPIC")?;
-    let c = query
-        .get("channel")
-        .ok_or(ApiError(400, "MISSING_ARG_CHANNEL"))?;
+fn topic_channel_args(query: &Query) -> Result<(String, String), HttpError> {
+    let t = topic_arg(query, HttpError::InvalidArgTopic)?;
+    let c = query.get("channel").ok_or(HttpError::MissingArgChannel)?;
     if !is_valid_name(c.as_bytes()) {
-        return Err(ApiError(400, "INVALID_ARG_CHANNEL"));
+        return Err(HttpError::InvalidArgChannel);
     }
     Ok((t, c.to_string()))
 }
@@ -221,7 +212,7 @@ async fn admin(core: &Rc<Core>, op: AdminOp) -> Reply {
             }
             reply::ok_empty()
         }
-        Err(e) => not_found_or(e),
+        Err(e) => HttpError::from(e).reply(),
     }
 }
 
@@ -273,17 +264,17 @@ fn info(core: &Rc<Core>) -> Reply {
 async fn publish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Reply {
     let max = core.opts().max_msg_size.max(0) as u64;
     if content_length(&req).is_some_and(|n| n > max) {
-        return reply::error(413, "MSG_TOO_BIG");
+        return HttpError::MsgTooBig.reply();
     }
     let body = match read_body(req.into_body(), max as usize).await {
         Ok(Some(b)) => b,
-        Ok(None) => return reply::error(413, "MSG_TOO_BIG"),
+        Ok(None) => return HttpError::MsgTooBig.reply(),
         Err(e) => return e.reply(),
     };
     if body.is_empty() {
-        return reply::error(400, "MSG_EMPTY");
+        return HttpError::MsgEmpty.reply();
     }
-    let topic = match topic_arg(query, "INVALID_TOPIC") {
+    let topic = match topic_arg(query, HttpError::InvalidTopic) {
         Ok(t) => t,
         Err(e) => return e.reply(),
     };
@@ -293,7 +284,7 @@ async fn publish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Repl
             let max_ms = core.opts().max_req_timeout.as_millis() as i64;
             match d.parse::<i64>() {
                 Ok(ms) if (0..=max_ms).contains(&ms) => Some(Duration::from_millis(ms as u64)),
-                _ => return reply::error(400, "INVALID_DEFER"),
+                _ => return HttpError::InvalidDefer.reply(),
             }
         }
     };
@@ -303,18 +294,21 @@ async fn publish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Repl
         .await
     {
         Ok(()) => reply::ok_text("OK"),
-        Err(_) => reply::error(503, "EXITING"),
+        Err(e) => publish_failed(&e).reply(),
     }
 }
 
 /// H7: POST /mpub?topic=T[&binary=true]
 async fn mpublish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Reply {
-    let max_body = core.opts().max_body_size.max(0) as u64;
-    let max_msg = core.opts().max_msg_size;
+    let limits = MpubLimits {
+        max_msg_size: core.opts().max_msg_size,
+        max_body_size: core.opts().max_body_size,
+    };
+    let max_body = limits.max_body_size.max(0) as u64;
     if content_length(&req).is_some_and(|n| n > max_body) {
-        return reply::error(413, "BODY_TOO_BIG");
+        return HttpError::BodyTooBig.reply();
     }
-    let topic = match topic_arg(query, "INVALID_TOPIC") {
+    let topic = match topic_arg(query, HttpError::InvalidTopic) {
         Ok(t) => t,
         Err(e) => return e.reply(),
     };
@@ -327,26 +321,17 @@ async fn mpublish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Rep
     };
     let body = match read_body(req.into_body(), max_body as usize).await {
         Ok(Some(b)) => b,
-        Ok(None) => return reply::error(413, "BODY_TOO_BIG"),
+        Ok(None) => return HttpError::BodyTooBig.reply(),
         Err(e) => return e.reply(),
     };
     let bodies = if binary {
-        match split_binary_mpub(&body, max_msg, max_body as i64) {
-            Ok(b) => b,
-            Err(code) => return reply::error(413, code),
-        }
+        mpub::split_bytes(&body, &limits).map_err(HttpError::from)
     } else {
-        let mut bodies = Vec::new();
-        for line in body.split(|&b| b == b'\n') {
-            if line.is_empty() {
-                continue;
-            }
-            if line.len() as i64 > max_msg {
-                return reply::error(413, "MSG_TOO_BIG");
-            }
-            bodies.push(body.slice_ref(line));
-        }
-        bodies
+        mpub::split_lines(&body, limits.max_msg_size).map_err(HttpError::from)
+    };
+    let bodies = match bodies {
+        Ok(b) => b,
+        Err(e) => return e.reply(),
     };
     match core
         .broker
@@ -354,40 +339,8 @@ async fn mpublish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Rep
         .await
     {
         Ok(()) => reply::ok_text("OK"),
-        Err(_) => reply::error(503, "EXITING"),
+        Err(e) => publish_failed(&e).reply(),
     }
-}
-
-/// `[4B count]([4B size][data])*`; errors are the TCP codes without `E_`.
-fn split_binary_mpub(
-    body: &Bytes,
-    max_msg: i64,
-    max_body: i64,
-) -> Result<Vec<Bytes>, &'static str> {
-    let read = |at: usize| -> Option<i32> {
-        body.get(at..at + 4)
-            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let count = read(0).ok_or("BAD_BODY")?;
-    if count <= 0 || i64::from(count) > (max_body - 4) / 5 {
-        return Err("BAD_BODY");
-    }
-    let mut out = Vec::with_capacity(count as usize);
-    let mut pos = 4;
-    for _ in 0..count {
-        let size = read(pos).ok_or("BAD_MESSAGE")?;
-        if size <= 0 || i64::from(size) > max_msg {
-            return Err("BAD_MESSAGE");
-        }
-        let start = pos + 4;
-        let end = start + size as usize;
-        if end > body.len() {
-            return Err("BAD_MESSAGE");
-        }
-        out.push(body.slice(start..end));
-        pos = end;
-    }
-    Ok(out)
 }
 
 #[derive(Serialize)]
@@ -448,7 +401,7 @@ async fn metrics(core: &Rc<Core>) -> Reply {
     hyper::Response::builder()
         .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         .body(http_body_util::Full::new(Bytes::from(body)))
-        .unwrap_or_else(|_| reply::error(500, "INTERNAL_ERROR"))
+        .unwrap_or_else(|_| HttpError::Internal.reply())
 }
 
 /// H8-H13: GET /stats
@@ -661,7 +614,7 @@ async fn config(core: &Rc<Core>, req: Request<Incoming>, opt: &str, put: bool) -
         let max = core.opts().max_msg_size.max(0) as usize;
         let body = match read_body(req.into_body(), max).await {
             Ok(Some(b)) if !b.is_empty() => b,
-            Ok(_) => return reply::error(413, "INVALID_VALUE"),
+            Ok(_) => return HttpError::ValueSize.reply(),
             Err(e) => return e.reply(),
         };
         match opt {
@@ -674,12 +627,12 @@ async fn config(core: &Rc<Core>, req: Request<Incoming>, opt: &str, put: bool) -
                         .unwrap_or_else(|e| e.into_inner()) = addrs;
                     core.shared.services.lookupd_peers_changed();
                 }
-                Err(_) => return reply::error(400, "INVALID_VALUE"),
+                Err(_) => return HttpError::InvalidValue.reply(),
             },
             "log_level" => {
                 let level = String::from_utf8_lossy(&body).to_ascii_lowercase();
                 if !crate::logging::set_level(&level) {
-                    return reply::error(400, "INVALID_VALUE");
+                    return HttpError::InvalidValue.reply();
                 }
                 *core
                     .shared
@@ -687,13 +640,13 @@ async fn config(core: &Rc<Core>, req: Request<Incoming>, opt: &str, put: bool) -
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = level;
             }
-            _ => return reply::error(400, "INVALID_OPTION"),
+            _ => return HttpError::InvalidOption.reply(),
         }
     }
     match config_value(core, opt) {
         Some(ConfigValue::Text(s)) => reply::ok_text(s),
         Some(ConfigValue::Json(v)) => reply::ok_json(&v),
-        None => reply::error(400, "INVALID_OPTION"),
+        None => HttpError::InvalidOption.reply(),
     }
 }
 

@@ -9,14 +9,13 @@
 //! slices of the read buffer (no copy).
 
 use std::ops::Range;
-
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use super::error::{ClientError, ErrorCode};
+use super::commands::{body_limit, parse, read_i32, Parsed};
+use super::error::ClientError;
 use super::message::MessageId;
-use super::names::{go_quote, is_valid_name};
 
 /// nsqd reads command lines with a 16 KiB `bufio.Reader`; a longer line
 /// fails the read and the connection is closed without an error frame.
@@ -114,138 +113,41 @@ impl From<ClientError> for DecodeError {
     }
 }
 
-fn invalid(text: String) -> DecodeError {
-    ClientError::invalid(text).into()
-}
-
-fn err(code: ErrorCode, text: String) -> DecodeError {
-    ClientError::new(code, text).into()
-}
-
-/// nsqd's `ByteToBase10`: digits only, no sign.
-fn parse_base10(raw: &[u8]) -> Option<u64> {
-    let mut n: u64 = 0;
-    for &d in raw {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        n = n.wrapping_mul(10).wrapping_add((d - b'0') as u64);
+/// The end of the command line (before any `\r`) and where its body
+/// starts; `None` until the newline has arrived.
+fn find_line(buf: &[u8]) -> Option<(usize, usize)> {
+    let nl = memchr::memchr(b'\n', buf)?;
+    let mut line_end = nl;
+    if line_end > 0 && buf[line_end - 1] == b'\r' {
+        line_end -= 1;
     }
-    Some(n)
-}
-
-/// `E_INVALID <prefix><raw bytes>`: nsqd's `%s` of a client's bytes.
-fn invalid_raw(prefix: &str, raw: &[u8]) -> DecodeError {
-    let mut text = prefix.as_bytes().to_vec();
-    text.extend_from_slice(raw);
-    ClientError::invalid(text).into()
-}
-
-fn read_i32(buf: &[u8], at: usize) -> Option<i32> {
-    buf.get(at..at + 4)
-        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-}
-
-fn message_id(raw: &[u8]) -> Result<MessageId, DecodeError> {
-    MessageId::from_slice(raw).ok_or_else(|| invalid("invalid message ID".into()))
-}
-
-/// A fully read command with its bodies as ranges of the buffer.
-enum Parsed {
-    Simple(Command),
-    Identify(Range<usize>),
-    Auth(Range<usize>),
-    Sub(Range<usize>, Range<usize>),
-    Pub(Range<usize>, Range<usize>),
-    Mpub(Range<usize>, Vec<Range<usize>>),
-    Dpub(Range<usize>, i64, Range<usize>),
-}
-
-/// What nsqd answers when the client closes in the middle of a body.
-struct Truncated {
-    code: ErrorCode,
-    size: &'static str,
-    body: &'static str,
-}
-
-const IDENTIFY_TRUNCATED: Truncated = Truncated {
-    code: ErrorCode::BadBody,
-    size: "IDENTIFY failed to read body size",
-    body: "IDENTIFY failed to read body",
-};
-const AUTH_TRUNCATED: Truncated = Truncated {
-    code: ErrorCode::BadBody,
-    size: "AUTH failed to read body size",
-    body: "AUTH failed to read body",
-};
-const PUB_TRUNCATED: Truncated = Truncated {
-    code: ErrorCode::BadMessage,
-    size: "PUB failed to read message body size",
-    body: "PUB failed to read message body",
-};
-const DPUB_TRUNCATED: Truncated = Truncated {
-    code: ErrorCode::BadMessage,
-    size: "DPUB failed to read message body size",
-    body: "DPUB failed to read message body",
-};
-
-/// The client closed before the rest: nsqd's "failed to read" error.
-fn cut_short(eof: bool, code: ErrorCode, text: &str) -> Result<(), DecodeError> {
-    if eof {
-        Err(err(code, text.to_string()))
-    } else {
-        Ok(())
-    }
-}
-
-/// Reads a `[4B len][body]` that starts at `at`, after the length checks
-/// `check(len)`; returns the body range, or None if incomplete.
-fn sized_body(
-    buf: &[u8],
-    at: usize,
-    eof: bool,
-    trunc: &Truncated,
-    check: impl FnOnce(i32) -> Result<(), DecodeError>,
-) -> Result<Option<Range<usize>>, DecodeError> {
-    let Some(len) = read_i32(buf, at) else {
-        cut_short(eof, trunc.code, trunc.size)?;
-        return Ok(None);
-    };
-    check(len)?;
-    let start = at + 4;
-    let end = start + len as usize;
-    if buf.len() < end {
-        cut_short(eof, trunc.code, trunc.body)?;
-        return Ok(None);
-    }
-    Ok(Some(start..end))
+    Some((line_end, nl + 1))
 }
 
 /// Decodes one command from the front of `buf`. `Ok(None)`: need more bytes.
 pub fn decode(buf: &mut BytesMut, ctx: &DecodeContext) -> Result<Option<Command>, DecodeError> {
-    let Some(nl) = memchr::memchr(b'\n', buf) else {
+    let Some((line_end, body_at)) = find_line(buf) else {
         if buf.len() >= MAX_LINE_LEN {
             return Err(DecodeError::LineTooLong);
         }
         return Ok(None);
     };
-    if nl >= MAX_LINE_LEN {
+    if body_at > MAX_LINE_LEN {
         return Err(DecodeError::LineTooLong);
     }
-    let mut line_end = nl;
-    if line_end > 0 && buf[line_end - 1] == b'\r' {
-        line_end -= 1;
-    }
-    let body_at = nl + 1;
     let Some((parsed, consumed)) = parse(&buf[..], line_end, body_at, ctx, false)? else {
         return Ok(None);
     };
-    let frame: Bytes = buf.split_to(consumed).freeze();
+    Ok(Some(into_command(parsed, buf.split_to(consumed).freeze())))
+}
+
+/// Hands out the parsed ranges of `frame` as `Bytes`.
+fn into_command(parsed: Parsed, frame: Bytes) -> Command {
     // A queued body keeps alive the whole read buffer it is a slice of.
     // Small commands (single PUBs) are copied out so that the buffer is
     // reused at once; large ones (MPUB batches) fill their buffer and are
     // shared without a copy.
-    let owned = consumed <= COPY_COMMANDS_UP_TO;
+    let owned = frame.len() <= COPY_COMMANDS_UP_TO;
     let slice = |r: Range<usize>| {
         if owned {
             Bytes::copy_from_slice(&frame[r])
@@ -253,7 +155,7 @@ pub fn decode(buf: &mut BytesMut, ctx: &DecodeContext) -> Result<Option<Command>
             frame.slice(r)
         }
     };
-    Ok(Some(match parsed {
+    match parsed {
         Parsed::Simple(cmd) => cmd,
         Parsed::Identify(b) => Command::Identify(slice(b)),
         Parsed::Auth(b) => Command::Auth(slice(b)),
@@ -274,7 +176,7 @@ pub fn decode(buf: &mut BytesMut, ctx: &DecodeContext) -> Result<Option<Command>
             defer: Duration::from_nanos(defer_ns as u64),
             body: slice(b),
         },
-    }))
+    }
 }
 
 /// After `decode` found `buf` incomplete: the length at which it can
@@ -289,10 +191,8 @@ pub fn wanted_len(buf: &[u8], ctx: &DecodeContext) -> usize {
     };
     let body_at = nl + 1;
     let name = buf[..nl].split(|&b| b == b' ').next().unwrap_or_default();
-    let limit = match name {
-        b"PUB" | b"DPUB" => ctx.max_msg_size,
-        b"IDENTIFY" | b"AUTH" | b"MPUB" => ctx.max_body_size,
-        _ => return next,
+    let Some(limit) = body_limit(name, ctx) else {
+        return next;
     };
     match read_i32(buf, body_at) {
         Some(len) if len > 0 && i64::from(len) <= limit => next.max(body_at + 4 + len as usize),
@@ -304,368 +204,11 @@ pub fn wanted_len(buf: &[u8], ctx: &DecodeContext) -> usize {
 /// that `decode` found incomplete: the error nsqd sends then, if any. A line
 /// without its newline gets none (nsqd closes without a frame).
 pub fn decode_eof(buf: &[u8], ctx: &DecodeContext) -> Option<ClientError> {
-    let nl = memchr::memchr(b'\n', buf)?;
-    let mut line_end = nl;
-    if line_end > 0 && buf[line_end - 1] == b'\r' {
-        line_end -= 1;
-    }
-    match parse(buf, line_end, nl + 1, ctx, true) {
+    let (line_end, body_at) = find_line(buf)?;
+    match parse(buf, line_end, body_at, ctx, true) {
         Err(DecodeError::Client(e)) => Some(e),
         _ => None,
     }
-}
-
-/// Splits the line on single spaces (nsqd's `bytes.Split`), as ranges.
-fn split_params(buf: &[u8], line_end: usize) -> Vec<Range<usize>> {
-    let mut params = Vec::with_capacity(4);
-    let mut start = 0;
-    for (i, &b) in buf[..line_end].iter().enumerate() {
-        if b == b' ' {
-            params.push(start..i);
-            start = i + 1;
-        }
-    }
-    params.push(start..line_end);
-    params
-}
-
-fn parse(
-    buf: &[u8],
-    line_end: usize,
-    body_at: usize,
-    ctx: &DecodeContext,
-    eof: bool,
-) -> Result<Option<(Parsed, usize)>, DecodeError> {
-    let params = split_params(buf, line_end);
-    let p = |i: usize| &buf[params[i].clone()];
-    let line_only = |cmd: Command| Ok(Some((Parsed::Simple(cmd), body_at)));
-    let subscribed_or_closing = matches!(ctx.state, ConnState::Subscribed | ConnState::Closing);
-
-    match p(0) {
-        b"IDENTIFY" => {
-            if ctx.state != ConnState::Init {
-                return Err(invalid("cannot IDENTIFY in current state".into()));
-            }
-            let max = ctx.max_body_size;
-            let body = sized_body(buf, body_at, eof, &IDENTIFY_TRUNCATED, |len| {
-                if len as i64 > max {
-                    Err(err(
-                        ErrorCode::BadBody,
-                        format!("IDENTIFY body too big {len} > {max}"),
-                    ))
-                } else if len <= 0 {
-                    Err(err(
-                        ErrorCode::BadBody,
-                        format!("IDENTIFY invalid body size {len}"),
-                    ))
-                } else {
-                    Ok(())
-                }
-            })?;
-            Ok(body.map(|b| {
-                let end = b.end;
-                (Parsed::Identify(b), end)
-            }))
-        }
-        b"AUTH" => {
-            if ctx.state != ConnState::Init {
-                return Err(invalid("cannot AUTH in current state".into()));
-            }
-            if params.len() != 1 {
-                return Err(invalid("AUTH invalid number of parameters".into()));
-            }
-            let max = ctx.max_body_size;
-            let body = sized_body(buf, body_at, eof, &AUTH_TRUNCATED, |len| {
-                if len as i64 > max {
-                    Err(err(
-                        ErrorCode::BadBody,
-                        format!("AUTH body too big {len} > {max}"),
-                    ))
-                } else if len <= 0 {
-                    Err(err(
-                        ErrorCode::BadBody,
-                        format!("AUTH invalid body size {len}"),
-                    ))
-                } else {
-                    Ok(())
-                }
-            })?;
-            Ok(body.map(|b| {
-                let end = b.end;
-                (Parsed::Auth(b), end)
-            }))
-        }
-        b"SUB" => {
-            if ctx.state != ConnState::Init {
-                return Err(invalid("cannot SUB in current state".into()));
-            }
-            if !ctx.heartbeats_enabled {
-                return Err(invalid("cannot SUB with heartbeats disabled".into()));
-            }
-            if params.len() < 3 {
-                return Err(invalid("SUB insufficient number of parameters".into()));
-            }
-            if !is_valid_name(p(1)) {
-                return Err(err(
-                    ErrorCode::BadTopic,
-                    format!("SUB topic name {} is not valid", go_quote(p(1))),
-                ));
-            }
-            if !is_valid_name(p(2)) {
-                return Err(err(
-                    ErrorCode::BadChannel,
-                    format!("SUB channel name {} is not valid", go_quote(p(2))),
-                ));
-            }
-            Ok(Some((
-                Parsed::Sub(params[1].clone(), params[2].clone()),
-                body_at,
-            )))
-        }
-        b"RDY" => {
-            if ctx.state == ConnState::Closing {
-                return line_only(Command::Rdy(None));
-            }
-            if ctx.state != ConnState::Subscribed {
-                return Err(invalid("cannot RDY in current state".into()));
-            }
-            let count = if params.len() > 1 {
-                match parse_base10(p(1)) {
-                    Some(n) => n as i64,
-                    None => return Err(invalid_raw("RDY could not parse count ", p(1))),
-                }
-            } else {
-                1
-            };
-            if count < 0 || count > ctx.max_rdy_count {
-                return Err(invalid(format!(
-                    "RDY count {count} out of range 0-{}",
-                    ctx.max_rdy_count
-                )));
-            }
-            line_only(Command::Rdy(Some(count)))
-        }
-        b"FIN" => {
-            if !subscribed_or_closing {
-                return Err(invalid("cannot FIN in current state".into()));
-            }
-            if params.len() < 2 {
-                return Err(invalid("FIN insufficient number of params".into()));
-            }
-            line_only(Command::Fin(message_id(p(1))?))
-        }
-        b"REQ" => {
-            if !subscribed_or_closing {
-                return Err(invalid("cannot REQ in current state".into()));
-            }
-            if params.len() < 3 {
-                return Err(invalid("REQ insufficient number of params".into()));
-            }
-            let id = message_id(p(1))?;
-            let Some(requested_ms) = parse_base10(p(2)) else {
-                return Err(invalid_raw("REQ could not parse timeout ", p(2)));
-            };
-            // nsqd: time.Duration(ms) * time.Millisecond wraps, then clamps.
-            let timeout_ns = (requested_ms as i64)
-                .wrapping_mul(1_000_000)
-                .clamp(0, ctx.max_req_timeout_ms.saturating_mul(1_000_000));
-            let timeout = Duration::from_nanos(timeout_ns as u64);
-            line_only(Command::Req {
-                id,
-                timeout,
-                requested_ms,
-            })
-        }
-        b"TOUCH" => {
-            if !subscribed_or_closing {
-                return Err(invalid("cannot TOUCH in current state".into()));
-            }
-            if params.len() < 2 {
-                return Err(invalid("TOUCH insufficient number of params".into()));
-            }
-            line_only(Command::Touch(message_id(p(1))?))
-        }
-        b"CLS" => {
-            if ctx.state != ConnState::Subscribed {
-                return Err(invalid("cannot CLS in current state".into()));
-            }
-            line_only(Command::Cls)
-        }
-        b"NOP" => line_only(Command::Nop),
-        b"PUB" => {
-            if params.len() < 2 {
-                return Err(invalid("PUB insufficient number of parameters".into()));
-            }
-            if !is_valid_name(p(1)) {
-                return Err(err(
-                    ErrorCode::BadTopic,
-                    format!("PUB topic name {} is not valid", go_quote(p(1))),
-                ));
-            }
-            let max = ctx.max_msg_size;
-            let body = sized_body(buf, body_at, eof, &PUB_TRUNCATED, |len| {
-                if len <= 0 {
-                    Err(err(
-                        ErrorCode::BadMessage,
-                        format!("PUB invalid message body size {len}"),
-                    ))
-                } else if len as i64 > max {
-                    Err(err(
-                        ErrorCode::BadMessage,
-                        format!("PUB message too big {len} > {max}"),
-                    ))
-                } else {
-                    Ok(())
-                }
-            })?;
-            Ok(body.map(|b| {
-                let end = b.end;
-                (Parsed::Pub(params[1].clone(), b), end)
-            }))
-        }
-        b"MPUB" => {
-            if params.len() < 2 {
-                return Err(invalid("MPUB insufficient number of parameters".into()));
-            }
-            if !is_valid_name(p(1)) {
-                // X2: nsqd doubles the code in this one text.
-                return Err(err(
-                    ErrorCode::BadTopic,
-                    format!(
-                        "E_BAD_TOPIC MPUB topic name {} is not valid",
-                        go_quote(p(1))
-                    ),
-                ));
-            }
-            parse_mpub(buf, body_at, ctx, eof)
-                .map(|r| r.map(|(bodies, end)| (Parsed::Mpub(params[1].clone(), bodies), end)))
-        }
-        b"DPUB" => {
-            if params.len() < 3 {
-                return Err(invalid("DPUB insufficient number of parameters".into()));
-            }
-            if !is_valid_name(p(1)) {
-                return Err(err(
-                    ErrorCode::BadTopic,
-                    format!("DPUB topic name {} is not valid", go_quote(p(1))),
-                ));
-            }
-            let Some(defer_ms) = parse_base10(p(2)) else {
-                return Err(invalid_raw("DPUB could not parse timeout ", p(2)));
-            };
-            // Go multiplies into a Duration (int64 ns): huge values wrap negative.
-            let defer_ns = (defer_ms as i64).wrapping_mul(1_000_000);
-            if defer_ns < 0 || defer_ns > ctx.max_req_timeout_ms.saturating_mul(1_000_000) {
-                return Err(invalid(format!(
-                    "DPUB timeout {defer_ms} out of range 0-{}",
-                    ctx.max_req_timeout_ms
-                )));
-            }
-            let max = ctx.max_msg_size;
-            let body = sized_body(buf, body_at, eof, &DPUB_TRUNCATED, |len| {
-                if len <= 0 {
-                    Err(err(
-                        ErrorCode::BadMessage,
-                        format!("DPUB invalid message body size {len}"),
-                    ))
-                } else if len as i64 > max {
-                    Err(err(
-                        ErrorCode::BadMessage,
-                        format!("DPUB message too big {len} > {max}"),
-                    ))
-                } else {
-                    Ok(())
-                }
-            })?;
-            Ok(body.map(|b| {
-                let end = b.end;
-                (Parsed::Dpub(params[1].clone(), defer_ns, b), end)
-            }))
-        }
-        other => {
-            let mut text = b"invalid command ".to_vec();
-            text.extend_from_slice(other);
-            Err(ClientError::invalid(text).into())
-        }
-    }
-}
-
-/// The bodies of an MPUB as ranges of the buffer, and where it ends.
-type MpubBodies = (Vec<Range<usize>>, usize);
-
-/// `[4B body size][4B count]([4B size][data])*`; the body size is checked
-/// against the limits but, as in nsqd, not against what follows (T31).
-fn parse_mpub(
-    buf: &[u8],
-    at: usize,
-    ctx: &DecodeContext,
-    eof: bool,
-) -> Result<Option<MpubBodies>, DecodeError> {
-    let Some(body_len) = read_i32(buf, at) else {
-        cut_short(eof, ErrorCode::BadBody, "MPUB failed to read body size")?;
-        return Ok(None);
-    };
-    if body_len <= 0 {
-        return Err(err(
-            ErrorCode::BadBody,
-            format!("MPUB invalid body size {body_len}"),
-        ));
-    }
-    if body_len as i64 > ctx.max_body_size {
-        return Err(err(
-            ErrorCode::BadBody,
-            format!("MPUB body too big {body_len} > {}", ctx.max_body_size),
-        ));
-    }
-    let Some(count) = read_i32(buf, at + 4) else {
-        cut_short(eof, ErrorCode::BadBody, "MPUB failed to read message count")?;
-        return Ok(None);
-    };
-    let max_messages = (ctx.max_body_size - 4) / 5;
-    if count <= 0 || count as i64 > max_messages {
-        return Err(err(
-            ErrorCode::BadBody,
-            format!("MPUB invalid message count {count}"),
-        ));
-    }
-    // Sized by what can be in the buffer, not by the client's count.
-    let mut bodies = Vec::with_capacity((count as usize).min(buf.len() / 5 + 1));
-    let mut pos = at + 8;
-    for i in 0..count {
-        let Some(size) = read_i32(buf, pos) else {
-            cut_short(
-                eof,
-                ErrorCode::BadMessage,
-                &format!("MPUB failed to read message({i}) body size"),
-            )?;
-            return Ok(None);
-        };
-        if size <= 0 {
-            return Err(err(
-                ErrorCode::BadMessage,
-                format!("MPUB invalid message({i}) body size {size}"),
-            ));
-        }
-        if size as i64 > ctx.max_msg_size {
-            return Err(err(
-                ErrorCode::BadMessage,
-                format!("MPUB message too big {size} > {}", ctx.max_msg_size),
-            ));
-        }
-        let start = pos + 4;
-        let end = start + size as usize;
-        if buf.len() < end {
-            cut_short(
-                eof,
-                ErrorCode::BadMessage,
-                "MPUB failed to read message body",
-            )?;
-            return Ok(None);
-        }
-        bodies.push(start..end);
-        pos = end;
-    }
-    Ok(Some((bodies, pos)))
 }
 
 #[cfg(test)]

@@ -2,11 +2,15 @@
 //! error codes. No I/O here: `conn` owns the sockets.
 
 pub mod codec;
+mod commands;
 pub mod error;
 pub mod gojson;
 pub mod identify;
 pub mod message;
+pub mod mpub;
 pub mod names;
+#[cfg(test)]
+mod proptests;
 
 pub use codec::{decode, Command, ConnState, DecodeContext, DecodeError};
 pub use error::{ClientError, ErrorCode};

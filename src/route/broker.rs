@@ -21,7 +21,7 @@ use super::msg::{
 use super::publish::{Pending, PublishError, PublishResult, PublishSink, ReplyTo};
 use super::ring::Router;
 use crate::config::Options;
-use crate::metrics::CoreCounters;
+use crate::stats::CoreCounters;
 use crate::shard::ClientInfo;
 use crate::shard::{AdminError, Channel, Shard, Subscriber};
 use crate::stats::{CoreStats, StatsFilter};

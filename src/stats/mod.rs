@@ -2,7 +2,11 @@
 //! JSON shape (H8-H12). A core builds its part; the HTTP handler merges
 //! the parts of every core.
 
+mod counters;
+
 use serde::Serialize;
+
+pub use counters::{CoreCounters, CoreSnapshot};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PubCount {
@@ -99,7 +103,7 @@ pub struct CoreStats {
     pub topics: Vec<TopicStats>,
     pub producers: Vec<ClientStats>,
     /// Per-core figures for /metrics (one entry per core).
-    pub cores: Vec<crate::metrics::CoreSnapshot>,
+    pub cores: Vec<CoreSnapshot>,
 }
 
 /// Which part of the stats to gather.

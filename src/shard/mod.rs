@@ -47,7 +47,7 @@ pub struct ShardConfig {
     pub metadata_dirty: Arc<AtomicBool>,
     /// Tells nsqlookupd what comes and goes (L5) and asks it for a new
     /// topic's channels (L7); None in unit tests.
-    pub announce: Option<Rc<dyn Announce>>,
+    pub lookup: Option<Rc<dyn Announce>>,
 }
 
 impl ShardConfig {
@@ -56,11 +56,11 @@ impl ShardConfig {
         node_id: u16,
         metadata_dirty: Arc<AtomicBool>,
         storage: Option<Rc<crate::storage::CoreStorage>>,
-        announce: Option<Rc<dyn Announce>>,
+        lookup: Option<Rc<dyn Announce>>,
     ) -> ShardConfig {
         ShardConfig {
             storage,
-            announce,
+            lookup,
             metadata_dirty,
             node_id,
             mem_queue_size: o.mem_queue_size.max(0) as usize,
@@ -93,14 +93,14 @@ impl ShardConfig {
 
     /// L5: a topic (channel None) or channel now exists.
     pub fn announce(&self, topic: &str, channel: Option<&str>) {
-        if let Some(a) = &self.announce {
+        if let Some(a) = &self.lookup {
             a.register(topic, channel);
         }
     }
 
     /// L5: a topic (channel None) or channel was deleted.
     pub fn withdraw(&self, topic: &str, channel: Option<&str>) {
-        if let Some(a) = &self.announce {
+        if let Some(a) = &self.lookup {
             a.unregister(topic, channel);
         }
     }
@@ -108,7 +108,7 @@ impl ShardConfig {
     /// L7: true if a topic created at run time must wait for nsqlookupd's
     /// list of its channels.
     pub fn request_channels(&self, topic: &str) -> bool {
-        self.announce
+        self.lookup
             .as_ref()
             .is_some_and(|a| a.request_channels(topic))
     }

@@ -204,7 +204,7 @@ fn announcing(lookupds_known: bool) -> (Shard, Rc<FakeAnnounce>) {
     });
     let config = ShardConfig {
         mem_queue_size: 100,
-        announce: Some(announce.clone()),
+        lookup: Some(announce.clone()),
         ..ShardConfig::default()
     };
     (Shard::new(0, config), announce)

@@ -42,9 +42,6 @@ pub struct Message {
     pub body: Bytes,
     /// Set by DPUB while the message waits at a topic with no channel yet.
     pub deferred: Option<std::time::Duration>,
-    /// Where a channel's message read from its disk queue sits there; that
-    /// position is consumed only at FIN.
-    pub origin: Option<crate::storage::DiskPos>,
 }
 
 impl Message {
@@ -55,7 +52,6 @@ impl Message {
             attempts: 0,
             body,
             deferred: None,
-            origin: None,
         }
     }
 
@@ -165,7 +161,6 @@ mod tests {
             attempts: 3,
             body: Bytes::from_static(b"hi"),
             deferred: None,
-            origin: None,
         };
         let mut out = Vec::new();
         put_message_frame(&mut out, &msg);

@@ -21,9 +21,9 @@ use super::msg::{
 use super::publish::{Pending, PublishError, PublishResult, PublishSink, ReplyTo};
 use super::ring::Router;
 use crate::config::Options;
-use crate::stats::CoreCounters;
 use crate::shard::ClientInfo;
 use crate::shard::{AdminError, Channel, Shard, Subscriber};
+use crate::stats::CoreCounters;
 use crate::stats::{CoreStats, StatsFilter};
 use crate::storage::metadata::{self, MetadataError};
 use crate::storage::CoreStorage;

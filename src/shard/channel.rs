@@ -12,11 +12,11 @@ use rustc_hash::FxHashMap;
 
 use super::client::ClientInfo;
 use super::e2e::E2eWindow;
-use super::queue::{Backend, MessageQueue};
+use super::queue::{Backend, MessageQueue, Queued};
 use super::sink::ConsumerSink;
 use super::ShardConfig;
 use crate::protocol::{Message, MessageId};
-use crate::storage::{QueueShared, StorageError};
+use crate::storage::{DiskPos, QueueShared, StorageError};
 
 /// A consumer connection as its channel sees it.
 pub struct Subscriber {
@@ -76,16 +76,28 @@ impl Subscriber {
 
 struct InFlight {
     msg: Message,
+    /// Its disk queue position, consumed at FIN.
+    origin: Option<DiskPos>,
     client_id: u64,
     deadline: Instant,
     delivered_at: Instant,
+}
+
+impl InFlight {
+    /// Back in the queue's care, keeping its disk position.
+    fn into_entry(self) -> Queued {
+        Queued {
+            msg: self.msg,
+            origin: self.origin,
+        }
+    }
 }
 
 /// A deferred message, ordered by due time then arrival.
 struct Deferred {
     due: Instant,
     seq: u64,
-    msg: Message,
+    entry: Queued,
 }
 
 impl PartialEq for Deferred {
@@ -204,7 +216,7 @@ impl Channel {
         tracing::debug!(channel = %self.queue_name, count = saved.len(), "restored deferred messages");
         for (msg, due) in saved {
             let wait = Duration::from_nanos(due.saturating_sub(wall).max(0) as u64);
-            self.push_deferred(msg, now + wait);
+            self.push_deferred(Queued::fresh(msg), now + wait);
         }
     }
 
@@ -232,7 +244,7 @@ impl Channel {
             .rev()
             .map(|Reverse(d)| {
                 let wait = d.due.saturating_duration_since(now).as_nanos() as i64;
-                (d.msg, wall.saturating_add(wait))
+                (d.entry.msg, wall.saturating_add(wait))
             })
             .collect();
         match crate::storage::deferred::write(&storage.config.dir, &self.queue_name, &deferred) {
@@ -282,24 +294,24 @@ impl Channel {
     /// topic's queue): never dropped, kept in memory if the disk fails.
     pub fn put_keep(&mut self, msg: Message) {
         self.message_count += 1;
-        self.queue.put_back(msg);
+        self.queue.put_back(Queued::fresh(msg));
     }
 
     pub fn put_deferred(&mut self, msg: Message, delay: Duration) {
         self.message_count += 1;
-        self.push_deferred(msg, Instant::now() + delay);
+        self.push_deferred(Queued::fresh(msg), Instant::now() + delay);
     }
 
-    fn push_deferred(&mut self, mut msg: Message, due: Instant) {
+    fn push_deferred(&mut self, mut entry: Queued, due: Instant) {
         // The heap's due time rules from here: once released the message
         // goes out, without a second look at the wall clock in `dispatch`
         // (which may have been stepped back meanwhile).
-        msg.deferred = None;
+        entry.msg.deferred = None;
         self.deferred_seq += 1;
         self.deferred.push(Reverse(Deferred {
             due,
             seq: self.deferred_seq,
-            msg,
+            entry,
         }));
     }
 
@@ -334,7 +346,7 @@ impl Channel {
 
     pub fn finish(&mut self, client_id: u64, id: &MessageId) -> Result<(), InFlightError> {
         let f = self.take_in_flight(client_id, id)?;
-        if let Some(pos) = f.msg.origin {
+        if let Some(pos) = f.origin {
             self.queue.ack(pos);
         }
         if let Some(e2e) = &mut self.e2e {
@@ -363,9 +375,9 @@ impl Channel {
         }
         self.requeue_count += 1;
         if delay.is_zero() {
-            self.requeue_now(f.msg);
+            self.requeue_now(f.into_entry());
         } else {
-            self.push_deferred(f.msg, Instant::now() + delay);
+            self.push_deferred(f.into_entry(), Instant::now() + delay);
         }
         self.compact_timeouts();
         Ok(())
@@ -399,8 +411,8 @@ impl Channel {
     }
 
     /// A message that went back: nsqd puts it on the queue (memory or disk).
-    fn requeue_now(&mut self, msg: Message) {
-        self.queue.put_back(msg);
+    fn requeue_now(&mut self, entry: Queued) {
+        self.queue.put_back(entry);
     }
 
     /// Timed-out in-flight messages go back (Q6); due deferred ones are
@@ -421,13 +433,13 @@ impl Channel {
                 if let Some(sub) = self.subscriber(f.client_id) {
                     sub.message_done();
                 }
-                self.requeue_now(f.msg);
+                self.requeue_now(f.into_entry());
                 moved = true;
             }
         }
         while self.deferred.peek().is_some_and(|d| d.0.due <= now) {
             if let Some(Reverse(d)) = self.deferred.pop() {
-                self.requeue_now(d.msg);
+                self.requeue_now(d.entry);
                 moved = true;
             }
         }
@@ -475,7 +487,7 @@ impl Channel {
                 continue;
             }
             idle_in_a_row = 0;
-            let Some(mut msg) = self.queue.pop() else {
+            let Some(Queued { mut msg, origin }) = self.queue.pop() else {
                 break;
             };
             // A deferred message stored on disk (durable DPUB) waits here
@@ -485,14 +497,15 @@ impl Channel {
                 let due = msg.timestamp.saturating_add(delay.as_nanos() as i64);
                 let left = due - crate::protocol::message::now_nanos();
                 if left > 0 {
-                    self.push_deferred(msg, now + Duration::from_nanos(left as u64));
+                    let entry = Queued { msg, origin };
+                    self.push_deferred(entry, now + Duration::from_nanos(left as u64));
                     continue;
                 }
             }
             let rate = sub.sample_rate.get();
             if rate > 0 && fastrand::u8(0..100) > rate {
                 // T35: skipped and gone from this channel.
-                if let Some(pos) = msg.origin {
+                if let Some(pos) = origin {
                     self.queue.ack(pos);
                 }
                 continue;
@@ -514,6 +527,7 @@ impl Channel {
                 id,
                 InFlight {
                     msg,
+                    origin,
                     client_id,
                     deadline,
                     delivered_at: now,

@@ -49,8 +49,23 @@ impl Backend {
     }
 }
 
+/// A message in a queue's care, with its place in the disk queue when it
+/// was read from there: that position is consumed only at FIN.
+#[derive(Debug)]
+pub struct Queued {
+    pub msg: Message,
+    pub origin: Option<DiskPos>,
+}
+
+impl Queued {
+    /// A message that is in no disk queue (published, or from a snapshot).
+    pub fn fresh(msg: Message) -> Queued {
+        Queued { msg, origin: None }
+    }
+}
+
 pub struct MessageQueue {
-    memory: VecDeque<Message>,
+    memory: VecDeque<Queued>,
     mem_limit: usize,
     backend: Backend,
 }
@@ -74,7 +89,7 @@ impl MessageQueue {
     /// A published message; fails while the disk is failing (E_PUB_FAILED).
     pub fn put(&mut self, msg: Message) -> Result<(), StorageError> {
         if self.memory.len() < self.mem_limit {
-            self.memory.push_back(msg);
+            self.memory.push_back(Queued::fresh(msg));
             return Ok(());
         }
         match &mut self.backend {
@@ -90,30 +105,30 @@ impl MessageQueue {
     /// A message that was delivered and came back (REQ, timeout): it was
     /// acknowledged long ago, so it is never dropped. One read from disk
     /// stays in memory, keeping its disk position until FIN.
-    pub fn put_back(&mut self, msg: Message) {
-        if msg.origin.is_some() || self.memory.len() < self.mem_limit {
-            self.memory.push_back(msg);
+    pub fn put_back(&mut self, q: Queued) {
+        if q.origin.is_some() || self.memory.len() < self.mem_limit {
+            self.memory.push_back(q);
             return;
         }
         match &mut self.backend {
             Backend::Disk(d) => {
-                if d.put(&msg).is_err() {
-                    self.memory.push_back(msg);
+                if d.put(&q.msg).is_err() {
+                    self.memory.push_back(q);
                 }
             }
             Backend::Discard => {}
-            Backend::Memory(m) => m.push_back(msg),
+            Backend::Memory(m) => m.push_back(q.msg),
         }
     }
 
-    pub fn pop(&mut self) -> Option<Message> {
-        if let Some(m) = self.memory.pop_front() {
-            return Some(m);
+    pub fn pop(&mut self) -> Option<Queued> {
+        if let Some(q) = self.memory.pop_front() {
+            return Some(q);
         }
         match &mut self.backend {
-            Backend::Disk(d) => d.pop(),
+            Backend::Disk(d) => d.pop().map(|(msg, origin)| Queued { msg, origin }),
             Backend::Discard => None,
-            Backend::Memory(m) => m.pop_front(),
+            Backend::Memory(m) => m.pop_front().map(Queued::fresh),
         }
     }
 
@@ -172,7 +187,7 @@ impl MessageQueue {
 
     /// Shutdown: the memory part, to be written to disk.
     pub fn drain_memory(&mut self) -> Vec<Message> {
-        let mut out: Vec<Message> = self.memory.drain(..).collect();
+        let mut out: Vec<Message> = self.memory.drain(..).map(|q| q.msg).collect();
         if let Backend::Memory(m) = &mut self.backend {
             out.extend(m.drain(..));
         }
@@ -198,7 +213,9 @@ mod tests {
         }
         assert_eq!(q.depth(), 5);
         assert_eq!(q.backend_depth(), 3);
-        let got: Vec<u8> = std::iter::from_fn(|| q.pop()).map(|m| m.id.0[0]).collect();
+        let got: Vec<u8> = std::iter::from_fn(|| q.pop())
+            .map(|q| q.msg.id.0[0])
+            .collect();
         assert_eq!(got, vec![0, 1, 2, 3, 4]);
     }
 

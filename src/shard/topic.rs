@@ -128,8 +128,8 @@ impl Topic {
         if self.channels.values().any(|c| c.disk_failing()) {
             return;
         }
-        while let Some(msg) = self.queue.pop() {
-            if let Err(e) = self.fan_out(msg, true) {
+        while let Some(q) = self.queue.pop() {
+            if let Err(e) = self.fan_out(q.msg, true) {
                 tracing::error!(topic = %self.name, error = %e, "fan-out failed");
             }
         }

@@ -357,14 +357,15 @@ impl DiskQueue {
         self.shared.append(msg);
     }
 
-    /// The next message, if one is loaded. With none loaded but some on
-    /// disk, the io task reads ahead and the core dispatches again.
-    pub fn pop(&self) -> Option<Message> {
+    /// The next message, if one is loaded, with its position when that is
+    /// consumed only at FIN (`ack`). With none loaded but some on disk, the
+    /// io task reads ahead and the core dispatches again.
+    pub fn pop(&self) -> Option<(Message, Option<DiskPos>)> {
         let s = &self.shared;
         let mut inner = s.inner.borrow_mut();
         let r = inner.ready.pop_front();
         let low = inner.wants_more();
-        let Some(Ready { pos, mut msg }) = r else {
+        let Some(Ready { pos, msg }) = r else {
             inner.fix_depth_at_tail(&s.name);
             if inner.depth > 0 && !inner.reading {
                 drop(inner);
@@ -376,19 +377,20 @@ impl DiskQueue {
         let index = inner.pop_index;
         inner.pop_index += 1;
         inner.ready_bytes = inner.ready_bytes.saturating_sub(msg.body.len());
-        if s.ack_on_pop {
+        let origin = if s.ack_on_pop {
             inner.ops += 1;
             drop(inner);
             s.after_consume();
+            None
         } else {
             inner.outstanding.insert(pos, index);
-            msg.origin = Some(pos);
             drop(inner);
-        }
+            Some(pos)
+        };
         if low {
             s.wake_io();
         }
-        Some(msg)
+        Some((msg, origin))
     }
 
     /// FIN of a message that came from this queue.

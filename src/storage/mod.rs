@@ -15,6 +15,8 @@ pub mod notify;
 pub mod nsqd_export;
 pub mod nsqd_import;
 pub mod open;
+#[cfg(test)]
+mod proptests;
 pub mod record;
 
 use std::cell::{Cell, RefCell};

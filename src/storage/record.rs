@@ -179,21 +179,30 @@ fn step_ringsq(
     limit: u64,
     max_body: u64,
 ) -> Step {
+    match record_at(chunk, start, avail, pos, limit, max_body) {
+        Step::Corrupt => padding_at(avail, pos, limit),
+        found => found,
+    }
+}
+
+/// The record at `pos`, if the bytes there are one.
+fn record_at(
+    chunk: &Bytes,
+    start: usize,
+    avail: &[u8],
+    pos: u64,
+    limit: u64,
+    max_body: u64,
+) -> Step {
     if avail.len() < PREFIX_LEN {
-        // A short tail of zeros is padding too.
-        if !avail.is_empty() && avail.iter().all(|b| *b == 0) && pos + avail.len() as u64 >= limit {
-            return Step::Pad(limit);
-        }
-        return if pos + PREFIX_LEN as u64 > limit {
-            Step::Corrupt
-        } else {
+        return if pos + (avail.len() as u64) < limit {
+            // The chunk ends here, the data does not: decide on more bytes.
             Step::NeedMore
+        } else {
+            Step::Corrupt
         };
     }
     let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as u64;
-    if len == 0 {
-        return Step::Pad((align_up(pos + 1)).min(limit.max(pos + 1)));
-    }
     if len < FIXED_LEN as u64 || len > FIXED_LEN as u64 + 8 + max_body {
         return Step::Corrupt;
     }
@@ -231,6 +240,23 @@ fn step_ringsq(
     let mut msg = Message::new(id, timestamp, body);
     msg.attempts = attempts;
     Step::Record(Record { msg, due }, end)
+}
+
+/// What is not a record may be padding: zeros from `pos` to the end of
+/// its block (or to `limit`). Padding can be shorter than a record prefix
+/// (a record that ended 3 bytes before a block end), and a record whose
+/// length was damaged to zero is not padding: the resync finds the records
+/// after it in the block.
+fn padding_at(avail: &[u8], pos: u64, limit: u64) -> Step {
+    let end = align_up(pos + 1).min(limit.max(pos + 1));
+    let want = (end - pos) as usize;
+    if avail.is_empty() || !avail[..want.min(avail.len())].iter().all(|b| *b == 0) {
+        return Step::Corrupt;
+    }
+    if avail.len() < want {
+        return Step::NeedMore;
+    }
+    Step::Pad(end)
 }
 
 fn step_nsqd(

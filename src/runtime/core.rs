@@ -215,6 +215,8 @@ async fn write_out(core: &Core) {
             }
         }
     }
+    // Segments consumed by the last syncs go before the core stops.
+    broker.storage.removals_done().await;
     broker.storage.close();
     core.shared
         .exit_metadata

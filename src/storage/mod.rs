@@ -23,7 +23,7 @@ use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::channel::oneshot;
@@ -34,18 +34,34 @@ pub use record::DiskPos;
 
 use notify::Notify;
 
+/// A storage failure, typed: the operation, the file and the OS error
+/// itself (shared, so a group commit can answer every waiter with it).
+/// The text is what nsqd users see after "PUB failed ", worded the way Go
+/// (and so nsqd) words I/O errors: "writing <path>: <os error>".
 #[derive(Debug, Clone, Error)]
 pub enum StorageError {
-    #[error("{op} {path}: {err}")]
+    #[error("{} {}: {source}", lower(op), .path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        err: String,
+        #[source]
+        source: Arc<std::io::Error>,
     },
-    /// The disk is failing (full, I/O error): the text nsqd users see after
-    /// "PUB failed ".
-    #[error("{0}")]
-    Failing(String),
+    #[error("short write ({written} of {wanted} bytes) to {}", .path.display())]
+    ShortWrite {
+        path: PathBuf,
+        written: usize,
+        wanted: usize,
+    },
+    #[error("{}: {source}", .path.display())]
+    Header {
+        path: PathBuf,
+        #[source]
+        source: record::HeaderError,
+    },
+    /// The core stopped before its group commit answered.
+    #[error("exiting")]
+    Exiting,
 }
 
 impl StorageError {
@@ -53,9 +69,40 @@ impl StorageError {
         StorageError::Io {
             op,
             path: path.to_path_buf(),
-            err: err.to_string(),
+            source: Arc::new(err),
         }
     }
+
+    /// A glommio error, keeping its operation and path when it has them
+    /// (`op` and `path` otherwise).
+    pub fn glommio(op: &'static str, path: &Path, err: glommio::GlommioError<()>) -> StorageError {
+        match err {
+            glommio::GlommioError::EnhancedIoError {
+                source,
+                op,
+                path: at,
+                ..
+            } => StorageError::Io {
+                op,
+                path: at.unwrap_or_else(|| path.to_path_buf()),
+                source: Arc::new(source),
+            },
+            other => StorageError::io(op, path, std::io::Error::from(other)),
+        }
+    }
+
+    /// The OS error's kind, for an I/O failure.
+    pub fn kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            StorageError::Io { source, .. } => Some(source.kind()),
+            _ => None,
+        }
+    }
+}
+
+/// glommio names operations "Writing", "Opening": shown lowercase.
+fn lower(op: &str) -> String {
+    op.to_lowercase()
 }
 
 /// Another process holds the data path (C6): nsqd's words.
@@ -195,8 +242,7 @@ impl SyncGroup {
         let (tx, rx) = oneshot::channel();
         self.waiters.borrow_mut().push(tx);
         self.request();
-        rx.await
-            .unwrap_or_else(|_| Err(StorageError::Failing("exiting".into())))
+        rx.await.unwrap_or(Err(StorageError::Exiting))
     }
 
     /// One round: sync every dirty queue concurrently, answer the waiters.
@@ -250,14 +296,19 @@ impl SyncGroup {
 /// that has data first makes the probe real.
 pub async fn probe_direct_reads(dir: &Path, core: usize) {
     let path = dir.join(format!(".ringsq-probe-{core}"));
-    let made =
-        std::fs::write(&path, [0u8; 4096]).and_then(|_| std::fs::File::open(&path)?.sync_all());
+    let file = path.clone();
+    // Plain std::fs writes the data the probe needs: on the blocking pool.
+    let made = glommio::executor()
+        .spawn_blocking(move || {
+            std::fs::write(&file, [0u8; 4096]).and_then(|_| std::fs::File::open(&file)?.sync_all())
+        })
+        .await;
     if made.is_ok() {
         if let Ok(f) = glommio::io::DmaFile::open(&path).await {
             let _ = f.close().await;
         }
     }
-    let _ = std::fs::remove_file(&path);
+    let _ = glommio::io::remove(&path).await;
 }
 
 /// Per-core storage context.
@@ -275,13 +326,8 @@ pub struct CoreStorage {
     /// Bytes sealed for writing but not written yet, over all queues.
     unwritten: Cell<u64>,
     written: Notify,
-    /// Segment files being opened right now (created for writing, or opened
-    /// for reading), with how many opens of each are under way. Nothing else
-    /// may delete such a path meanwhile: glommio's open panics when the file
-    /// vanishes under it, and a queue re-created under the same name must
-    /// not pick the number either. The last opener deletes the file itself
-    /// if its segment went away meanwhile.
-    opening: RefCell<std::collections::HashMap<std::path::PathBuf, u32>>,
+    /// Files being opened or removed right now (`disk_queue::BusyPaths`).
+    pub(crate) paths: Rc<disk_queue::BusyPaths>,
     /// Start-up: each queue's open, prepared off the core thread
     /// (`prepare_queues`), taken by `DiskQueue::open`.
     prepared: RefCell<std::collections::HashMap<String, open::Prepared>>,
@@ -315,6 +361,11 @@ impl CoreStorage {
 
     pub fn is_closed(&self) -> bool {
         self.closed.get()
+    }
+
+    /// Shutdown: resolves once every file removal started has finished.
+    pub async fn removals_done(&self) {
+        self.paths.settle().await;
     }
 
     fn add_unwritten(&self, bytes: u64) {
@@ -362,7 +413,7 @@ impl CoreStorage {
             closed: Cell::new(false),
             unwritten: Cell::new(0),
             written: Notify::default(),
-            opening: RefCell::new(Default::default()),
+            paths: Rc::default(),
             prepared: RefCell::new(Default::default()),
             failed_opens: RefCell::new(Default::default()),
         })
@@ -406,33 +457,6 @@ impl CoreStorage {
 
     pub(crate) fn take_failed_open(&self, name: &str) -> Option<(u64, u64)> {
         self.failed_opens.borrow_mut().remove(name)
-    }
-
-    fn begin_opening(&self, path: &std::path::Path) {
-        *self
-            .opening
-            .borrow_mut()
-            .entry(path.to_path_buf())
-            .or_insert(0) += 1;
-    }
-
-    /// True when no other open of `path` is under way.
-    fn end_opening(&self, path: &std::path::Path) -> bool {
-        let mut opening = self.opening.borrow_mut();
-        match opening.get_mut(path) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            _ => {
-                opening.remove(path);
-                true
-            }
-        }
-    }
-
-    fn is_opening(&self, path: &std::path::Path) -> bool {
-        self.opening.borrow().contains_key(path)
     }
 
     /// A queue read backlog into memory: its topic or channel can deliver.

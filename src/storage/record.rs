@@ -107,7 +107,7 @@ pub fn encode_header(out: &mut [u8], segment: u64) {
     out[24..28].copy_from_slice(&crc.to_le_bytes());
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum HeaderError {
     #[error("not a ringsq segment (bad magic or header crc)")]
     BadHeader,

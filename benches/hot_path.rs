@@ -136,7 +136,7 @@ fn subscriber(id: u64) -> (Rc<Subscriber>, Rc<OutputBuffer>) {
         id,
         remote: "127.0.0.1:1".into(),
         connected_at: SystemTime::now(),
-        fd: -1,
+        fd: Cell::new(-1),
         settings: RefCell::new(settings),
         state: Cell::new(ConnState::Subscribed),
         pub_counts: RefCell::new(Vec::new()),

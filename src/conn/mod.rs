@@ -207,7 +207,7 @@ impl<S: ByteStream> Connection<S> {
             id: id.client_id,
             remote: id.remote,
             connected_at: id.connected_at,
-            fd: reader.raw_fd(),
+            fd: Cell::new(reader.raw_fd()),
             settings: RefCell::new(id.settings),
             state: Cell::new(ConnState::Init),
             pub_counts: RefCell::new(id.pub_counts),
@@ -371,7 +371,9 @@ impl<S: ByteStream> Connection<S> {
                 since_yield = 0;
                 glommio::yield_if_needed().await;
             }
-            if self.replies.has_failed() {
+            // A failed publish ends the connection; its error frame goes
+            // out after the answers before it (`close`).
+            if self.replies.is_failing() {
                 return Some(Flow::Close);
             }
             if self.read_buf.len() < self.wanted {
@@ -401,7 +403,7 @@ impl<S: ByteStream> Connection<S> {
             if !is_publish(&cmd) {
                 // Its answer (and its effect) come after those publishes'.
                 self.replies.drained().await;
-                if self.replies.has_failed() {
+                if self.replies.is_failing() {
                     return Some(Flow::Close);
                 }
             }
@@ -427,7 +429,7 @@ impl<S: ByteStream> Connection<S> {
     /// A fatal error: its frame goes out after the answers before it.
     async fn fail(&mut self, e: ClientError) {
         self.replies.drained().await;
-        if self.replies.has_failed() {
+        if self.replies.is_failing() {
             return;
         }
         tracing::info!(error = %e, "client error");
@@ -436,7 +438,7 @@ impl<S: ByteStream> Connection<S> {
 
     /// The client closed (or timed out, T33) its side.
     async fn end_of_input(&mut self) -> Flow {
-        if self.replies.has_failed() {
+        if self.replies.is_failing() {
             return Flow::Close; // we closed the reading side ourselves
         }
         // In the middle of a command nsqd answers with the read failure (T4).
@@ -602,9 +604,16 @@ impl<S: ByteStream> Connection<S> {
         bodies: Vec<Bytes>,
         defer: Option<Duration>,
     ) {
+        // Bounded pipelining: a publisher whose answers lag (a slow disk
+        // or core) is not read further until some leave.
+        self.replies.room().await;
+        if self.replies.is_failing() {
+            return; // nothing runs after a failed publish (T13-T15)
+        }
         let count = bodies.len();
+        let bytes = bodies.iter().map(Bytes::len).sum();
         let owner = self.broker.owner(&topic);
-        let seq = self.replies.reserve(cmd, topic.clone(), count);
+        let seq = self.replies.reserve(cmd, topic.clone(), count, bytes);
         let reply = ReplyTo {
             sink: self.replies.clone(),
             seq,
@@ -663,18 +672,21 @@ impl<S: ByteStream> Connection<S> {
 
     /// A publisher that keeps sending single messages to another core's
     /// topic moves there once (measured: single PUB round trips halve).
+    /// Only between answers: a move with publishes still waiting would
+    /// have to wait for them, or drop them if they take long.
     fn publisher_move(&self) -> Option<usize> {
         let (owner, streak) = self.pub_streak;
         (streak >= MOVE_PUBLISHER_AFTER
             && owner != self.broker.id
             && self.state == ConnState::Init
-            && !self.publisher_moved)
-            .then_some(owner)
+            && !self.publisher_moved
+            && self.replies.is_empty())
+        .then_some(owner)
     }
 
     async fn move_to(mut self, core: usize, sub: Option<(String, String)>) {
         // Publishes answered here first: their replies come to this core.
-        if !self.wait_for_replies().await || self.replies.has_failed() {
+        if !self.wait_for_replies().await || self.replies.is_failing() {
             return self.close().await;
         }
         self.out.close();
@@ -682,7 +694,7 @@ impl<S: ByteStream> Connection<S> {
             Some(w) => bounded(w).await.flatten(),
             None => None,
         };
-        self.broker.remove_client(self.client_id);
+        self.let_go();
         let Some((write_half, encoder)) = parts else {
             return; // the socket failed while flushing
         };
@@ -740,8 +752,17 @@ impl<S: ByteStream> Connection<S> {
             // Bounded by the write deadline; without heartbeats, cap it.
             let _ = bounded(w).await;
         }
-        self.broker.remove_client(self.client_id);
+        self.let_go();
         tracing::info!("connection closed");
+    }
+
+    /// This core is done with the connection: answers that still come
+    /// (after `wait_for_replies` gave up) and forced disconnects must not
+    /// reach the fd, which closes with `self` and may be reused.
+    fn let_go(&self) {
+        self.replies.abandon();
+        self.info.release_socket();
+        self.broker.remove_client(self.client_id);
     }
 }
 

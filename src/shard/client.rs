@@ -15,7 +15,9 @@ pub struct ClientInfo {
     /// `ip:port`, or `@` for a unix socket.
     pub remote: String,
     pub connected_at: SystemTime,
-    pub fd: RawFd,
+    /// The socket, for shutdown calls only; -1 once the connection closed
+    /// or moved, since its number may then belong to another connection.
+    pub fd: Cell<RawFd>,
     pub settings: RefCell<ClientSettings>,
     pub state: Cell<ConnState>,
     /// Messages published per topic (T37), in first-publish order.
@@ -39,19 +41,30 @@ impl ClientInfo {
 
     /// Closes the socket under the connection: its task sees EOF and cleans up.
     pub fn disconnect(&self) {
-        // SAFETY: shutdown on the connection's own, still open socket.
+        self.shutdown(libc::SHUT_RDWR);
+    }
+
+    /// The connection is letting go of its socket: no shutdown after this.
+    pub fn release_socket(&self) {
+        self.fd.set(-1);
+    }
+
+    fn shutdown(&self, how: libc::c_int) {
+        let fd = self.fd.get();
+        if fd < 0 {
+            return;
+        }
+        // SAFETY: shutdown on the connection's own socket, open until
+        // `release_socket`; it changes the socket's state, not memory.
         unsafe {
-            libc::shutdown(self.fd, libc::SHUT_RDWR);
+            libc::shutdown(fd, how);
         }
     }
 
     /// Ends the reading side only: the connection's task sees EOF and
     /// closes, while what is buffered for the client still goes out.
     pub fn stop_reading(&self) {
-        // SAFETY: shutdown on the connection's own, still open socket.
-        unsafe {
-            libc::shutdown(self.fd, libc::SHUT_RD);
-        }
+        self.shutdown(libc::SHUT_RD);
     }
 
     /// nsqd's client stats; `topic` filters pub_counts and, as nsqd does,

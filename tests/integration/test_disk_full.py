@@ -213,3 +213,62 @@ def test_disk_full_fails_publishes_then_recovers(small_disk, brokers):
     assert not missing, f"{len(missing)} of {len(acked)} acknowledged messages lost: {missing[:3]}"
     unknown = g - set(sent)
     assert not unknown, f"{len(unknown)} delivered bodies never sent"
+
+
+def read_until_closed(p, limit):
+    """Every frame `p` gets until the broker closes it (at most `limit` frames)."""
+    frames = []
+    while len(frames) < limit:
+        try:
+            frames.append(p.read_frame(timeout=10))
+        except (ConnectionError, OSError):
+            break
+    return frames
+
+
+def test_pipelined_durable_publishes_on_a_full_disk(small_disk, brokers):
+    """Issue 11 review: a publisher that pipelines PUBs (no wait for each OK) at
+    --sync-every=1 on a disk that fills up gets, in command order, OKs, then exactly one
+    `E_PUB_FAILED PUB failed <reason>` (T30, fatal: T11), then the close: no frame after
+    the error, and no PUB started after the failure was known is answered. Every
+    acknowledged message is delivered once space is back, exactly once, byte for byte."""
+    import threading
+
+    mnt, how = small_disk
+    data = os.path.join(mnt, "data")
+    os.mkdir(data)
+    b = brokers(args=["--mem-queue-size=0", "--sync-every=1"], data_dir=data, cores=2)
+    post_ok(b, "/topic/create?topic=pfull")
+    post_ok(b, "/channel/create?topic=pfull&channel=c")
+    filler = fill(mnt, int(1.5 * MiB))
+    sent = [body(b"pipe", i, size=16 * 1024) for i in range(300)]  # 4.8 MiB: more than fits
+    p = Conn(b)
+
+    def send_all():
+        try:
+            p.send(b"".join(cmd_bytes("PUB pfull", x) for x in sent))
+        except OSError:
+            pass  # the broker closed its reading side after the failure
+
+    sender = threading.Thread(target=send_all, daemon=True)
+    sender.start()
+    frames = read_until_closed(p, len(sent) + 1)
+    sender.join(timeout=30)
+    oks = 0
+    while oks < len(frames) and frames[oks] == OK:
+        oks += 1
+    assert oks < len(sent), f"4.8 MiB acknowledged on a full {how}"
+    assert len(frames) == oks + 1, f"after {oks} OKs: {frames[oks:oks + 3]}"
+    err = frames[oks]
+    assert err[0] == FRAME_ERROR and err[1].startswith(b"E_PUB_FAILED PUB failed "), err
+    p.close()
+
+    os.unlink(filler)
+    acked = sent[:oks]
+    c = RawConsumer(b, "pfull", "c", rdy=500)
+    got = [m.body for m in c.take(len(acked), quiet=1.0, timeout=60)]
+    g = set(got)
+    assert len(got) == len(g), f"{len(got) - len(g)} duplicates"
+    missing = [i for i, x in enumerate(acked) if x not in g]
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged messages lost: {missing[:5]}"
+    assert not g - set(sent), "delivered bodies never sent"

@@ -136,3 +136,39 @@ def test_pipelined_mpub_and_dpub_keep_their_place(brokers):
     assert ftype == FRAME_ERROR and data.startswith(b"E_BAD_BODY"), data
     assert w.is_closed()
     w.close()
+
+
+def mpub(topic, bodies):
+    data = struct.pack(">i", len(bodies)) + b"".join(struct.pack(">i", len(x)) + x for x in bodies)
+    return f"MPUB {topic}\n".encode() + struct.pack(">i", len(data)) + data
+
+
+def test_pipelining_past_the_per_connection_limits_loses_nothing(brokers):
+    """Issue 11 review: a connection holds at most 64 unanswered publishes (or 4 MiB of
+    bodies) and stops reading until answers leave. Durable publishes (--sync-every=1, every
+    OK after fdatasync) to both cores, pipelined far past both limits in one write, are all
+    answered OK in order and all kept, exactly once."""
+    b = brokers(cores=CORES, args=["--sync-every=1", "--mem-queue-size=0"])
+    topics = [topic_on(0, "limit_a"), topic_on(1, "limit_b")]
+    for t in topics:
+        w = Wire(b.tcp_address)
+        w.cmd(f"SUB {t} ch")
+        assert w.read_frame() == (FRAME_RESPONSE, b"OK")
+        w.close()
+    singles = [b"s%05d" % i for i in range(1000)]  # past the count limit
+    bigs = [[b"%d-%d|" % (i, k) + b"x" * (256 << 10) for k in range(4)] for i in range(12)]
+    stream = b"".join(pub(topics[i % 2], x) for i, x in enumerate(singles))
+    stream += b"".join(mpub(topics[i % 2], batch) for i, batch in enumerate(bigs))  # 12 MiB
+    w = Wire(b.tcp_address, timeout=30)
+    import threading
+
+    sender = threading.Thread(target=w.send, args=(stream,), daemon=True)
+    sender.start()
+    assert read_answers(w, len(singles) + len(bigs)) == [(FRAME_RESPONSE, b"OK")] * (
+        len(singles) + len(bigs)
+    )
+    sender.join(timeout=30)
+    w.close()
+    for k, t in enumerate(topics):
+        want = singles[k::2] + [x for batch in bigs[k::2] for x in batch]
+        assert consume(b, t, len(want)) == want

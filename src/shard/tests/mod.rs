@@ -118,7 +118,7 @@ pub fn consumer(id: u64, rdy: i64) -> (Rc<Subscriber>, Rc<FakeSink>) {
         id,
         remote: format!("127.0.0.1:{id}"),
         connected_at: SystemTime::now(),
-        fd: -1,
+        fd: Cell::new(-1),
         settings: RefCell::new(settings()),
         state: Cell::new(ConnState::Subscribed),
         pub_counts: RefCell::new(Vec::new()),

@@ -109,6 +109,12 @@ impl Broker {
         CoreCounters::add(&self.counters.forwarded_batches, 1);
         CoreCounters::add(&self.counters.forwarded_messages, bodies.len() as u64);
         let token = self.pending.insert(reply);
+        // A caller that goes away while the ring is full (an HTTP request
+        // cancelled) must not leave its slot behind.
+        let unsent = Unsent {
+            pending: &self.pending,
+            token,
+        };
         let request = PublishRequest {
             topic,
             bodies,
@@ -117,6 +123,7 @@ impl Broker {
             token,
         };
         self.router.send(owner, CoreMsg::Publish(request)).await;
+        std::mem::forget(unsent);
         None
     }
 
@@ -377,6 +384,18 @@ impl Broker {
         }
         all.topics.sort_by(|a, b| a.topic_name.cmp(&b.topic_name));
         all
+    }
+}
+
+/// A forwarded publish's slot while its request is not in the ring yet.
+struct Unsent<'a> {
+    pending: &'a Pending,
+    token: u64,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        drop(self.pending.take(self.token));
     }
 }
 

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -30,6 +30,13 @@ pub fn owner_core(topic: &[u8], cores: usize) -> usize {
 }
 
 /// Wakes a parked task from any thread, only when it sleeps.
+///
+/// Both sides store then load other locations (the sleeper: its flag, then
+/// the ring; the waker: the ring, then the flag), the pattern in which
+/// weakly ordered CPUs (aarch64) may let each load pass the store before
+/// it, so that each misses the other's and the sleeper never wakes. A
+/// SeqCst fence between the store and the load on both sides rules that
+/// out; ringbuf's own orderings are only acquire/release.
 #[derive(Default)]
 pub struct CoreWaker {
     waker: AtomicWaker,
@@ -37,10 +44,18 @@ pub struct CoreWaker {
 }
 
 impl CoreWaker {
+    /// After a push (or a drain) to the ring this flag guards.
     pub fn wake_if_sleeping(&self) {
-        if self.sleeping.swap(false, Ordering::SeqCst) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::SeqCst) {
             self.waker.wake();
         }
+    }
+
+    /// Announces sleep, then orders that before the caller's re-check.
+    fn announce_sleep(&self) {
+        self.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
     }
 
     pub fn wake(&self) {
@@ -56,7 +71,7 @@ impl CoreWaker {
                 return Poll::Ready(());
             }
             self.waker.register(cx.waker());
-            self.sleeping.store(true, Ordering::SeqCst);
+            self.announce_sleep();
             if ready() {
                 self.sleeping.store(false, Ordering::SeqCst);
                 Poll::Ready(())
@@ -107,7 +122,7 @@ impl Future for RoomFor<'_> {
             }
         }
         out.space.waker.register(cx.waker());
-        out.space.sleeping.store(true, Ordering::SeqCst);
+        out.space.announce_sleep();
         if out.is_full() {
             return Poll::Pending;
         }

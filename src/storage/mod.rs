@@ -208,6 +208,8 @@ pub struct SyncGroup {
     dirty: RefCell<Vec<Rc<QueueShared>>>,
     waiters: RefCell<Vec<oneshot::Sender<Result<(), StorageError>>>>,
     requested: Cell<bool>,
+    /// The loop has ended (shutdown): no round will answer a new waiter.
+    ended: Cell<bool>,
     wake: Notify,
     figures: Cell<SyncFigures>,
 }
@@ -239,6 +241,9 @@ impl SyncGroup {
 
     /// Resolves once everything appended before the call is on disk.
     pub async fn commit(&self) -> Result<(), StorageError> {
+        if self.ended.get() {
+            return Err(StorageError::Exiting);
+        }
         let (tx, rx) = oneshot::channel();
         self.waiters.borrow_mut().push(tx);
         self.request();
@@ -354,6 +359,7 @@ impl CoreStorage {
     /// Ends the sync loop (after the shutdown flush).
     pub fn close(&self) {
         self.closed.set(true);
+        self.sync.ended.set(true);
         self.sync.wake.notify();
         self.refill_signal.notify();
         self.written.notify();
@@ -515,5 +521,19 @@ impl CoreStorage {
         }
         // Answer anyone still waiting.
         self.sync.round().await;
+    }
+}
+
+#[cfg(test)]
+mod sync_group_tests {
+    use super::*;
+    use futures::FutureExt;
+
+    #[test]
+    fn a_commit_after_the_loop_ended_is_answered_exiting() {
+        let group = SyncGroup::default();
+        group.ended.set(true);
+        let r = group.commit().now_or_never().expect("answered at once");
+        assert!(matches!(r, Err(StorageError::Exiting)));
     }
 }

@@ -367,7 +367,11 @@ impl Broker {
                 topics.extend(part);
             }
         }
-        metadata::persist(&self.data_path, &topics)
+        // The write and its fsyncs run on the core's blocking pool.
+        let dir = self.data_path.clone();
+        glommio::executor()
+            .spawn_blocking(move || metadata::persist(&dir, &topics))
+            .await
     }
 
     /// /stats over every core: topics merged and sorted by name.

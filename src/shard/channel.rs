@@ -203,11 +203,14 @@ impl Channel {
         let Some(storage) = &config.storage else {
             return;
         };
-        let saved = crate::storage::deferred::load(
-            &storage.config.dir,
-            &self.queue_name,
-            storage.config.max_msg_size,
-        );
+        // Read at start-up off the core thread (`CoreStorage::prepare_queues`).
+        let saved = storage.take_deferred(&self.queue_name).unwrap_or_else(|| {
+            crate::storage::deferred::load(
+                &storage.config.dir,
+                &self.queue_name,
+                storage.config.max_msg_size,
+            )
+        });
         if saved.is_empty() {
             return;
         }

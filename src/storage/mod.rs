@@ -336,6 +336,9 @@ pub struct CoreStorage {
     /// Start-up: each queue's open, prepared off the core thread
     /// (`prepare_queues`), taken by `DiskQueue::open`.
     prepared: RefCell<std::collections::HashMap<String, open::Prepared>>,
+    /// Start-up: channels' deferred snapshots, read off the core thread.
+    prepared_deferred:
+        RefCell<std::collections::HashMap<String, Vec<(crate::protocol::Message, i64)>>>,
     /// Start-up: the numbers a queue whose open failed starts past.
     failed_opens: RefCell<std::collections::HashMap<String, (u64, u64)>>,
 }
@@ -421,6 +424,7 @@ impl CoreStorage {
             written: Notify::default(),
             paths: Rc::default(),
             prepared: RefCell::new(Default::default()),
+            prepared_deferred: RefCell::new(Default::default()),
             failed_opens: RefCell::new(Default::default()),
         })
     }
@@ -443,12 +447,28 @@ impl CoreStorage {
                             .as_mut()
                             .map(|l| l.remove(&name).unwrap_or_default());
                         let p = open::prepare_open(&cfg, &name, own);
-                        (name, p)
+                        // A channel's deferred snapshot (`topic:channel`).
+                        let held = name
+                            .contains(':')
+                            .then(|| deferred::load(&cfg.dir, &name, cfg.max_msg_size));
+                        (name, p, held)
                     })
                     .collect::<Vec<_>>()
             })
             .await;
-        self.prepared.borrow_mut().extend(prepared);
+        let mut deferred = self.prepared_deferred.borrow_mut();
+        let mut plans = self.prepared.borrow_mut();
+        for (name, plan, held) in prepared {
+            if let Some(held) = held {
+                deferred.insert(name.clone(), held);
+            }
+            plans.insert(name, plan);
+        }
+    }
+
+    /// Start-up: a channel's deferred snapshot, read by `prepare_queues`.
+    pub fn take_deferred(&self, name: &str) -> Option<Vec<(crate::protocol::Message, i64)>> {
+        self.prepared_deferred.borrow_mut().remove(name)
     }
 
     pub(crate) fn take_prepared(&self, name: &str) -> Option<open::Prepared> {

@@ -150,18 +150,14 @@ pub fn walk_segment(
             Walk::End => break,
             Walk::NeedMore => {
                 let pos = walker.pos();
-                let want = (len - pos).min((4 << 20).max(max_body + 64));
-                let mut buf = vec![0u8; want as usize];
-                let n = read_full_at(&file, &mut buf, pos)?;
-                let chunk_end = chunk_off + chunk.len() as u64;
-                if n == 0 || (pos >= chunk_off && (n as u64) <= chunk_end.saturating_sub(pos)) {
-                    // No progress possible: the file is shorter than it said.
-                    walker.skip_damaged(len);
-                    break;
+                match read_more(&file, pos, len, max_body, (&chunk, chunk_off))? {
+                    Some(next) => (chunk, chunk_off) = (next, pos),
+                    None => {
+                        // No progress possible: the file is shorter than it said.
+                        walker.skip_damaged(len);
+                        break;
+                    }
                 }
-                buf.truncate(n);
-                chunk = Bytes::from(buf);
-                chunk_off = pos;
             }
         }
     }
@@ -172,6 +168,27 @@ pub fn walk_segment(
         }
     }
     Ok(scan)
+}
+
+/// The next chunk from `pos` (up to 4 MiB, or a whole record); None when
+/// it would hold nothing past `last`, the chunk read before.
+fn read_more(
+    file: &std::fs::File,
+    pos: u64,
+    len: u64,
+    max_body: u64,
+    last: (&Bytes, u64),
+) -> std::io::Result<Option<Bytes>> {
+    let (chunk, chunk_off) = last;
+    let want = (len - pos).min((4 << 20).max(max_body + 64));
+    let mut buf = vec![0u8; want as usize];
+    let n = read_full_at(file, &mut buf, pos)?;
+    let chunk_end = chunk_off + chunk.len() as u64;
+    if n == 0 || (pos >= chunk_off && (n as u64) <= chunk_end.saturating_sub(pos)) {
+        return Ok(None);
+    }
+    buf.truncate(n);
+    Ok(Some(Bytes::from(buf)))
 }
 
 fn read_full_at(file: &std::fs::File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {

@@ -146,15 +146,18 @@ fn into_command(parsed: Parsed, frame: Bytes) -> Command {
     // A queued body keeps alive the whole read buffer it is a slice of.
     // Small commands (single PUBs) are copied out so that the buffer is
     // reused at once; large ones (MPUB batches) fill their buffer and are
-    // shared without a copy.
-    let owned = frame.len() <= COPY_COMMANDS_UP_TO;
-    let slice = |r: Range<usize>| {
-        if owned {
-            Bytes::copy_from_slice(&frame[r])
-        } else {
-            frame.slice(r)
-        }
+    // shared without a copy. The copy is one allocation for topic and
+    // bodies together (from the topic's start to the last body's end: a
+    // few framing bytes more), so that their later clones are only
+    // reference counts, not one allocation each.
+    let span = parsed.span();
+    let owned = frame.len() <= COPY_COMMANDS_UP_TO && !span.is_empty();
+    let (source, base) = if owned {
+        (Bytes::copy_from_slice(&frame[span.clone()]), span.start)
+    } else {
+        (frame, 0)
     };
+    let slice = |r: Range<usize>| source.slice(r.start - base..r.end - base);
     match parsed {
         Parsed::Simple(cmd) => cmd,
         Parsed::Identify(b) => Command::Identify(slice(b)),

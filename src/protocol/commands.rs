@@ -24,6 +24,21 @@ pub(super) enum Parsed {
     Dpub(Range<usize>, i64, Range<usize>),
 }
 
+impl Parsed {
+    /// From the first range's start to the last one's end (empty for a
+    /// command without ranges).
+    pub(super) fn span(&self) -> Range<usize> {
+        let (first, last) = match self {
+            Parsed::Simple(_) => return 0..0,
+            Parsed::Identify(b) | Parsed::Auth(b) => (b, b),
+            Parsed::Sub(t, c) => (t, c),
+            Parsed::Pub(t, b) | Parsed::Dpub(t, _, b) => (t, b),
+            Parsed::Mpub(t, bodies) => (t, bodies.last().unwrap_or(t)),
+        };
+        first.start.min(last.start)..first.end.max(last.end)
+    }
+}
+
 /// A parsed command and where it ends; `None` while bytes are missing.
 pub(super) type Step = Result<Option<(Parsed, usize)>, DecodeError>;
 

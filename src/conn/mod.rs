@@ -56,6 +56,9 @@ const COMMANDS_PER_YIELD: u32 = 64;
 /// Publishes of fewer messages than this count towards moving a publisher.
 const SMALL_PUBLISH: usize = 8;
 /// How many small publishes in a row to one other core before moving there.
+/// Measured with pipelined publishing (perf/pub-single.md): without the
+/// move, 4 synchronous publishers of one topic get 22k instead of 33k msg/s
+/// at twice the broker CPU per PUB (55-68 vs 29-31 µs).
 const MOVE_PUBLISHER_AFTER: u32 = 16;
 const MAX_READ_CHUNK: usize = 256 * 1024;
 

@@ -58,6 +58,9 @@ struct Cli {
     /// number of topics; publisher connections cycle over them command by command
     #[arg(long, default_value_t = 1)]
     topics: usize,
+    /// with several topics: publisher connection i of N keeps to topic i*K/N instead of cycling
+    #[arg(long)]
+    sticky_topics: bool,
     /// topic name (with several topics: NAME_0 .. NAME_{K-1})
     #[arg(long, default_value = "bench")]
     topic: String,
@@ -453,7 +456,7 @@ fn run(cli: Cli) -> Result<i32, String> {
         let cfg = publisher::PubCfg {
             id: i as u32,
             mode: cli.mode,
-            topics: topics.clone(),
+            topics: if cli.sticky_topics { vec![topics[i * topics.len() / cli.pub_conns % topics.len()].clone()] } else { topics.clone() },
             start_topic: i,
             batch: cli.batch,
             size: cli.size,

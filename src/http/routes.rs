@@ -124,7 +124,12 @@ async fn route(core: &Rc<Core>, req: Request<Incoming>, path: &str, method: &Met
     if !allowed {
         return HttpError::MethodNotAllowed.reply();
     }
-    let query = match Query::parse(req.uri().query()) {
+    // nsqd's /pub reads and checks the body before it parses the query.
+    let parsed = Query::parse(req.uri().query());
+    if path == "/pub" {
+        return publish(core, req, parsed).await;
+    }
+    let query = match parsed {
         Ok(q) => q,
         Err(e) => return e.reply(),
     };
@@ -133,7 +138,6 @@ async fn route(core: &Rc<Core>, req: Request<Incoming>, path: &str, method: &Met
         "/info" => info(core),
         "/stats" => stats(core, &query).await,
         "/metrics" => metrics(core).await,
-        "/pub" => publish(core, req, &query).await,
         "/mpub" => mpublish(core, req, &query).await,
         "/topic/create" => match topic_arg(&query, HttpError::InvalidTopic) {
             Ok(t) => admin(core, AdminOp::CreateTopic(t)).await,
@@ -260,8 +264,14 @@ fn info(core: &Rc<Core>) -> Reply {
     })
 }
 
-/// H6: POST /pub?topic=T[&defer=ms]
-async fn publish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Reply {
+/// H6: POST /pub?topic=T[&defer=ms], checked in nsqd's order: body size,
+/// empty body, query, topic (created from here on, as nsqd's GetTopic
+/// does), defer.
+async fn publish(
+    core: &Rc<Core>,
+    req: Request<Incoming>,
+    query: Result<Query, HttpError>,
+) -> Reply {
     let max = core.opts().max_msg_size.max(0) as u64;
     if content_length(&req).is_some_and(|n| n > max) {
         return HttpError::MsgTooBig.reply();
@@ -274,7 +284,11 @@ async fn publish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Repl
     if body.is_empty() {
         return HttpError::MsgEmpty.reply();
     }
-    let topic = match topic_arg(query, HttpError::InvalidTopic) {
+    let query = match query {
+        Ok(q) => q,
+        Err(e) => return e.reply(),
+    };
+    let topic = match topic_arg(&query, HttpError::InvalidTopic) {
         Ok(t) => t,
         Err(e) => return e.reply(),
     };
@@ -284,7 +298,7 @@ async fn publish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Repl
             let max_ms = core.opts().max_req_timeout.as_millis() as i64;
             match d.parse::<i64>() {
                 Ok(ms) if (0..=max_ms).contains(&ms) => Some(Duration::from_millis(ms as u64)),
-                _ => return HttpError::InvalidDefer.reply(),
+                _ => return topic_then(core, topic, HttpError::InvalidDefer).await,
             }
         }
     };
@@ -321,7 +335,7 @@ async fn mpublish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Rep
     };
     let body = match read_body(req.into_body(), max_body as usize).await {
         Ok(Some(b)) => b,
-        Ok(None) => return HttpError::BodyTooBig.reply(),
+        Ok(None) => return topic_then(core, topic, HttpError::BodyTooBig).await,
         Err(e) => return e.reply(),
     };
     let bodies = if binary {
@@ -331,7 +345,7 @@ async fn mpublish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Rep
     };
     let bodies = match bodies {
         Ok(b) => b,
-        Err(e) => return e.reply(),
+        Err(e) => return topic_then(core, topic, e).await,
     };
     match core
         .broker
@@ -341,6 +355,15 @@ async fn mpublish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Rep
         Ok(()) => reply::ok_text("OK"),
         Err(e) => publish_failed(&e).reply(),
     }
+}
+
+/// nsqd creates a publish's topic as soon as its name is read, so the
+/// checks after that fail with the topic in place (H6, H7).
+async fn topic_then(core: &Rc<Core>, topic: String, e: HttpError) -> Reply {
+    if let Err(err) = core.broker.admin(AdminOp::CreateTopic(topic)).await {
+        tracing::warn!(error = %err, "topic of a failed publish not created");
+    }
+    e.reply()
 }
 
 #[derive(Serialize)]

@@ -140,6 +140,7 @@ fn subscriber(id: u64) -> (Rc<Subscriber>, Rc<OutputBuffer>) {
         settings: RefCell::new(settings),
         state: Cell::new(ConnState::Subscribed),
         pub_counts: RefCell::new(Vec::new()),
+        auth: Default::default(),
         deflate: Cell::new(false),
         snappy: Cell::new(false),
     });

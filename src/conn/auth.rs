@@ -32,6 +32,9 @@ pub(super) struct AuthSession {
     /// The MPUB whose line is at the front of the read buffer has passed
     /// its check (nsqd checks before reading MPUB's body).
     mpub_checked: bool,
+    /// The last topic `state` let this connection publish on: a run of
+    /// publishes to one topic skips the regexes (about 180 ns each).
+    publish_allowed_on: Vec<u8>,
 }
 
 impl AuthSession {
@@ -127,12 +130,19 @@ impl<S: ByteStream> Connection<S> {
         if self.auth.is_expired() {
             self.query_authd().await?;
         }
+        if channel.is_empty() && !topic.is_empty() && self.auth.publish_allowed_on == topic {
+            return Ok(());
+        }
         // Valid names are ASCII: the decoder checked them.
         let (t, c) = (
             std::str::from_utf8(topic).unwrap_or_default(),
             std::str::from_utf8(channel).unwrap_or_default(),
         );
         let allowed = self.auth.state.as_ref().is_some_and(|s| s.is_allowed(t, c));
+        if allowed && channel.is_empty() {
+            self.auth.publish_allowed_on.clear();
+            self.auth.publish_allowed_on.extend_from_slice(topic);
+        }
         if !allowed {
             return Err(ClientError::new(
                 ErrorCode::Unauthorized,
@@ -198,6 +208,7 @@ impl<S: ByteStream> Connection<S> {
             }
         };
         self.auth.expires = Instant::now().checked_add(state.ttl);
+        self.auth.publish_allowed_on.clear();
         self.auth.state = Some(state);
         *self.info.auth.borrow_mut() = self.auth.stats();
         Ok(())

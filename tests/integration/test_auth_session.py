@@ -112,6 +112,28 @@ def test_requery_with_fewer_permissions_is_unauthorized(brokers, authd):
     assert s.secrets().count("consumer") == 2
 
 
+def test_publish_after_requery_checks_the_new_grant(brokers, authd):
+    """Publishes on one topic are allowed until the TTL; the re-query's smaller grant
+    then refuses the same topic (nothing allowed before is remembered past it)."""
+    s = authd()
+    s.grant(ttl=1)
+    b = auth_broker(brokers, s.address)
+    w = Conn(b)
+    do_auth(w)
+    w.cmd("PUB t", b"m")
+    assert w.read_frame() == OK
+    s.grant([authorization("^other$", [".*"], ["publish"])], ttl=60)
+
+    def pub_once():
+        w.cmd("PUB t", b"m")
+        frame = w.read_frame()
+        return frame if frame != OK else None
+
+    frame = wait_for(pub_once, timeout=10, interval=0.05, what="refused publish")
+    assert frame == (1, b'E_UNAUTHORIZED AUTH failed for PUB on "t" ""')
+    assert s.count() == 2
+
+
 # ---------------------------------------------------------------- order and cores
 
 

@@ -98,6 +98,17 @@ def test_full_url_address_is_used_as_given(brokers, authd):
     assert q.raw_query.startswith("common_name=&remote_ip=127.0.0.1&secret=s3cret&tls=")
 
 
+def test_host_name_address_and_reply_read_to_eof(brokers, authd):
+    """A host name is looked up (off the core); a reply without Content-Length is read
+    until the server closes."""
+    s = authd()
+    s.content_length = False
+    b = auth_broker(brokers, f"localhost:{s.port}")
+    assert do_auth(Conn(b))["permission_count"] == 1
+    [q] = s.wait_queries(1)
+    assert q.headers["Host"] == f"localhost:{s.port}"
+
+
 @pytest.mark.parametrize("cmd", ["SUB t c", "PUB t", "MPUB t", "DPUB t 0"])
 def test_commands_before_auth_get_auth_first(brokers, authd, cmd):
     """T22: SUB/PUB/MPUB/DPUB before AUTH: E_AUTH_FIRST AUTH required before <CMD>."""

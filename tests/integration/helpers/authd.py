@@ -36,6 +36,8 @@ class AuthServer:
         self._answer = (200, json.dumps(reply(EVERYTHING)).encode())
         self._released = threading.Event()
         self._released.set()
+        # False: no Content-Length, the body ends when the server closes (HTTP/1.0).
+        self.content_length = True
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -49,7 +51,8 @@ class AuthServer:
                 status, body = answer(q) if callable(answer) else answer
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
+                if server.content_length:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 

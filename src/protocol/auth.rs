@@ -234,14 +234,17 @@ fn query_escape(out: &mut String, raw: &[u8]) {
     }
 }
 
-/// A JSON string as Go's encoding/json writes it: HTML characters and
-/// U+2028/U+2029 escaped, control characters as `\u00XX` except \n \r \t.
+/// A JSON string as Go's encoding/json writes it (Go 1.22 on, as the
+/// reference nsqd is built): HTML characters and U+2028/U+2029 escaped,
+/// control characters as `\u00XX` except \b \f \n \r \t.
 fn go_json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
+            '\x08' => out.push_str("\\b"),
+            '\x0c' => out.push_str("\\f"),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
@@ -338,6 +341,15 @@ mod tests {
         assert_eq!(
             String::from_utf8(s.ok_response()).expect("utf-8"),
             r#"{"identity":"a\u003cb\u003e\u0026\"c\"\n","identity_url":"http://x/?a=1\u0026b=2","permission_count":2}"#
+        );
+    }
+
+    #[test]
+    fn control_characters_escape_as_the_reference_nsqd() {
+        let s = state("{\"ttl\":1,\"identity\":\"a\\bb\\fc\\u0001\\u2028<\"}");
+        assert_eq!(
+            String::from_utf8(s.ok_response()).expect("utf-8"),
+            r#"{"identity":"a\bb\fc\u0001\u2028\u003c","identity_url":"","permission_count":0}"#
         );
     }
 

@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the data path: decoding PUB and MPUB frames,
 //! encoding message frames, the cross-core ring hand-off, and delivery
-//! from a topic to a consumer's output buffer.
+//! from a topic to a consumer's output buffer, and the AUTH permission
+//! check every PUB/MPUB/DPUB/SUB makes when an auth server is configured.
 //!
 //! `cargo bench --bench hot_path`
 
@@ -140,6 +141,7 @@ fn subscriber(id: u64) -> (Rc<Subscriber>, Rc<OutputBuffer>) {
         settings: RefCell::new(settings),
         state: Cell::new(ConnState::Subscribed),
         pub_counts: RefCell::new(Vec::new()),
+        auth: Default::default(),
         deflate: Cell::new(false),
         snappy: Cell::new(false),
     });
@@ -187,11 +189,31 @@ fn bench_deliver(c: &mut Criterion) {
     g.finish();
 }
 
+/// T22: the check a publish makes against a cached grant (three
+/// authorizations, the permitted one last).
+fn bench_auth_check(c: &mut Criterion) {
+    let reply = br#"{"ttl":3600,"authorizations":[
+        {"topic":"^metrics\\.","channels":["^archive$"],"permissions":["subscribe"]},
+        {"topic":"^logs-[a-z]+$","channels":[".*"],"permissions":["subscribe"]},
+        {"topic":"^orders-(eu|us)$","channels":[".*"],"permissions":["publish","subscribe"]}]}"#;
+    let state = ringsq::protocol::auth::parse(reply).expect("valid reply");
+    let mut g = c.benchmark_group("auth_check");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("publish_allowed", |b| {
+        b.iter(|| black_box(state.is_allowed(black_box("orders-eu"), black_box(""))))
+    });
+    g.bench_function("publish_refused", |b| {
+        b.iter(|| black_box(state.is_allowed(black_box("orders-asia"), black_box(""))))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_decode,
     bench_encode,
     bench_ring,
-    bench_deliver
+    bench_deliver,
+    bench_auth_check
 );
 criterion_main!(benches);

@@ -157,7 +157,7 @@ pub struct Options {
     /// <addr>:<port> to listen on for TCP clients
     #[arg(long = "tcp-address", default_value = "0.0.0.0:4150")]
     pub tcp_address: String,
-    /// <addr>:<port> or a full url of authd (may be given multiple times) [accepted, not yet in effect]
+    /// <addr>:<port> or a full url of authd (may be given multiple times)
     #[arg(long = "auth-http-address")]
     pub auth_http_address: Vec<String>,
     /// address that will be registered with lookupd (defaults to the OS hostname)
@@ -301,7 +301,6 @@ pub struct Options {
 /// says "accepted, not yet in effect"); the security issue implements them.
 pub const INERT_FLAGS: &[&str] = &[
     "https-address",
-    "auth-http-address",
     "queue-scan-worker-pool-max",
     "queue-scan-selection-count",
     "tls-cert",
@@ -505,7 +504,6 @@ impl Options {
                 "--https-address",
                 text(&self.https_address, &d.https_address),
             ),
-            ("--auth-http-address", !self.auth_http_address.is_empty()),
             (
                 "--queue-scan-worker-pool-max",
                 self.queue_scan_worker_pool_max != d.queue_scan_worker_pool_max,
@@ -676,11 +674,7 @@ mod tests {
         ]);
         assert_eq!(
             o.inert_flags_set(),
-            vec![
-                "--auth-http-address",
-                "--queue-scan-worker-pool-max",
-                "--tls-cert"
-            ]
+            vec!["--queue-scan-worker-pool-max", "--tls-cert"]
         );
     }
 

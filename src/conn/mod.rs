@@ -12,6 +12,8 @@
 //! opaque `route::Handoff`), so that delivery, in-flight tracking and
 //! timeouts are plain core-local code.
 
+mod auth;
+mod authd;
 pub mod compress;
 pub mod output;
 pub mod replies;
@@ -105,6 +107,7 @@ struct Connection<S: ByteStream> {
     publisher_moved: bool,
     /// Do not decode again before `read_buf` holds this many bytes.
     wanted: usize,
+    auth: auth::AuthSession,
 }
 
 /// Who the connection is, carried along when it moves between cores.
@@ -117,6 +120,7 @@ struct Identity {
     decoder: Option<Decoder>,
     encoder: Option<Encoder>,
     publisher_moved: bool,
+    auth: auth::AuthSession,
 }
 
 /// The state of a connection moving to another core: `Handoff::state`.
@@ -157,6 +161,7 @@ async fn serve<S: ByteStream>(broker: Rc<Broker>, stream: S, remote: String, ip:
         decoder: None,
         encoder: None,
         publisher_moved: false,
+        auth: Default::default(),
     };
     let conn = Connection::start(broker, identity, stream, BytesMut::new());
     conn.run(true, None).instrument(span).await;
@@ -214,6 +219,7 @@ impl<S: ByteStream> Connection<S> {
             settings: RefCell::new(id.settings),
             state: Cell::new(ConnState::Init),
             pub_counts: RefCell::new(id.pub_counts),
+            auth: RefCell::new(id.auth.stats()),
             deflate: Cell::new(matches!(id.decoder, Some(Decoder::Deflate(_)))),
             snappy: Cell::new(matches!(id.decoder, Some(Decoder::Snappy(_)))),
         });
@@ -235,6 +241,7 @@ impl<S: ByteStream> Connection<S> {
             pub_streak: (0, 0),
             publisher_moved: id.publisher_moved,
             wanted: 0,
+            auth: id.auth,
         }
     }
 
@@ -382,6 +389,10 @@ impl<S: ByteStream> Connection<S> {
             if self.read_buf.len() < self.wanted {
                 return None;
             }
+            if let Err(e) = self.check_mpub_line().await {
+                self.fail(e).await;
+                return Some(Flow::Close);
+            }
             let ctx = self.decode_context();
             let cmd = match decode(&mut self.read_buf, &ctx) {
                 Ok(Some(cmd)) => cmd,
@@ -402,6 +413,7 @@ impl<S: ByteStream> Connection<S> {
                 }
             };
             self.wanted = 0;
+            self.auth_command_decoded();
             tracing::trace!(command = cmd.name(), "command");
             if !is_publish(&cmd) {
                 // Its answer (and its effect) come after those publishes'.
@@ -469,10 +481,9 @@ impl<S: ByteStream> Connection<S> {
                     self.start_compression(c)?;
                 }
             }
-            Command::Auth(_) => {
-                return Err(ClientError::new(ErrorCode::AuthDisabled, "AUTH disabled"));
-            }
+            Command::Auth(secret) => self.auth_command(secret).await?,
             Command::Sub { topic, channel } => {
+                self.check_auth("SUB", &topic, &channel).await?;
                 let topic = String::from_utf8_lossy(&topic).into_owned();
                 let channel = String::from_utf8_lossy(&channel).into_owned();
                 let owner = self.broker.owner(topic.as_bytes());
@@ -527,6 +538,7 @@ impl<S: ByteStream> Connection<S> {
                 self.out.push_response(CLOSE_WAIT);
             }
             Command::Pub { topic, body } => {
+                self.check_auth("PUB", &topic, b"").await?;
                 self.publish(PublishCommand::Pub, topic, vec![body], None)
                     .await;
             }
@@ -535,6 +547,7 @@ impl<S: ByteStream> Connection<S> {
                     .await;
             }
             Command::Dpub { topic, defer, body } => {
+                self.check_auth("DPUB", &topic, b"").await?;
                 self.publish(PublishCommand::Dpub, topic, vec![body], Some(defer))
                     .await;
             }
@@ -720,6 +733,7 @@ impl<S: ByteStream> Connection<S> {
                 decoder: self.decoder.take(),
                 encoder,
                 publisher_moved: self.publisher_moved || sub.is_none(),
+                auth: std::mem::take(&mut self.auth),
             },
             transport: S::TRANSPORT,
             pending: std::mem::take(&mut self.read_buf),

@@ -243,6 +243,7 @@ mod tests {
             }),
             state: Cell::new(ConnState::Init),
             pub_counts: RefCell::new(Vec::new()),
+            auth: Default::default(),
             deflate: Cell::new(false),
             snappy: Cell::new(false),
         });

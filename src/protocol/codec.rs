@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use super::commands::{body_limit, parse, read_i32, Parsed};
+use super::commands::{body_limit, mpub_topic, parse, read_i32, Parsed};
 use super::error::ClientError;
 use super::message::MessageId;
 
@@ -139,6 +139,19 @@ pub fn decode(buf: &mut BytesMut, ctx: &DecodeContext) -> Result<Option<Command>
         return Ok(None);
     };
     Ok(Some(into_command(parsed, buf.split_to(consumed).freeze())))
+}
+
+/// The topic of a complete, valid `MPUB` line at the front of `buf`, if
+/// there is one: the connection checks auth before MPUB's body (T22).
+pub fn mpub_line_topic<'a>(buf: &'a [u8], ctx: &DecodeContext) -> Option<&'a [u8]> {
+    if !buf.starts_with(b"MPUB ") {
+        return None;
+    }
+    let (line_end, body_at) = find_line(buf)?;
+    if body_at > MAX_LINE_LEN {
+        return None;
+    }
+    mpub_topic(buf, line_end, ctx).map(|r| &buf[r])
 }
 
 /// Hands out the parsed ranges of `frame` as `Bytes`.
@@ -282,6 +295,22 @@ mod tests {
             err_text(dec(b"DPUB t 3600001\n", ConnState::Init)),
             "E_INVALID DPUB timeout 3600001 out of range 0-3600000"
         );
+    }
+
+    #[test]
+    fn mpub_line_topic_once_the_line_has_passed_its_checks() {
+        let c = ctx(ConnState::Init);
+        assert_eq!(mpub_line_topic(b"MPUB t\n", &c), Some(&b"t"[..]));
+        assert_eq!(mpub_line_topic(b"MPUB t\r\n\0\0", &c), Some(&b"t"[..]));
+        for not_yet in [
+            &b"MPUB t"[..],
+            b"MPUB a!b\n",
+            b"MPUB\n",
+            b"PUB t\n",
+            b"MPUBX t\n",
+        ] {
+            assert_eq!(mpub_line_topic(not_yet, &c), None, "{not_yet:?}");
+        }
     }
 
     #[test]

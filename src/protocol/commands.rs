@@ -300,6 +300,18 @@ impl Rule {
     }
 }
 
+/// The topic of an `MPUB` line that has passed every check before the
+/// body (T22: MPUB's auth check comes next, before the body is read).
+pub(super) fn mpub_topic(buf: &[u8], line_end: usize, ctx: &DecodeContext) -> Option<Range<usize>> {
+    let line = Line::split(buf, line_end);
+    if &buf[line.parts[0].clone()] != b"MPUB" {
+        return None;
+    }
+    rule(b"MPUB")?.admit(&line, ctx).ok()?;
+    let topic = line.parts[1].clone();
+    is_valid_name(&buf[topic.clone()]).then_some(topic)
+}
+
 /// The limit a command's body length is checked against, if it has one.
 pub(super) fn body_limit(name: &[u8], ctx: &DecodeContext) -> Option<i64> {
     rule(name)?.body.map(|b| b.limit.of(ctx))

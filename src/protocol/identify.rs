@@ -211,7 +211,7 @@ pub fn apply_identify(
         max_deflate_level: opts.max_deflate_level,
         snappy,
         sample_rate: settings.sample_rate as i64,
-        auth_required: false,
+        auth_required: !opts.auth_http_address.is_empty(),
         output_buffer_size: settings.output_buffer_size as i64,
         output_buffer_timeout: millis(settings.output_buffer_timeout),
     };

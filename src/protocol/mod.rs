@@ -1,6 +1,7 @@
 //! Protocol V2: the codec, frames, message layout, IDENTIFY and the `E_*`
 //! error codes. No I/O here: `conn` owns the sockets.
 
+pub mod auth;
 pub mod codec;
 mod commands;
 pub mod error;

@@ -22,8 +22,19 @@ pub struct ClientInfo {
     pub state: Cell<ConnState>,
     /// Messages published per topic (T37), in first-publish order.
     pub pub_counts: RefCell<Vec<(String, u64)>>,
+    /// What AUTH granted, for /stats.
+    pub auth: RefCell<ClientAuth>,
     pub deflate: Cell<bool>,
     pub snappy: Cell<bool>,
+}
+
+/// A client's AUTH as /stats shows it (H11).
+#[derive(Debug, Clone, Default)]
+pub struct ClientAuth {
+    /// AUTH succeeded with at least one authorization.
+    pub authed: bool,
+    pub identity: String,
+    pub identity_url: String,
 }
 
 impl ClientInfo {
@@ -71,6 +82,7 @@ impl ClientInfo {
     /// only one topic is listed (X1).
     pub fn stats(&self, topic: Option<&str>) -> ClientStats {
         let s = self.settings.borrow();
+        let auth = self.auth.borrow().clone();
         let pub_counts = self
             .pub_counts
             .borrow()
@@ -106,6 +118,9 @@ impl ClientInfo {
             deflate: self.deflate.get(),
             snappy: self.snappy.get(),
             user_agent: s.user_agent.clone(),
+            authed: auth.authed,
+            auth_identity: auth.identity,
+            auth_identity_url: auth.identity_url,
             pub_counts,
             tls: false,
             tls_cipher_suite: String::new(),

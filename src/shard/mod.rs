@@ -23,7 +23,7 @@ use bytes::Bytes;
 
 pub use announce::Announce;
 pub use channel::{Channel, InFlightError, Subscriber};
-pub use client::ClientInfo;
+pub use client::{ClientAuth, ClientInfo};
 pub use sink::ConsumerSink;
 pub use topic::Topic;
 

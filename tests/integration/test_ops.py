@@ -22,7 +22,6 @@ NSQD_EXAMPLE = ROOT / "tests" / "data" / "nsqd.cfg.example"
 DEPLOY_CFG = ROOT / "deploy" / "ringsqd.cfg"
 INERT = [
     "--https-address",
-    "--auth-http-address",
     "--queue-scan-worker-pool-max",
     "--queue-scan-selection-count",
     "--tls-cert",

@@ -122,6 +122,7 @@ pub fn consumer(id: u64, rdy: i64) -> (Rc<Subscriber>, Rc<FakeSink>) {
         settings: RefCell::new(settings()),
         state: Cell::new(ConnState::Subscribed),
         pub_counts: RefCell::new(Vec::new()),
+        auth: Default::default(),
         deflate: Cell::new(false),
         snappy: Cell::new(false),
     });

@@ -657,6 +657,7 @@ impl<S: ByteStream> Connection<S> {
         ));
         self.broker
             .subscribe(&topic, &channel, subscriber.clone())?;
+        self.replies.watch(subscriber.clone());
         tracing::info!(topic, channel, "subscribed");
         self.sub = Some(Subscription {
             topic,

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use super::output::OutputBuffer;
 use crate::protocol::message::OK;
 use crate::route::{PublishCommand, PublishResult, PublishSink};
-use crate::shard::ClientInfo;
+use crate::shard::{ClientInfo, Subscriber};
 
 /// Publishes that may wait for their answer on one connection.
 pub const MAX_WAITING: usize = 64;
@@ -67,6 +67,9 @@ pub struct Replies {
     abandoned: Cell<bool>,
     /// The reading task, waiting for answers (`drained` or `room`).
     waiter: Cell<Option<Waker>>,
+    /// The connection's subscription, if any: no MESSAGE may follow the
+    /// error frame of a failed publish.
+    subscriber: RefCell<Option<Rc<Subscriber>>>,
 }
 
 impl Replies {
@@ -81,7 +84,13 @@ impl Replies {
             failed: Cell::new(false),
             abandoned: Cell::new(false),
             waiter: Cell::new(None),
+            subscriber: RefCell::new(None),
         }
+    }
+
+    /// The connection subscribed: stop its deliveries if a publish fails.
+    pub fn watch(&self, subscriber: Rc<Subscriber>) {
+        self.subscriber.replace(Some(subscriber));
     }
 
     /// Takes the next place in line for a publish's answer; `bytes` is the
@@ -176,6 +185,9 @@ impl Replies {
                 Some(Err(e)) => {
                     let err = e.to_client_error(w.cmd);
                     tracing::info!(error = %err, "client error");
+                    if let Some(sub) = self.subscriber.borrow().as_ref() {
+                        sub.closing.set(true);
+                    }
                     self.out.push_error(&err.to_frame_body());
                     self.failed.set(true);
                     // The reading task sees EOF and closes; the writer
@@ -397,5 +409,22 @@ mod tests {
         r.publish_done(a, Err(PublishError::Exiting));
         assert!(frames(&out).is_empty());
         assert!(!r.is_failing() && !r.has_failed());
+    }
+
+    #[test]
+    fn a_failed_publish_stops_the_connections_deliveries() {
+        let (r, out, info) = replies();
+        let sub = Rc::new(Subscriber::new(
+            info,
+            out.clone(),
+            Duration::from_secs(60),
+            0,
+        ));
+        sub.rdy.set(10);
+        r.watch(sub.clone());
+        let a = r.reserve(PublishCommand::Pub, Bytes::from_static(b"t"), 1, 1);
+        assert!(sub.is_ready());
+        r.publish_done(a, Err(PublishError::Exiting));
+        assert!(!sub.is_ready(), "no MESSAGE may follow E_PUB_FAILED");
     }
 }

@@ -6,6 +6,7 @@ fresh data path each); nothing is mocked.
 
 import pytest
 
+from helpers.authd import AuthServer
 from helpers.broker import Broker
 from helpers.http_api import Consumer
 from helpers.wire import Wire
@@ -97,3 +98,18 @@ def loop():
     lp = PynsqLoop()
     yield lp
     lp.close()
+
+
+@pytest.fixture
+def authd():
+    """authd() -> a new AuthServer; every one is shut down at teardown."""
+    servers = []
+
+    def make():
+        s = AuthServer()
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()

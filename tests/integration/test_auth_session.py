@@ -7,29 +7,11 @@ import json
 
 import pytest
 
-from helpers.authd import EVERYTHING, AuthServer, authorization
+from helpers.authd import EVERYTHING, auth_broker, authorization
 from helpers.clients import Collector
 from helpers.http_api import stats
 from helpers.wait import wait_for
 from helpers.wire import FRAME_RESPONSE, OK, Conn, cmd_bytes, expect_error, read_message_within
-
-
-@pytest.fixture
-def authd():
-    servers = []
-
-    def make():
-        s = AuthServer()
-        servers.append(s)
-        return s
-
-    yield make
-    for s in servers:
-        s.close()
-
-
-def auth_broker(brokers, *addresses, args=()):
-    return brokers(args=[f"--auth-http-address={a}" for a in addresses] + list(args))
 
 
 def do_auth(w, secret=b"s3cret"):

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from helpers.authd import EVERYTHING, AuthServer, authorization
+from helpers.authd import EVERYTHING, AuthServer, auth_broker, authorization
 from helpers.broker import free_port
 from helpers.wire import (
     FRAME_RESPONSE,
@@ -22,25 +22,6 @@ from helpers.wire import (
     mpub_body,
     read_message_within,
 )
-
-
-@pytest.fixture
-def authd():
-    """authd() -> a new AuthServer; every one is shut down at teardown."""
-    servers = []
-
-    def make():
-        s = AuthServer()
-        servers.append(s)
-        return s
-
-    yield make
-    for s in servers:
-        s.close()
-
-
-def auth_broker(brokers, *addresses, args=()):
-    return brokers(args=[f"--auth-http-address={a}" for a in addresses] + list(args))
 
 
 def send_auth(w, secret=b"s3cret"):

@@ -101,3 +101,8 @@ class AuthServer:
         self.release()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def auth_broker(brokers, *addresses, args=()):
+    """A broker asking the auth servers at `addresses` (--auth-http-address each)."""
+    return brokers(args=[f"--auth-http-address={a}" for a in addresses] + list(args))

@@ -271,22 +271,10 @@ async fn publish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Repl
         Ok(None) => return HttpError::MsgTooBig.reply(),
         Err(e) => return e.reply(),
     };
-    if body.is_empty() {
-        return HttpError::MsgEmpty.reply();
-    }
-    let topic = match topic_arg(query, HttpError::InvalidTopic) {
-        Ok(t) => t,
+    let max_ms = core.opts().max_req_timeout.as_millis() as i64;
+    let (topic, body, defer) = match pub_args(query, body, max_ms) {
+        Ok(args) => args,
         Err(e) => return e.reply(),
-    };
-    let defer = match query.get("defer") {
-        None => None,
-        Some(d) => {
-            let max_ms = core.opts().max_req_timeout.as_millis() as i64;
-            match d.parse::<i64>() {
-                Ok(ms) if (0..=max_ms).contains(&ms) => Some(Duration::from_millis(ms as u64)),
-                _ => return HttpError::InvalidDefer.reply(),
-            }
-        }
     };
     match core
         .broker
@@ -312,24 +300,13 @@ async fn mpublish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Rep
         Ok(t) => t,
         Err(e) => return e.reply(),
     };
-    let binary = match query.get("binary") {
-        None => false,
-        Some(v) => bool_param(Some(v)).unwrap_or_else(|| {
-            tracing::warn!(value = v, "deprecated value used for /mpub binary param");
-            true
-        }),
-    };
+    let binary = mpub_binary(query);
     let body = match read_body(req.into_body(), max_body as usize).await {
         Ok(Some(b)) => b,
         Ok(None) => return HttpError::BodyTooBig.reply(),
         Err(e) => return e.reply(),
     };
-    let bodies = if binary {
-        mpub::split_bytes(&body, &limits).map_err(HttpError::from)
-    } else {
-        mpub::split_lines(&body, limits.max_msg_size).map_err(HttpError::from)
-    };
-    let bodies = match bodies {
+    let bodies = match mpub_bodies(&body, binary, &limits) {
         Ok(b) => b,
         Err(e) => return e.reply(),
     };
@@ -341,6 +318,70 @@ async fn mpublish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Rep
         Ok(()) => reply::ok_text("OK"),
         Err(e) => publish_failed(&e).reply(),
     }
+}
+
+/// H6: the checks after the body is read, in nsqd's order: the body, the
+/// topic, the defer.
+fn pub_args(
+    query: &Query,
+    body: Bytes,
+    max_req_timeout_ms: i64,
+) -> Result<(String, Bytes, Option<Duration>), HttpError> {
+    if body.is_empty() {
+        return Err(HttpError::MsgEmpty);
+    }
+    let topic = topic_arg(query, HttpError::InvalidTopic)?;
+    let defer = match query.get("defer") {
+        None => None,
+        Some(d) => match d.parse::<i64>() {
+            Ok(ms) if (0..=max_req_timeout_ms).contains(&ms) => {
+                Some(Duration::from_millis(ms as u64))
+            }
+            _ => return Err(HttpError::InvalidDefer),
+        },
+    };
+    Ok((topic, body, defer))
+}
+
+/// H7: `binary`; a value other than true/false/1/0 still means binary.
+fn mpub_binary(query: &Query) -> bool {
+    match query.get("binary") {
+        None => false,
+        Some(v) => bool_param(Some(v)).unwrap_or_else(|| {
+            tracing::warn!(value = v, "deprecated value used for /mpub binary param");
+            true
+        }),
+    }
+}
+
+/// H7: the messages of a `/mpub` body.
+fn mpub_bodies(body: &Bytes, binary: bool, limits: &MpubLimits) -> Result<Vec<Bytes>, HttpError> {
+    if binary {
+        mpub::split_bytes(body, limits).map_err(HttpError::from)
+    } else {
+        mpub::split_lines(body, limits.max_msg_size).map_err(HttpError::from)
+    }
+}
+
+/// What `/pub` (`mpub == false`) or `/mpub` would publish for this query
+/// (as hyper hands it) and body, through the routes' own checks in their
+/// order, without a broker: the entry of the HTTP fuzz target.
+#[doc(hidden)]
+pub fn publish_args(
+    mpub: bool,
+    raw_query: Option<&str>,
+    body: Bytes,
+    limits: &MpubLimits,
+    max_req_timeout_ms: i64,
+) -> Result<(String, Vec<Bytes>, Option<Duration>), HttpError> {
+    let query = Query::parse(raw_query)?;
+    if !mpub {
+        let (topic, body, defer) = pub_args(&query, body, max_req_timeout_ms)?;
+        return Ok((topic, vec![body], defer));
+    }
+    let topic = topic_arg(&query, HttpError::InvalidTopic)?;
+    let binary = mpub_binary(&query);
+    Ok((topic, mpub_bodies(&body, binary, limits)?, None))
 }
 
 #[derive(Serialize)]

@@ -192,11 +192,12 @@ const SNAPPY_MAX_UNCOMPRESSED: usize = 65536;
 const SNAPPY_MAX_CHUNK: usize = 4 + 32 + SNAPPY_MAX_UNCOMPRESSED + SNAPPY_MAX_UNCOMPRESSED / 6;
 
 impl SnappyFrameDecoder {
+    /// A whole chunk is pending, or a header `decode` refuses at once.
     fn has_complete_chunk(&self) -> bool {
         self.pending.len() >= 4 && {
             let h = &self.pending[..4];
             let len = u32::from_le_bytes([h[1], h[2], h[3], 0]) as usize;
-            self.pending.len() >= 4 + len
+            self.pending.len() >= 4 + len || (h[0] <= 0x01 && len > SNAPPY_MAX_CHUNK)
         }
     }
 
@@ -334,6 +335,26 @@ mod tests {
         assert!(dec.has_pending());
         assert!(dec.decode(&[1u8; 4096], &mut plain, 1000).is_err());
         assert_eq!(&plain[..], b"NOP\n");
+    }
+
+    /// Found by the compress fuzz target: a snappy stream with one bit
+    /// flipped into a chunk length over the limit, decoded with a small
+    /// budget. The decode that stopped at its budget left the bad header
+    /// pending, but `has_pending` looked only for whole chunks, so the
+    /// connection waited for more bytes instead of closing at once.
+    #[test]
+    fn snappy_bad_header_left_by_the_budget_is_pending() {
+        let mut raw = vec![0xff, 6, 0, 0];
+        raw.extend_from_slice(b"sNaPpY");
+        raw.extend_from_slice(&[0x01, 8, 0, 0, 0, 0, 0, 0]);
+        raw.extend_from_slice(b"NOP\n");
+        raw.extend_from_slice(&[0x00, 0xff, 0xff, 0xff]);
+        let mut dec = Decoder::snappy();
+        let mut plain = BytesMut::new();
+        dec.decode(&raw, &mut plain, 1).unwrap();
+        assert_eq!(&plain[..], b"NOP\n");
+        assert!(dec.has_pending());
+        assert!(dec.decode(&[], &mut plain, 1).is_err());
     }
 
     #[test]

@@ -21,6 +21,8 @@ struct Walked {
 /// the walker asks for more at the same position).
 fn walk(format: Format, file: &[u8], start: u64, chunk: usize, max_body: u64) -> Walked {
     let limit = file.len() as u64;
+    // Chunks are slices of one copy, so that 1-byte reads stay linear.
+    let file = Bytes::copy_from_slice(file);
     let mut walker = Walker::new(format, start);
     let mut out = Walked {
         records: Vec::new(),
@@ -51,7 +53,7 @@ fn walk(format: Format, file: &[u8], start: u64, chunk: usize, max_body: u64) ->
                     size *= 2;
                 }
                 let end = (pos as usize).saturating_add(size).min(file.len());
-                data = Bytes::copy_from_slice(&file[pos as usize..end]);
+                data = file.slice(pos as usize..end);
                 data_off = pos;
             }
         }

@@ -9,6 +9,8 @@
 
 pub mod config;
 pub mod conn;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod http;
 pub mod logging;
 pub mod lookup;

@@ -35,6 +35,10 @@ pub struct DeflateDecoder {
     /// The last call stopped with its output full: the inflater may hold
     /// more output even when all input is in.
     held: bool,
+    /// The client sent a final block: the stream is over. Go's flate reader
+    /// returns EOF there and nsqd closes the connection; bytes after it
+    /// would otherwise pile up in `pending`, never decoded.
+    ended: bool,
 }
 
 /// Turns plain protocol bytes into what goes on the wire.
@@ -49,6 +53,7 @@ impl Decoder {
             inflate: Decompress::new(false),
             pending: Vec::new(),
             held: false,
+            ended: false,
         }))
     }
 
@@ -59,7 +64,7 @@ impl Decoder {
     /// Compressed bytes received but not decoded yet.
     pub fn has_pending(&self) -> bool {
         match self {
-            Decoder::Deflate(d) => !d.pending.is_empty() || d.held,
+            Decoder::Deflate(d) => !d.pending.is_empty() || d.held || d.ended,
             Decoder::Snappy(s) => s.has_complete_chunk(),
         }
     }
@@ -86,6 +91,9 @@ impl DeflateDecoder {
         out: &mut bytes::BytesMut,
         budget: usize,
     ) -> Result<(), CompressError> {
+        if self.ended {
+            return Err(CompressError::Deflate("stream ended".into()));
+        }
         self.pending.extend_from_slice(input);
         let target = out.len() + budget;
         let mut taken = 0;
@@ -113,6 +121,7 @@ impl DeflateDecoder {
             self.held = produced == room;
             if status == Status::StreamEnd || (consumed == 0 && produced == 0) {
                 self.held = false;
+                self.ended = status == Status::StreamEnd;
                 break;
             }
             // Everything in and the output was not full: nothing is held back.
@@ -183,11 +192,12 @@ const SNAPPY_MAX_UNCOMPRESSED: usize = 65536;
 const SNAPPY_MAX_CHUNK: usize = 4 + 32 + SNAPPY_MAX_UNCOMPRESSED + SNAPPY_MAX_UNCOMPRESSED / 6;
 
 impl SnappyFrameDecoder {
+    /// A whole chunk is pending, or a header `decode` refuses at once.
     fn has_complete_chunk(&self) -> bool {
         self.pending.len() >= 4 && {
             let h = &self.pending[..4];
             let len = u32::from_le_bytes([h[1], h[2], h[3], 0]) as usize;
-            self.pending.len() >= 4 + len
+            self.pending.len() >= 4 + len || (h[0] <= 0x01 && len > SNAPPY_MAX_CHUNK)
         }
     }
 
@@ -306,6 +316,45 @@ mod tests {
         dec.decode(&wire, &mut plain, 64 * 1024).unwrap();
         assert!(plain.len() <= 128 * 1024, "{}", plain.len());
         assert!(dec.has_pending());
+    }
+
+    /// Found reading the decoder for the compress fuzz target: bytes after
+    /// a final deflate block were kept in `pending` forever (memory a client
+    /// could grow without bound); now the stream ends there, as nsqd's does.
+    #[test]
+    fn deflate_stream_ends_at_its_final_block() {
+        let mut c = Compress::new(Compression::new(6), false);
+        let mut wire = Vec::with_capacity(256);
+        c.compress_vec(b"NOP\n", &mut wire, FlushCompress::Finish)
+            .unwrap();
+        let mut dec = Decoder::deflate();
+        let mut plain = BytesMut::new();
+        dec.decode(&wire, &mut plain, 1000).unwrap();
+        assert_eq!(&plain[..], b"NOP\n");
+        // What comes after the end is refused, not held.
+        assert!(dec.has_pending());
+        assert!(dec.decode(&[1u8; 4096], &mut plain, 1000).is_err());
+        assert_eq!(&plain[..], b"NOP\n");
+    }
+
+    /// Found by the compress fuzz target: a snappy stream with one bit
+    /// flipped into a chunk length over the limit, decoded with a small
+    /// budget. The decode that stopped at its budget left the bad header
+    /// pending, but `has_pending` looked only for whole chunks, so the
+    /// connection waited for more bytes instead of closing at once.
+    #[test]
+    fn snappy_bad_header_left_by_the_budget_is_pending() {
+        let mut raw = vec![0xff, 6, 0, 0];
+        raw.extend_from_slice(b"sNaPpY");
+        raw.extend_from_slice(&[0x01, 8, 0, 0, 0, 0, 0, 0]);
+        raw.extend_from_slice(b"NOP\n");
+        raw.extend_from_slice(&[0x00, 0xff, 0xff, 0xff]);
+        let mut dec = Decoder::snappy();
+        let mut plain = BytesMut::new();
+        dec.decode(&raw, &mut plain, 1).unwrap();
+        assert_eq!(&plain[..], b"NOP\n");
+        assert!(dec.has_pending());
+        assert!(dec.decode(&[], &mut plain, 1).is_err());
     }
 
     #[test]

@@ -8,6 +8,13 @@ mod reply;
 mod routes;
 mod target;
 
+#[doc(hidden)]
+pub use error::HttpError;
+#[doc(hidden)]
+pub use routes::publish_args;
+#[doc(hidden)]
+pub use target::{escape_into, Framer};
+
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;

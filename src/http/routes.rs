@@ -288,19 +288,15 @@ async fn publish(
         Ok(q) => q,
         Err(e) => return e.reply(),
     };
-    let topic = match topic_arg(&query, HttpError::InvalidTopic) {
-        Ok(t) => t,
-        Err(e) => return e.reply(),
-    };
-    let defer = match query.get("defer") {
-        None => None,
-        Some(d) => {
-            let max_ms = core.opts().max_req_timeout.as_millis() as i64;
-            match d.parse::<i64>() {
-                Ok(ms) if (0..=max_ms).contains(&ms) => Some(Duration::from_millis(ms as u64)),
-                _ => return topic_then(core, topic, HttpError::InvalidDefer).await,
-            }
+    let max_ms = core.opts().max_req_timeout.as_millis() as i64;
+    let (topic, body, defer) = match pub_args(&query, body, max_ms) {
+        Ok(args) => args,
+        // The topic's name was valid: nsqd had created it by then.
+        Err(e @ HttpError::InvalidDefer) => {
+            let topic = query.get("topic").unwrap_or_default().to_string();
+            return topic_then(core, topic, e).await;
         }
+        Err(e) => return e.reply(),
     };
     match core
         .broker
@@ -326,24 +322,13 @@ async fn mpublish(core: &Rc<Core>, req: Request<Incoming>, query: &Query) -> Rep
         Ok(t) => t,
         Err(e) => return e.reply(),
     };
-    let binary = match query.get("binary") {
-        None => false,
-        Some(v) => bool_param(Some(v)).unwrap_or_else(|| {
-            tracing::warn!(value = v, "deprecated value used for /mpub binary param");
-            true
-        }),
-    };
+    let binary = mpub_binary(query);
     let body = match read_body(req.into_body(), max_body as usize).await {
         Ok(Some(b)) => b,
         Ok(None) => return topic_then(core, topic, HttpError::BodyTooBig).await,
         Err(e) => return e.reply(),
     };
-    let bodies = if binary {
-        mpub::split_bytes(&body, &limits).map_err(HttpError::from)
-    } else {
-        mpub::split_lines(&body, limits.max_msg_size).map_err(HttpError::from)
-    };
-    let bodies = match bodies {
+    let bodies = match mpub_bodies(&body, binary, &limits) {
         Ok(b) => b,
         Err(e) => return topic_then(core, topic, e).await,
     };
@@ -364,6 +349,73 @@ async fn topic_then(core: &Rc<Core>, topic: String, e: HttpError) -> Reply {
         tracing::warn!(error = %err, "topic of a failed publish not created");
     }
     e.reply()
+}
+
+/// H6: the checks after the body is read, in nsqd's order: the body, the
+/// topic, the defer.
+fn pub_args(
+    query: &Query,
+    body: Bytes,
+    max_req_timeout_ms: i64,
+) -> Result<(String, Bytes, Option<Duration>), HttpError> {
+    if body.is_empty() {
+        return Err(HttpError::MsgEmpty);
+    }
+    let topic = topic_arg(query, HttpError::InvalidTopic)?;
+    let defer = match query.get("defer") {
+        None => None,
+        Some(d) => match d.parse::<i64>() {
+            Ok(ms) if (0..=max_req_timeout_ms).contains(&ms) => {
+                Some(Duration::from_millis(ms as u64))
+            }
+            _ => return Err(HttpError::InvalidDefer),
+        },
+    };
+    Ok((topic, body, defer))
+}
+
+/// H7: `binary`; a value other than true/false/1/0 still means binary.
+fn mpub_binary(query: &Query) -> bool {
+    match query.get("binary") {
+        None => false,
+        Some(v) => bool_param(Some(v)).unwrap_or_else(|| {
+            tracing::warn!(value = v, "deprecated value used for /mpub binary param");
+            true
+        }),
+    }
+}
+
+/// H7: the messages of a `/mpub` body.
+fn mpub_bodies(body: &Bytes, binary: bool, limits: &MpubLimits) -> Result<Vec<Bytes>, HttpError> {
+    if binary {
+        mpub::split_bytes(body, limits).map_err(HttpError::from)
+    } else {
+        mpub::split_lines(body, limits.max_msg_size).map_err(HttpError::from)
+    }
+}
+
+/// What `/pub` (`mpub == false`) or `/mpub` would publish for this query
+/// (as hyper hands it) and body, through the routes' own checks in their
+/// order, without a broker: the entry of the HTTP fuzz target.
+#[doc(hidden)]
+pub fn publish_args(
+    mpub: bool,
+    raw_query: Option<&str>,
+    body: Bytes,
+    limits: &MpubLimits,
+    max_req_timeout_ms: i64,
+) -> Result<(String, Vec<Bytes>, Option<Duration>), HttpError> {
+    if !mpub && body.is_empty() {
+        return Err(HttpError::MsgEmpty);
+    }
+    let query = Query::parse(raw_query)?;
+    if !mpub {
+        let (topic, body, defer) = pub_args(&query, body, max_req_timeout_ms)?;
+        return Ok((topic, vec![body], defer));
+    }
+    let topic = topic_arg(&query, HttpError::InvalidTopic)?;
+    let binary = mpub_binary(&query);
+    Ok((topic, mpub_bodies(&body, binary, limits)?, None))
 }
 
 #[derive(Serialize)]

@@ -252,7 +252,7 @@ impl<S> EscapeHash<S> {
 
 /// Writes `data` with `%23` for the `#` at each of `hashes` into `buf`;
 /// what does not fit goes to `pending`. Returns the bytes put into `buf`.
-fn escape_into(data: &[u8], hashes: &[usize], buf: &mut [u8], pending: &mut Vec<u8>) -> usize {
+pub fn escape_into(data: &[u8], hashes: &[usize], buf: &mut [u8], pending: &mut Vec<u8>) -> usize {
     let mut out = Vec::with_capacity(data.len() + 2 * hashes.len());
     let mut from = 0;
     for &h in hashes {

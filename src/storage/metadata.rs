@@ -73,8 +73,12 @@ pub fn load(data_path: &Path) -> Result<Vec<TopicMeta>, MetadataError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => return Err(MetadataError::Read { path, source }),
     };
-    let file: MetadataFile =
-        gojson::from_slice(&text).map_err(|source| MetadataError::Parse { path, source })?;
+    parse(&text).map_err(|source| MetadataError::Parse { path, source })
+}
+
+/// The topics of an `nsqd.dat`'s bytes, invalid names skipped.
+pub fn parse(text: &[u8]) -> Result<Vec<TopicMeta>, GoJsonError> {
+    let file: MetadataFile = gojson::from_slice(text)?;
     let mut topics = Vec::new();
     for mut t in file.topics {
         if !is_valid_name(t.name.as_bytes()) {

@@ -28,7 +28,11 @@ const MAX_FILES: i64 = 1_000_000;
 /// the positions only (the depth can be negative after a crash, and is not
 /// used).
 fn read_meta(path: &Path) -> Option<(u64, u64, u64, u64)> {
-    let text = std::fs::read_to_string(path).ok()?;
+    parse_meta(&std::fs::read_to_string(path).ok()?)
+}
+
+/// The positions of an nsqd meta file's text (see `read_meta`).
+pub fn parse_meta(text: &str) -> Option<(u64, u64, u64, u64)> {
     let mut nums = text
         .split(['\n', ','])
         .map(str::trim)

@@ -363,7 +363,12 @@ impl Walker {
                     self.pos = next;
                     return Walk::Record { record, at };
                 }
-                Step::Pad(_) if self.damaged_from.is_some() => self.pos += 1,
+                // Zeros to `next` while skipping damage: no record starts
+                // where its length would be zero, so only the last 3 of
+                // them can hold one (a length whose low bytes are 0).
+                Step::Pad(next) if self.damaged_from.is_some() => {
+                    self.pos = (self.pos + 1).max(next.saturating_sub(3))
+                }
                 Step::Pad(next) => self.pos = next,
                 Step::NeedMore => return Walk::NeedMore,
                 Step::Corrupt => self.skip_damaged(limit),
@@ -514,6 +519,31 @@ mod tests {
         }
         assert!(matches!(walker.next(&chunk, 0, limit, 1 << 20), Walk::End));
         assert_eq!(walker.open_damage(), Some(first_len as u64));
+    }
+
+    /// Found by the record fuzz target running at 300 inputs a second:
+    /// damage followed by zeros (a torn write before preallocated space,
+    /// up to 64 MiB of it) was skipped byte by byte, each step checking
+    /// the zeros to its block end, so a restart after a crash spent
+    /// seconds per MiB. The zeros now go a block at a time.
+    #[test]
+    fn damage_before_a_zero_tail_is_skipped_in_linear_time() {
+        let mut buf = vec![0u8; 16 << 20];
+        let n = encode(&mut buf, &msg(b"torn"), None);
+        buf[n - 1] ^= 0xff;
+        // A record whose length's low byte is zero, 2 bytes before a
+        // block end, inside the zeros.
+        let at = (12 << 20) - 2;
+        let body: &'static [u8] = Box::leak(vec![7u8; 256 - FIXED_LEN].into_boxed_slice());
+        encode(&mut buf[at..], &msg(body), None);
+        assert_eq!(buf[at], 0);
+        let started = std::time::Instant::now();
+        let (recs, damaged) = decode_all(&buf);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].msg.body.len(), body.len());
+        // The zeros after it are padding, not damage.
+        assert_eq!(damaged, [(0, at as u64)]);
     }
 
     #[test]

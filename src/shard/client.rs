@@ -58,6 +58,7 @@ impl ClientInfo {
     /// only one topic is listed (X1).
     pub fn stats(&self, topic: Option<&str>) -> ClientStats {
         let s = self.settings.borrow();
+        let tls = s.tls.clone().unwrap_or_default();
         let pub_counts = self
             .pub_counts
             .borrow()
@@ -94,11 +95,11 @@ impl ClientInfo {
             snappy: self.snappy.get(),
             user_agent: s.user_agent.clone(),
             pub_counts,
-            tls: false,
-            tls_cipher_suite: String::new(),
-            tls_version: String::new(),
-            tls_negotiated_protocol: String::new(),
-            tls_negotiated_protocol_is_mutual: false,
+            tls: s.tls.is_some(),
+            tls_cipher_suite: tls.cipher_suite,
+            tls_version: tls.version,
+            tls_negotiated_protocol: tls.negotiated_protocol,
+            tls_negotiated_protocol_is_mutual: tls.negotiated_protocol_is_mutual,
         }
     }
 }

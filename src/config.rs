@@ -561,11 +561,13 @@ impl Options {
             "tls1.1" => TlsMinVersion::Tls11,
             "tls1.2" => TlsMinVersion::Tls12,
             "tls1.3" => TlsMinVersion::Tls13,
-            _ => return Err(ConfigError::Invalid(format!(
+            _ => {
+                return Err(ConfigError::Invalid(format!(
                 "invalid value \"{}\" for flag -tls-min-version: unknown tlsVersionOption \"{}\"",
                 self.tls_min_version,
                 self.tls_min_version.to_ascii_lowercase()
-            ))),
+            )))
+            }
         })
     }
 

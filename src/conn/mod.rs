@@ -565,53 +565,14 @@ impl<S: ByteStream> Connection<S> {
         let Some(config) = self.broker.tls.clone() else {
             return Ok(());
         };
-        let failed = |text: String| {
-            ClientError::new(ErrorCode::IdentifyFailed, format!("IDENTIFY failed {text}"))
-        };
         self.out.written().await;
         tracing::info!("upgrading connection to TLS");
         // Bytes read past the IDENTIFY are the client's first records.
         let early = std::mem::take(&mut self.read_buf);
-        let reader = &self.reader;
-        reader
-            .with_stream(|s| s.start(config, &early))
-            .map_err(|e| failed(e.to_string()))?
-            .map_err(|e| failed(e.to_string()))?;
-        let drive = |f: fn(
-            &mut TlsStream<S>,
-            &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>>| {
-            std::future::poll_fn(move |cx| match reader.with_stream(|s| f(s, cx)) {
-                Ok(p) => p,
-                Err(e) => std::task::Poll::Ready(Err(e)),
-            })
-        };
-        let handshake = futures_lite::future::or(drive(TlsStream::poll_handshake), async {
-            glommio::timer::sleep(tls::HANDSHAKE_TIMEOUT).await;
-            Err(std::io::ErrorKind::TimedOut.into())
-        })
-        .await;
-        match handshake {
-            Ok(()) => {
-                let summary = reader.with_stream(|s| s.session().map(tls::summary));
-                self.info.settings.borrow_mut().tls = summary.ok().flatten();
-                self.out.push_response(OK);
-                Ok(())
-            }
-            Err(e) => {
-                // The alert rustls queued, then clear again for the frame.
-                let _ = futures_lite::future::or(
-                    async { drive(TlsStream::poll_drain).await.ok() },
-                    async {
-                        glommio::timer::sleep(Duration::from_secs(1)).await;
-                        None
-                    },
-                )
-                .await;
-                let _ = reader.with_stream(|s| s.abandon());
-                Err(failed(tls::handshake_error_text(&e)))
-            }
-        }
+        let summary = tls::upgrade(&self.reader, config, &early).await?;
+        self.info.settings.borrow_mut().tls = Some(summary);
+        self.out.push_response(OK);
+        Ok(())
     }
 
     /// T19: the IDENTIFY answer went out in clear; everything after it is

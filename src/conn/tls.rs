@@ -27,7 +27,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use thiserror::Error;
 
-use super::stream::{ByteStream, Transport};
+use super::stream::{ByteStream, ReadHalf, Transport};
 use crate::config::{Options, TlsMinVersion, TlsRequired};
 use crate::protocol::identify::TlsSummary;
 use crate::protocol::{ClientError, ErrorCode};
@@ -67,10 +67,10 @@ pub fn server_config(opts: &Options) -> Result<Option<Arc<ServerConfig>>, TlsCon
         }
         return Ok(None);
     }
-    let certs = CertificateDer::pem_file_iter(&opts.tls_cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+    let certs = CertificateDer::pem_slice_iter(&read_pem(&opts.tls_cert)?)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| build_err(format!("{}: {e}", opts.tls_cert)))?;
-    let key = PrivateKeyDer::from_pem_file(&opts.tls_key)
+    let key = PrivateKeyDer::from_pem_slice(&read_pem(&opts.tls_key)?)
         .map_err(|e| build_err(format!("{}: {e}", opts.tls_key)))?;
     // ring builds without cmake; rustls marks it deprecated only because it
     // lacks the post-quantum key exchange, which nsqd (Go 1.23) offers
@@ -108,6 +108,18 @@ pub fn server_config(opts: &Options) -> Result<Option<Arc<ServerConfig>>, TlsCon
     };
     let config = builder.with_single_cert(certs, key).map_err(build_err)?;
     Ok(Some(Arc::new(config)))
+}
+
+/// A PEM file; a failure in Go's words (`open <path>: no such file or directory`).
+fn read_pem(path: &str) -> Result<Vec<u8>, TlsConfigError> {
+    std::fs::read(path).map_err(|e| {
+        let text = match e.kind() {
+            io::ErrorKind::NotFound => "no such file or directory".to_string(),
+            io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            _ => e.to_string(),
+        };
+        build_err(format!("open {path}: {text}"))
+    })
 }
 
 /// `--tls-root-ca-file`, or the system's CA bundle without it.
@@ -265,6 +277,59 @@ pub fn handshake_error_text(e: &io::Error) -> String {
         None if e.kind() == io::ErrorKind::TimedOut => "i/o timeout".into(),
         None => e.to_string(),
     }
+}
+
+/// T18 on a connection's reading half, once the IDENTIFY answer is on the
+/// socket: TLS over `early` (bytes already read) and the socket, the
+/// handshake within 5 s. Refused: the alert rustls queued goes out, the
+/// stream is clear again, and the error is nsqd's E_IDENTIFY_FAILED.
+pub async fn upgrade<S: ByteStream>(
+    reader: &ReadHalf<TlsStream<S>>,
+    config: Arc<ServerConfig>,
+    early: &[u8],
+) -> Result<TlsSummary, ClientError> {
+    let failed = |text: String| {
+        ClientError::new(ErrorCode::IdentifyFailed, format!("IDENTIFY failed {text}"))
+    };
+    reader
+        .with_stream(|s| s.start(config, early))
+        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| failed(e.to_string()))?;
+    type PollFn<S> = fn(&mut TlsStream<S>, &mut Context<'_>) -> Poll<io::Result<()>>;
+    let drive = |f: PollFn<S>| {
+        std::future::poll_fn(move |cx| match reader.with_stream(|s| f(s, cx)) {
+            Ok(p) => p,
+            Err(e) => Poll::Ready(Err(e)),
+        })
+    };
+    let handshake = within(HANDSHAKE_TIMEOUT, drive(TlsStream::poll_handshake)).await;
+    match handshake {
+        Ok(()) => reader
+            .with_stream(|s| s.session().map(summary))
+            .ok()
+            .flatten()
+            .ok_or_else(|| failed("no TLS session".into())),
+        Err(e) => {
+            let _ = within(ALERT_TIMEOUT, drive(TlsStream::poll_drain)).await;
+            let _ = reader.with_stream(|s| s.abandon());
+            Err(failed(handshake_error_text(&e)))
+        }
+    }
+}
+
+/// How long a refused handshake's alert may take to go out.
+const ALERT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `io`, or a TimedOut error after `limit`.
+async fn within(
+    limit: Duration,
+    io: impl std::future::Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    futures_lite::future::or(io, async {
+        glommio::timer::sleep(limit).await;
+        Err(io::ErrorKind::TimedOut.into())
+    })
+    .await
 }
 
 /// A byte stream that is plain until `start` and TLS after it.

@@ -297,7 +297,19 @@ fn prepare(opts: &Options) -> Result<Prepared, StartError> {
     };
     let https_addr = match &tls {
         Some(_) if !opts.https_address.is_empty() => {
-            Some(check_listen_address(&opts.https_address)?)
+            match check_listen_address(&opts.https_address)? {
+                // nsqd's tls.Listen("tcp", ...) takes host:port only.
+                ListenAddr::Unix(_) => {
+                    return Err(StartError::Listen {
+                        addr: opts.https_address.clone(),
+                        err: format!(
+                            "listen tcp: address {}: missing port in address",
+                            opts.https_address
+                        ),
+                    })
+                }
+                tcp => Some(tcp),
+            }
         }
         _ => None,
     };

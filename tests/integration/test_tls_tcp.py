@@ -270,3 +270,11 @@ def test_tls_publisher_moves_with_its_session(brokers, certs):
         c.cmd("RDY 100")
         want = [x for tt, x in sent if tt == t]
         assert [c.read_message()["body"] for _ in want] == want
+
+
+def test_missing_certificate_file_fails_at_start(tmp_path):
+    """nsqd's start-up error for a certificate it cannot open."""
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(RuntimeError) as e:
+        Broker(args=[f"--tls-cert={missing}", f"--tls-key={missing}"], data_dir=str(tmp_path))
+    assert f"failed to build TLS config - open {missing}: no such file or directory" in str(e.value)

@@ -132,6 +132,7 @@ fn subscriber(id: u64) -> (Rc<Subscriber>, Rc<OutputBuffer>) {
         output_buffer_timeout: Duration::from_millis(250),
         sample_rate: 0,
         msg_timeout: Duration::from_secs(60),
+        tls: None,
     };
     let info = Rc::new(ClientInfo {
         id,

@@ -148,7 +148,7 @@ pub struct Options {
     /// [deprecated] use --node-id
     #[arg(long = "worker-id", hide = true)]
     pub worker_id: Option<i64>,
-    /// <addr>:<port> to listen on for HTTPS clients [accepted, not yet in effect]
+    /// <addr>:<port> to listen on for HTTPS clients
     #[arg(long = "https-address", default_value = "0.0.0.0:4152")]
     pub https_address: String,
     /// <addr>:<port> to listen on for HTTP clients
@@ -259,22 +259,22 @@ pub struct Options {
     /// calculate end to end latency quantiles for this duration of time
     #[arg(long = "e2e-processing-latency-window-time", default_value = "10m", value_parser = parse_go_duration)]
     pub e2e_processing_latency_window_time: Duration,
-    /// path to certificate file [accepted, not yet in effect]
+    /// path to certificate file
     #[arg(long = "tls-cert", default_value = "")]
     pub tls_cert: String,
-    /// path to key file [accepted, not yet in effect]
+    /// path to key file
     #[arg(long = "tls-key", default_value = "")]
     pub tls_key: String,
-    /// client certificate auth policy ('require' or 'require-verify') [accepted, not yet in effect]
+    /// client certificate auth policy ('require' or 'require-verify')
     #[arg(long = "tls-client-auth-policy", default_value = "")]
     pub tls_client_auth_policy: String,
-    /// path to certificate authority file [accepted, not yet in effect]
+    /// path to certificate authority file
     #[arg(long = "tls-root-ca-file", default_value = "")]
     pub tls_root_ca_file: String,
-    /// require TLS for client connections (true, false, tcp-https) [accepted, not yet in effect]
+    /// require TLS for client connections (true, false, tcp-https)
     #[arg(long = "tls-required", default_value = "false", num_args = 0..=1, default_missing_value = "true")]
     pub tls_required: String,
-    /// minimum SSL/TLS version acceptable ('ssl3.0', 'tls1.0', 'tls1.1', 'tls1.2' or 'tls1.3') [accepted, not yet in effect]
+    /// minimum SSL/TLS version acceptable ('ssl3.0', 'tls1.0', 'tls1.1', 'tls1.2' or 'tls1.3'; below 1.2 means 1.2)
     #[arg(long = "tls-min-version", default_value = "tls1.0")]
     pub tls_min_version: String,
     /// enable deflate feature negotiation (client compression)
@@ -297,18 +297,30 @@ pub struct Options {
     pub cores: usize,
 }
 
+/// nsqd's TLSRequired levels (T20, H3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsRequired {
+    No,
+    /// `tcp-https`: TCP clients must upgrade; plain HTTP stays open.
+    ExceptHttp,
+    Yes,
+}
+
+/// `--tls-min-version` values nsqd takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsMinVersion {
+    Ssl30,
+    Tls10,
+    Tls11,
+    Tls12,
+    Tls13,
+}
+
 /// Flags accepted for nsqd's command lines that do nothing yet (their help
 /// says "accepted, not yet in effect"); the security issue implements them.
 pub const INERT_FLAGS: &[&str] = &[
-    "https-address",
     "queue-scan-worker-pool-max",
     "queue-scan-selection-count",
-    "tls-cert",
-    "tls-key",
-    "tls-client-auth-policy",
-    "tls-root-ca-file",
-    "tls-required",
-    "tls-min-version",
 ];
 
 const EXPORT_ABOUT: &str =
@@ -482,6 +494,8 @@ impl Options {
         if self.cores == 0 {
             return Err(ConfigError::Invalid("--cores must be at least 1".into()));
         }
+        self.tls_required_mode()?;
+        self.tls_min_version()?;
         if self.mem_queue_size < 0 {
             return Err(ConfigError::Invalid(
                 "--mem-queue-size must not be negative".into(),
@@ -498,12 +512,7 @@ impl Options {
         let Ok(d) = Options::from_arg_matches(&d) else {
             return Vec::new();
         };
-        let text = |v: &str, default: &str| !v.is_empty() && v != default;
         let set = [
-            (
-                "--https-address",
-                text(&self.https_address, &d.https_address),
-            ),
             (
                 "--queue-scan-worker-pool-max",
                 self.queue_scan_worker_pool_max != d.queue_scan_worker_pool_max,
@@ -512,27 +521,52 @@ impl Options {
                 "--queue-scan-selection-count",
                 self.queue_scan_selection_count != d.queue_scan_selection_count,
             ),
-            ("--tls-cert", text(&self.tls_cert, &d.tls_cert)),
-            ("--tls-key", text(&self.tls_key, &d.tls_key)),
-            (
-                "--tls-client-auth-policy",
-                text(&self.tls_client_auth_policy, &d.tls_client_auth_policy),
-            ),
-            (
-                "--tls-root-ca-file",
-                text(&self.tls_root_ca_file, &d.tls_root_ca_file),
-            ),
-            ("--tls-required", text(&self.tls_required, &d.tls_required)),
-            (
-                "--tls-min-version",
-                text(&self.tls_min_version, &d.tls_min_version),
-            ),
         ];
         debug_assert_eq!(set.len(), INERT_FLAGS.len());
         set.into_iter()
             .filter(|(_, s)| *s)
             .map(|(f, _)| f)
             .collect()
+    }
+
+    /// `--tls-required` as nsqd reads it (Go's ParseBool or `tcp-https`);
+    /// a client-certificate policy implies `true` (T20).
+    pub fn tls_required_mode(&self) -> Result<TlsRequired, ConfigError> {
+        let v = self.tls_required.to_ascii_lowercase();
+        let mode = if v == "tcp-https" {
+            TlsRequired::ExceptHttp
+        } else if go_bool(&v).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "invalid value \"{}\" for flag -tls-required: {e}",
+                self.tls_required
+            ))
+        })? {
+            TlsRequired::Yes
+        } else {
+            TlsRequired::No
+        };
+        if mode == TlsRequired::No && !self.tls_client_auth_policy.is_empty() {
+            return Ok(TlsRequired::Yes);
+        }
+        Ok(mode)
+    }
+
+    /// `--tls-min-version` (T18); "" keeps nsqd's default, TLS 1.0.
+    pub fn tls_min_version(&self) -> Result<TlsMinVersion, ConfigError> {
+        Ok(match self.tls_min_version.to_ascii_lowercase().as_str() {
+            "ssl3.0" => TlsMinVersion::Ssl30,
+            "" | "tls1.0" => TlsMinVersion::Tls10,
+            "tls1.1" => TlsMinVersion::Tls11,
+            "tls1.2" => TlsMinVersion::Tls12,
+            "tls1.3" => TlsMinVersion::Tls13,
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                "invalid value \"{}\" for flag -tls-min-version: unknown tlsVersionOption \"{}\"",
+                self.tls_min_version,
+                self.tls_min_version.to_ascii_lowercase()
+            )))
+            }
+        })
     }
 
     /// The node id used in message ids (T7).
@@ -674,7 +708,7 @@ mod tests {
         ]);
         assert_eq!(
             o.inert_flags_set(),
-            vec!["--queue-scan-worker-pool-max", "--tls-cert"]
+            vec!["--queue-scan-worker-pool-max"]
         );
     }
 

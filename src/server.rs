@@ -103,7 +103,12 @@ impl CoreServices for ServerCore {
         self.discovery.clone().map(|d| d as Rc<dyn Announce>)
     }
 
-    fn serve(self: Box<Self>, core: &Rc<Core>, http: Option<Listener>) -> Vec<Task<()>> {
+    fn serve(
+        self: Box<Self>,
+        core: &Rc<Core>,
+        http: Option<Listener>,
+        https: Option<Listener>,
+    ) -> Vec<Task<()>> {
         if let Some(discovery) = self.discovery {
             // L7: a weak handle, so the detached task never keeps the core
             // alive.
@@ -121,6 +126,12 @@ impl CoreServices for ServerCore {
         let mut tasks = Vec::new();
         if let Some(l) = http {
             tasks.push(glommio::spawn_local(crate::http::serve(core.clone(), l)));
+        }
+        if let Some(l) = https {
+            tasks.push(glommio::spawn_local(crate::http::serve_tls(
+                core.clone(),
+                l,
+            )));
         }
         if self.core == 0 {
             tasks.push(glommio::spawn_local(crate::metrics::statsd::run(

@@ -18,6 +18,7 @@ pub mod compress;
 pub mod output;
 pub mod replies;
 pub mod stream;
+pub mod tls;
 pub mod writer;
 
 use std::cell::{Cell, RefCell};
@@ -44,6 +45,7 @@ use compress::{Decoder, Encoder};
 use output::{FlushPolicy, OutputBuffer};
 use replies::Replies;
 use stream::{ByteStream, ReadHalf, Transport, UnixConn};
+use tls::TlsStream;
 use writer::WriterParts;
 
 /// Reads start small (idle connections cost little) and grow while a
@@ -87,7 +89,7 @@ struct Connection<S: ByteStream> {
     broker: Rc<Broker>,
     client_id: u64,
     info: Rc<ClientInfo>,
-    reader: ReadHalf<S>,
+    reader: ReadHalf<TlsStream<S>>,
     /// Plain protocol bytes not parsed yet.
     read_buf: BytesMut,
     /// How much to read at once: grows while reads fill it, shrinks back
@@ -98,7 +100,7 @@ struct Connection<S: ByteStream> {
     out: Rc<OutputBuffer>,
     /// Answers to publishes, in command order.
     replies: Rc<Replies>,
-    writer: Option<Task<Option<WriterParts<S>>>>,
+    writer: Option<Task<Option<WriterParts<TlsStream<S>>>>>,
     state: ConnState,
     sub: Option<Subscription>,
     /// (owning core, count) of the current run of small publishes.
@@ -121,6 +123,8 @@ struct Identity {
     encoder: Option<Encoder>,
     publisher_moved: bool,
     auth: auth::AuthSession,
+    /// The TLS session, which moves with the connection (T18).
+    tls: Option<Box<rustls::ServerConnection>>,
 }
 
 /// The state of a connection moving to another core: `Handoff::state`.
@@ -162,6 +166,7 @@ async fn serve<S: ByteStream>(broker: Rc<Broker>, stream: S, remote: String, ip:
         encoder: None,
         publisher_moved: false,
         auth: Default::default(),
+        tls: None,
     };
     let conn = Connection::start(broker, identity, stream, BytesMut::new());
     conn.run(true, None).instrument(span).await;
@@ -208,7 +213,7 @@ fn flush_policy(s: &ClientSettings) -> FlushPolicy {
 impl<S: ByteStream> Connection<S> {
     fn start(broker: Rc<Broker>, id: Identity, stream: S, pending: BytesMut) -> Connection<S> {
         let _ = stream.set_read_timeout(id.settings.heartbeat_interval.map(|hb| hb * 2));
-        let (reader, write_half) = stream::split(stream);
+        let (reader, write_half) = stream::split(TlsStream::new(stream, id.tls));
         let out = Rc::new(OutputBuffer::new(flush_policy(&id.settings)));
         let writer = glommio::spawn_local(writer::run(out.clone(), write_half, id.encoder));
         let info = Rc::new(ClientInfo {
@@ -389,6 +394,10 @@ impl<S: ByteStream> Connection<S> {
             if self.read_buf.len() < self.wanted {
                 return None;
             }
+            if let Some(e) = self.tls_policy_violation() {
+                self.fail(e).await;
+                return Some(Flow::Close);
+            }
             if let Err(e) = self.check_mpub_line().await {
                 self.fail(e).await;
                 return Some(Flow::Close);
@@ -477,6 +486,9 @@ impl<S: ByteStream> Connection<S> {
                     outcome
                 };
                 self.out.push_response(&outcome.response);
+                if outcome.tls {
+                    self.upgrade_tls().await?;
+                }
                 if let Some(c) = outcome.compression {
                     self.start_compression(c)?;
                 }
@@ -553,6 +565,32 @@ impl<S: ByteStream> Connection<S> {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// T20: with TLS required, a plain connection may only IDENTIFY.
+    fn tls_policy_violation(&self) -> Option<ClientError> {
+        let required = self.broker.opts.tls_required_mode().ok()?;
+        if required == crate::config::TlsRequired::No || self.info.settings.borrow().tls.is_some() {
+            return None;
+        }
+        tls::policy_violation(&self.read_buf)
+    }
+
+    /// T18: after the IDENTIFY answer went out in clear, the TLS handshake
+    /// (5 s), then `OK` over TLS. A refused handshake leaves the alert,
+    /// then a clear E_IDENTIFY_FAILED frame, as nsqd's does.
+    async fn upgrade_tls(&mut self) -> Result<(), ClientError> {
+        let Some(config) = self.broker.tls.clone() else {
+            return Ok(());
+        };
+        self.out.written().await;
+        tracing::info!("upgrading connection to TLS");
+        // Bytes read past the IDENTIFY are the client's first records.
+        let early = std::mem::take(&mut self.read_buf);
+        let summary = tls::upgrade(&self.reader, config, &early).await?;
+        self.info.settings.borrow_mut().tls = Some(summary);
+        self.out.push_response(OK);
+        Ok(())
     }
 
     /// T19: the IDENTIFY answer went out in clear; everything after it is
@@ -716,6 +754,7 @@ impl<S: ByteStream> Connection<S> {
             return; // the socket failed while flushing
         };
         drop(write_half);
+        let tls = self.reader.with_stream(|s| s.take_session()).ok().flatten();
         let fd = match stream::dup_fd(self.reader.raw_fd()) {
             Ok(fd) => fd,
             Err(e) => {
@@ -735,6 +774,7 @@ impl<S: ByteStream> Connection<S> {
                 encoder,
                 publisher_moved: self.publisher_moved || sub.is_none(),
                 auth: std::mem::take(&mut self.auth),
+                tls,
             },
             transport: S::TRANSPORT,
             pending: std::mem::take(&mut self.read_buf),

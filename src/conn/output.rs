@@ -39,6 +39,8 @@ pub struct OutputBuffer {
     policy: Cell<Option<FlushPolicy>>,
     /// The writer must re-read the policy (IDENTIFY changed it).
     policy_changed: Cell<bool>,
+    /// The writer holds bytes taken from `buf` that are not written yet.
+    in_write: Cell<bool>,
     /// Compression starts at this offset of `buf` (after the IDENTIFY
     /// answer, which goes out in clear).
     switch: RefCell<Option<(usize, Encoder)>>,
@@ -194,11 +196,36 @@ impl OutputBuffer {
         self.wake();
     }
 
+    /// Resolves once everything pushed so far is on the socket (or the
+    /// writer died): the TLS upgrade starts only after the IDENTIFY answer
+    /// went out in clear.
+    pub async fn written(&self) {
+        std::future::poll_fn(|cx| {
+            let done = self.buf.borrow().is_empty() && !self.in_write.get();
+            if done || self.dead.get() {
+                std::task::Poll::Ready(())
+            } else {
+                self.reader_waker.set(Some(cx.waker().clone()));
+                self.urgent.set(true);
+                self.wake();
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// The writer finished writing what it took.
+    pub fn write_done(&self) {
+        self.in_write.set(false);
+        self.wake_reader();
+    }
+
     /// Swaps the buffered bytes into `spare` (empty) for writing; returns a
     /// compression switch that falls inside them.
     pub fn take_into(&self, spare: &mut Vec<u8>) -> Option<(usize, Encoder)> {
         debug_assert!(spare.is_empty());
         std::mem::swap(&mut *self.buf.borrow_mut(), spare);
+        self.in_write.set(true);
         self.urgent.set(false);
         self.buffered_since.set(None);
         self.wake_reader();

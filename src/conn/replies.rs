@@ -252,6 +252,7 @@ mod tests {
                 output_buffer_timeout: Duration::from_millis(250),
                 sample_rate: 0,
                 msg_timeout: Duration::from_secs(60),
+                tls: None,
             }),
             state: Cell::new(ConnState::Init),
             pub_counts: RefCell::new(Vec::new()),

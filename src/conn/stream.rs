@@ -1,5 +1,5 @@
-//! The byte stream under a connection. The connection is generic over it so
-//! that TLS (a later issue) wraps it without touching the command handlers.
+//! The byte stream under a connection. The connection is generic over it;
+//! TLS (`tls::TlsStream`) wraps it without touching the command handlers.
 //!
 //! One socket, one fd: the reading task and the writer task share the stream
 //! through `split`, each borrowing it only for the length of one poll
@@ -162,6 +162,14 @@ impl<S: ByteStream> ReadHalf<S> {
 
     pub fn set_read_timeout(&self, dur: Option<Duration>) -> io::Result<()> {
         self.0.borrow().set_read_timeout(dur)
+    }
+
+    /// `f` on the whole stream, between polls (the TLS upgrade).
+    pub fn with_stream<T>(&self, f: impl FnOnce(&mut S) -> T) -> io::Result<T> {
+        match self.0.try_borrow_mut() {
+            Ok(mut s) => Ok(f(&mut s)),
+            Err(_) => Err(busy()),
+        }
     }
 
     /// The whole stream back, once the write half has been dropped.

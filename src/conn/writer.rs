@@ -50,7 +50,12 @@ async fn send<S: ByteStream>(
             &scratch[..]
         }
     };
-    with_deadline::<S, _>(deadline, stream.write_all(bytes)).await
+    // The flush pushes out what a TLS layer still holds (a no-op in clear).
+    with_deadline::<S, _>(deadline, async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    })
+    .await
 }
 
 /// Runs until the buffer is closed and drained (Some) or the socket fails
@@ -108,6 +113,7 @@ pub async fn run<S: ByteStream>(
                 }
             };
             spare.clear();
+            out.write_done();
             // Idle connections should not keep a large buffer around.
             if spare.capacity() > 256 * 1024 {
                 spare = Vec::new();

@@ -25,6 +25,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use smol_hyper::rt::FuturesIo;
 
+use crate::config::TlsRequired;
+use crate::conn::tls::TlsStream;
 use crate::runtime::core::Core;
 use crate::runtime::listen::{Accepted, Listener};
 
@@ -64,25 +66,70 @@ impl hyper::rt::Timer for CoreTimer {
 
 /// Accepts HTTP connections on this core until shutdown.
 pub async fn serve(core: Rc<Core>, mut listener: Listener) {
+    // H3: `--tls-required=true` closes plain HTTP (not `tcp-https`).
+    let refuse = core
+        .opts()
+        .tls_required_mode()
+        .is_ok_and(|m| m == TlsRequired::Yes);
     listener
         .serve_until(&core.stopping, |client| match client {
             Accepted::Tcp(stream) => {
                 let _ = stream.set_nodelay(true);
-                glommio::spawn_local(serve_connection(core.clone(), stream)).detach();
+                glommio::spawn_local(serve_connection(core.clone(), stream, refuse)).detach();
             }
             Accepted::Unix(conn) => {
-                glommio::spawn_local(serve_connection(core.clone(), conn.stream)).detach();
+                glommio::spawn_local(serve_connection(core.clone(), conn.stream, refuse)).detach();
             }
         })
         .await;
 }
 
-/// One keep-alive HTTP/1.1 connection (TCP or unix socket).
-async fn serve_connection<S>(core: Rc<Core>, stream: S)
+/// The HTTPS listener (nsqd's `--https-address`): the same routes behind
+/// TLS with the TCP port's certificate and client-certificate policy.
+pub async fn serve_tls(core: Rc<Core>, mut listener: Listener) {
+    let Some(config) = core.shared.tls.clone() else {
+        return;
+    };
+    listener
+        .serve_until(&core.stopping, |client| {
+            let Accepted::Tcp(stream) = client else {
+                return;
+            };
+            let _ = stream.set_nodelay(true);
+            match TlsStream::accept(stream, config.clone()) {
+                // hyper's reads drive the handshake.
+                Ok(tls) => {
+                    glommio::spawn_local(serve_connection(core.clone(), tls, false)).detach();
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot start a TLS session"),
+            }
+        })
+        .await;
+}
+
+/// nsqd's answer to every request on plain HTTP when TLS is required (H3).
+fn tls_required(core: &Core) -> reply::Reply {
+    let port = core.shared.https_port.unwrap_or(0);
+    reply::json_text(
+        403,
+        format!("{{\"message\": \"TLS_REQUIRED\", \"https_port\": {port}}}"),
+    )
+}
+
+/// One keep-alive HTTP/1.1 connection (TCP, unix socket or TLS).
+async fn serve_connection<S>(core: Rc<Core>, stream: S, refuse: bool)
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
-    let service = service_fn(move |req| routes::handle(core.clone(), req));
+    let service = service_fn(move |req| {
+        let core = core.clone();
+        async move {
+            if refuse {
+                return Ok(tls_required(&core));
+            }
+            routes::handle(core, req).await
+        }
+    });
     let conn = http1::Builder::new()
         .timer(CoreTimer)
         .keep_alive(true)

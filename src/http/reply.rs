@@ -49,6 +49,12 @@ pub(super) fn error(status: u16, code: &str) -> Reply {
     build(status, Some(JSON), true, body.into())
 }
 
+/// A JSON body written out by hand (nsqd's TLS_REQUIRED answer, H3).
+pub fn json_text(status: u16, body: String) -> Reply {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+    build(status, Some(JSON), true, body.into())
+}
+
 /// Plain-text routes (`/ping`, debug): no V1 header.
 pub fn plain(status: u16, body: impl Into<Bytes>) -> Reply {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

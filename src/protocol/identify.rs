@@ -56,6 +56,17 @@ pub struct ClientSettings {
     pub output_buffer_timeout: Duration,
     pub sample_rate: u8,
     pub msg_timeout: Duration,
+    /// Set once the TLS upgrade succeeded (T18), for /stats.
+    pub tls: Option<TlsSummary>,
+}
+
+/// A connection's TLS session as /stats shows it (nsqd's names and formats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSummary {
+    pub version: String,
+    pub cipher_suite: String,
+    pub negotiated_protocol: String,
+    pub negotiated_protocol_is_mutual: bool,
 }
 
 impl ClientSettings {
@@ -71,6 +82,7 @@ impl ClientSettings {
             output_buffer_timeout: opts.output_buffer_timeout,
             sample_rate: 0,
             msg_timeout: opts.msg_timeout,
+            tls: None,
         }
     }
 }
@@ -112,6 +124,8 @@ pub enum StreamCompression {
 #[derive(Debug)]
 pub struct IdentifyOutcome {
     pub response: Vec<u8>,
+    /// Upgrade to TLS after the answer (T18), before any compression.
+    pub tls: bool,
     pub compression: Option<StreamCompression>,
 }
 
@@ -181,10 +195,13 @@ pub fn apply_identify(
     if !req.feature_negotiation {
         return Ok(IdentifyOutcome {
             response: b"OK".to_vec(),
+            tls: false,
             compression: None,
         });
     }
 
+    // nsqd: a TLS config exists exactly when a cert or key is set.
+    let tls = (!opts.tls_cert.is_empty() || !opts.tls_key.is_empty()) && req.tls_v1;
     let deflate = opts.deflate && req.deflate;
     let snappy = opts.snappy && req.snappy;
     if deflate && snappy {
@@ -205,7 +222,7 @@ pub fn apply_identify(
         version: NSQD_COMPAT_VERSION,
         max_msg_timeout: max_mt,
         msg_timeout: millis(settings.msg_timeout),
-        tls_v1: false,
+        tls_v1: tls,
         deflate,
         deflate_level,
         max_deflate_level: opts.max_deflate_level,
@@ -228,6 +245,7 @@ pub fn apply_identify(
     };
     Ok(IdentifyOutcome {
         response,
+        tls,
         compression,
     })
 }

@@ -37,6 +37,8 @@ pub struct BrokerParts {
     pub storage: Rc<CoreStorage>,
     pub client_ids: Arc<AtomicU64>,
     pub data_path: PathBuf,
+    /// nsqd's tlsConfig: set when --tls-cert/--tls-key are (T18).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 pub struct Broker {
@@ -51,6 +53,7 @@ pub struct Broker {
     pub counters: CoreCounters,
     /// Live connections, for /stats, forced disconnects and shutdown.
     pub clients: RefCell<HashMap<u64, Rc<ClientInfo>>>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     client_ids: Arc<AtomicU64>,
     data_path: PathBuf,
     /// Publishes forwarded to other cores, waiting for their answer.
@@ -73,6 +76,7 @@ impl Broker {
             storage: p.storage,
             counters: CoreCounters::default(),
             clients: RefCell::new(HashMap::new()),
+            tls: p.tls,
             client_ids: p.client_ids,
             data_path: p.data_path,
             pending: Pending::default(),

@@ -53,6 +53,7 @@ pub struct CoreSetup {
     pub inbox: Inbox,
     pub tcp_addr: ListenAddr,
     pub http_addr: Option<ListenAddr>,
+    pub https_addr: Option<ListenAddr>,
     /// The topics of nsqd.dat that this core owns.
     pub restore: Vec<TopicMeta>,
     /// Told once the listeners are bound and the queues opened (or failed).
@@ -72,11 +73,13 @@ pub async fn run_core(setup: CoreSetup) {
         inbox,
         tcp_addr,
         http_addr,
+        https_addr,
         restore,
         ready,
         serve,
     } = setup;
-    let (listener, http_listener) = match bind_listeners(id, &tcp_addr, http_addr.as_ref()) {
+    let bound = bind_listeners(id, &tcp_addr, http_addr.as_ref(), https_addr.as_ref());
+    let (listener, http_listener, https_listener) = match bound {
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -98,7 +101,7 @@ pub async fn run_core(setup: CoreSetup) {
     let timer_task = glommio::spawn_local(timer_loop(core.clone()));
     let metadata_task = (id == 0).then(|| glommio::spawn_local(metadata_loop(core.clone())));
     let service_tasks = if serving {
-        services.serve(&core, http_listener)
+        services.serve(&core, http_listener, https_listener)
     } else {
         Vec::new()
     };
@@ -124,12 +127,16 @@ pub async fn run_core(setup: CoreSetup) {
     inbox_task.await;
 }
 
+/// TCP, HTTP and HTTPS; None where this core has none.
+type CoreListeners = (Option<Listener>, Option<Listener>, Option<Listener>);
+
 /// A unix socket is served by core 0 alone; TCP by every core.
 fn bind_listeners(
     id: usize,
     tcp: &ListenAddr,
     http: Option<&ListenAddr>,
-) -> Result<(Option<Listener>, Option<Listener>), StartError> {
+    https: Option<&ListenAddr>,
+) -> Result<CoreListeners, StartError> {
     let bind = |addr: &ListenAddr| -> Result<Option<Listener>, StartError> {
         if !addr.listens_on(id) {
             return Ok(None);
@@ -146,7 +153,11 @@ fn bind_listeners(
         Some(a) => bind(a)?,
         None => None,
     };
-    Ok((tcp, http))
+    let https = match https {
+        Some(a) => bind(a)?,
+        None => None,
+    };
+    Ok((tcp, http, https))
 }
 
 async fn build_core(
@@ -173,6 +184,7 @@ async fn build_core(
         storage,
         client_ids: shared.client_ids.clone(),
         data_path: shared.data_path.clone(),
+        tls: shared.tls.clone(),
     }));
     Rc::new(Core {
         id,

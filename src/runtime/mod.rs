@@ -40,6 +40,8 @@ pub enum StartError {
     DataPathLocked(#[from] crate::storage::LockError),
     #[error(transparent)]
     Export(#[from] crate::storage::nsqd_export::ExportError),
+    #[error(transparent)]
+    Tls(#[from] crate::conn::tls::TlsConfigError),
     #[error("listen ({addr}) failed - {err}")]
     Listen { addr: String, err: String },
     #[error("{0}")]
@@ -80,6 +82,10 @@ pub struct Shared {
     pub tcp_port: Option<u16>,
     /// None when HTTP is disabled (`--http-address=""`).
     pub http_port: Option<u16>,
+    /// None without a certificate or with `--https-address=""`.
+    pub https_port: Option<u16>,
+    /// nsqd's tlsConfig (T18), for the TCP upgrade and HTTPS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// What the layers above plug in (nsqlookupd, HTTP, statsd).
     pub services: Arc<dyn Services>,
     /// Changed at run time through PUT /config (H21).
@@ -182,6 +188,9 @@ struct Prepared {
     restored: Vec<TopicMeta>,
     tcp_addr: ListenAddr,
     http_addr: Option<ListenAddr>,
+    /// Opened only with a certificate, as nsqd.
+    https_addr: Option<ListenAddr>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The started cores, waiting for the word to serve.
@@ -279,11 +288,30 @@ fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         metadata::load(&data_path).map_err(|e| StartError::Metadata(e.to_string()))?;
     metadata::add_queues_found_on_disk(&mut restored, &data_path);
     system::ignore_file_size_signal();
+    let tls = crate::conn::tls::server_config(opts)?;
     let tcp_addr = check_listen_address(&opts.tcp_address)?;
     let http_addr = if opts.http_address.is_empty() {
         None
     } else {
         Some(check_listen_address(&opts.http_address)?)
+    };
+    let https_addr = match &tls {
+        Some(_) if !opts.https_address.is_empty() => {
+            match check_listen_address(&opts.https_address)? {
+                // nsqd's tls.Listen("tcp", ...) takes host:port only.
+                ListenAddr::Unix(_) => {
+                    return Err(StartError::Listen {
+                        addr: opts.https_address.clone(),
+                        err: format!(
+                            "listen tcp: address {}: missing port in address",
+                            opts.https_address
+                        ),
+                    })
+                }
+                tcp => Some(tcp),
+            }
+        }
+        _ => None,
     };
     Ok(Prepared {
         allowed_cpus,
@@ -293,6 +321,8 @@ fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         restored,
         tcp_addr,
         http_addr,
+        https_addr,
+        tls,
     })
 }
 
@@ -310,6 +340,8 @@ fn shared_state(
         start_time: std::time::SystemTime::now(),
         tcp_port: p.tcp_addr.port(),
         http_port: p.http_addr.as_ref().and_then(ListenAddr::port),
+        https_port: p.https_addr.as_ref().and_then(ListenAddr::port),
+        tls: p.tls.clone(),
         log_level: std::sync::Mutex::new(opts.log_level.to_ascii_lowercase()),
         data_path: p.data_path.clone(),
         // C3: nsqd persists the metadata right after loading it.
@@ -353,6 +385,7 @@ fn start_cores(
             inbox,
             tcp_addr: p.tcp_addr.clone(),
             http_addr: p.http_addr.clone(),
+            https_addr: p.https_addr.clone(),
             restore,
             ready: ready_tx.clone(),
             serve,
@@ -415,6 +448,9 @@ fn serve_until_signal(
     );
     if let Some(http) = &p.http_addr {
         tracing::info!("HTTP: listening on {http}");
+    }
+    if let Some(https) = &p.https_addr {
+        tracing::info!("HTTPS: listening on {https}");
     }
     report::serving(&shared.tally, n, &p.data_path, p.io_memory);
     if let Some(sig) = signals.forever().next() {

@@ -44,7 +44,13 @@ pub trait CoreServices {
     /// Once the core serves: the tasks that run until it stops (HTTP on
     /// this core's listener, statsd ...). They end when `core.stopping` is
     /// set; the core awaits them before writing its queues out.
-    fn serve(self: Box<Self>, core: &Rc<Core>, http: Option<Listener>) -> Vec<Task<()>>;
+    /// `https`: the HTTPS listener, with a certificate only.
+    fn serve(
+        self: Box<Self>,
+        core: &Rc<Core>,
+        http: Option<Listener>,
+        https: Option<Listener>,
+    ) -> Vec<Task<()>>;
 }
 
 /// No services: a broker with nothing above the runtime (tests, tools).
@@ -71,7 +77,12 @@ impl CoreServices for NoCoreServices {
         None
     }
 
-    fn serve(self: Box<Self>, _: &Rc<Core>, _: Option<Listener>) -> Vec<Task<()>> {
+    fn serve(
+        self: Box<Self>,
+        _: &Rc<Core>,
+        _: Option<Listener>,
+        _: Option<Listener>,
+    ) -> Vec<Task<()>> {
         Vec::new()
     }
 }

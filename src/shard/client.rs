@@ -83,6 +83,7 @@ impl ClientInfo {
     pub fn stats(&self, topic: Option<&str>) -> ClientStats {
         let s = self.settings.borrow();
         let auth = self.auth.borrow().clone();
+        let tls = s.tls.clone().unwrap_or_default();
         let pub_counts = self
             .pub_counts
             .borrow()
@@ -122,11 +123,11 @@ impl ClientInfo {
             auth_identity: auth.identity,
             auth_identity_url: auth.identity_url,
             pub_counts,
-            tls: false,
-            tls_cipher_suite: String::new(),
-            tls_version: String::new(),
-            tls_negotiated_protocol: String::new(),
-            tls_negotiated_protocol_is_mutual: false,
+            tls: s.tls.is_some(),
+            tls_cipher_suite: tls.cipher_suite,
+            tls_version: tls.version,
+            tls_negotiated_protocol: tls.negotiated_protocol,
+            tls_negotiated_protocol_is_mutual: tls.negotiated_protocol_is_mutual,
         }
     }
 }

@@ -21,15 +21,8 @@ from helpers.wait import wait_for
 NSQD_EXAMPLE = ROOT / "tests" / "data" / "nsqd.cfg.example"
 DEPLOY_CFG = ROOT / "deploy" / "ringsqd.cfg"
 INERT = [
-    "--https-address",
     "--queue-scan-worker-pool-max",
     "--queue-scan-selection-count",
-    "--tls-cert",
-    "--tls-key",
-    "--tls-client-auth-policy",
-    "--tls-root-ca-file",
-    "--tls-required",
-    "--tls-min-version",
 ]
 # C5: Go's log.Ldate|log.Ltime|log.Lmicroseconds, then nsqd's level.
 NSQD_LINE = r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{6} (DEBUG|INFO|WARNING|ERROR): "
@@ -45,7 +38,7 @@ def http(b, method, path, body=None):
 
 
 def test_every_line_starts_with_nsqd_prefix_by_default(brokers):
-    b = brokers(args=["--tls-cert=/nonexistent.pem"])  # also logs a WARNING
+    b = brokers(args=["--queue-scan-selection-count=7"])  # also logs a WARNING
     http(b, "POST", "/pub?topic=t", b"x")
     assert b.stop() == 0
     lines = b.log().splitlines()
@@ -105,7 +98,6 @@ def test_help_says_which_flags_do_nothing_yet():
 def test_startup_warns_once_about_inert_flags_that_are_set(brokers):
     b = brokers(
         args=[
-            "--tls-cert=/etc/ssl/c.pem",
             "--queue-scan-selection-count=7",
             "--tls-min-version=",  # empty: nothing that would change
             "--queue-scan-worker-pool-max=4",  # nsqd's default
@@ -115,7 +107,7 @@ def test_startup_warns_once_about_inert_flags_that_are_set(brokers):
     warned = [line for line in b.log().splitlines() if "not yet in effect" in line]
     assert len(warned) == 1, warned
     assert warned[0].endswith(
-        "WARNING: accepted but not yet in effect, ignored: --queue-scan-selection-count, --tls-cert"
+        "WARNING: accepted but not yet in effect, ignored: --queue-scan-selection-count"
     ), warned
 
 
@@ -183,7 +175,7 @@ def test_start_and_stop_lines_report_queues_and_messages(brokers):
 
 
 def test_json_log_lines_parse(brokers):
-    b = brokers(args=["--log-format=json", "--tls-key=/k.pem"])
+    b = brokers(args=["--log-format=json", "--queue-scan-selection-count=7"])
     http(b, "POST", "/pub?topic=t", b"x")
     assert b.stop() == 0
     lines = b.log().splitlines()
@@ -191,7 +183,7 @@ def test_json_log_lines_parse(brokers):
     assert all({"timestamp", "level", "message"} <= o.keys() for o in objs), objs
     messages = [o["message"] for o in objs]
     assert any(" started: data path " in m for m in messages), messages
-    assert {"level": "WARN", "message": "accepted but not yet in effect, ignored: --tls-key"}.items() <= next(
+    assert {"level": "WARN", "message": "accepted but not yet in effect, ignored: --queue-scan-selection-count"}.items() <= next(
         o for o in objs if "not yet in effect" in o["message"]
     ).items()
     assert re.fullmatch(r"ringsqd stopped cleanly in \d+ ms", objs[-1]["message"]), objs[-1]

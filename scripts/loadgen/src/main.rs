@@ -8,6 +8,7 @@ mod consumer;
 mod idle;
 mod proto;
 mod publisher;
+mod tls;
 
 use std::io::IsTerminal;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -128,6 +129,11 @@ struct Cli {
     /// IDENTIFY heartbeat_interval (ms) for publishers and consumers (default: server's, 30 s)
     #[arg(long, allow_hyphen_values = true)]
     heartbeat_interval: Option<i64>,
+
+    /// publishers upgrade to TLS after IDENTIFY (tls_v1), trusting this CA (PEM); the
+    /// broker needs --tls-cert/--tls-key
+    #[arg(long)]
+    tls_ca: Option<String>,
 
     /// do not check exactly-once delivery
     #[arg(long)]
@@ -446,10 +452,15 @@ fn run(cli: Cli) -> Result<i32, String> {
     }
 
     // ---------------- publishers
-    let pub_ident = proto::identify_body(
-        "pub",
-        &cli.heartbeat_interval.map(|v| ("heartbeat_interval".to_string(), json!(v))).into_iter().collect::<Vec<_>>(),
-    );
+    let mut pub_extra = cli.heartbeat_interval.map(|v| ("heartbeat_interval".to_string(), json!(v))).into_iter().collect::<Vec<_>>();
+    let pub_tls = match &cli.tls_ca {
+        Some(ca) => {
+            pub_extra.push(("tls_v1".to_string(), json!(true)));
+            Some(tls::client_config(ca)?)
+        }
+        None => None,
+    };
+    let pub_ident = proto::identify_body("pub", &pub_extra);
     let mut pub_handles = Vec::with_capacity(cli.pub_conns);
     for i in 0..cli.pub_conns {
         let quota = count.map(|c| c / cli.pub_conns as u64 + u64::from((i as u64) < c % cli.pub_conns as u64));
@@ -468,6 +479,7 @@ fn run(cli: Cli) -> Result<i32, String> {
             http_addr: cli.http_address.clone(),
             identify: pub_ident.clone(),
             ack_timeout: cli.ack_timeout,
+            tls: pub_tls.clone(),
         };
         let s2 = sh.clone();
         pub_handles.push(

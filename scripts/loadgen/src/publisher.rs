@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufWriter, Write};
-use std::net::TcpStream;
+use crate::tls::{self, Stream};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -135,6 +135,8 @@ pub struct PubCfg {
     pub identify: Vec<u8>,
     /// give up when no acknowledgement arrives for this long
     pub ack_timeout: Duration,
+    /// `--tls-ca`: upgrade to TLS after IDENTIFY (tls_v1 is in `identify`)
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 pub struct PubResult {
@@ -146,22 +148,33 @@ pub struct PubResult {
 }
 
 struct Conn {
-    s: TcpStream,
-    w: BufWriter<TcpStream>,
+    s: Stream,
+    w: BufWriter<Stream>,
     rb: RecvBuf,
 }
 
 fn connect(cfg: &PubCfg) -> io::Result<Conn> {
     let t = Duration::from_secs(10);
     if cfg.mode.is_http() {
-        let s = proto::tcp_connect(&cfg.http_addr, t)?;
-        let w = BufWriter::with_capacity(256 * 1024, s.try_clone()?);
+        let s = Stream::plain(proto::tcp_connect(&cfg.http_addr, t)?);
+        let w = BufWriter::with_capacity(256 * 1024, s.clone());
         return Ok(Conn { s, w, rb: RecvBuf::new(64 * 1024) });
     }
     let mut s = proto::tcp_connect(&cfg.tcp_addr, t)?;
     let mut rb = RecvBuf::new(64 * 1024);
-    proto::handshake(&mut s, &mut rb, &cfg.identify, t)?;
-    let w = BufWriter::with_capacity(256 * 1024, s.try_clone()?);
+    let answer = proto::handshake(&mut s, &mut rb, &cfg.identify, t)?;
+    let s = match &cfg.tls {
+        None => Stream::plain(s),
+        Some(config) => {
+            let said: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+            if said["tls_v1"] != serde_json::Value::Bool(true) {
+                return Err(proto::io_err("--tls-ca: the broker did not agree to TLS (no --tls-cert?)"));
+            }
+            let host = cfg.tcp_addr.rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1");
+            tls::upgrade(s, host, config.clone(), &mut rb)?
+        }
+    };
+    let w = BufWriter::with_capacity(256 * 1024, s.clone());
     Ok(Conn { s, w, rb })
 }
 

@@ -109,6 +109,7 @@ fn settings() -> ClientSettings {
         output_buffer_timeout: Duration::from_millis(250),
         sample_rate: 0,
         msg_timeout: MSG_TIMEOUT,
+        tls: None,
     }
 }
 

@@ -532,18 +532,20 @@ impl Options {
     /// `--tls-required` as nsqd reads it (Go's ParseBool or `tcp-https`);
     /// a client-certificate policy implies `true` (T20).
     pub fn tls_required_mode(&self) -> Result<TlsRequired, ConfigError> {
-        let v = self.tls_required.to_ascii_lowercase();
-        let mode = if v == "tcp-https" {
+        // Checked on every command of a plain connection: no allocation.
+        let v = self.tls_required.as_str();
+        let is = |words: &[&str]| words.iter().any(|w| v.eq_ignore_ascii_case(w));
+        let mode = if is(&["tcp-https"]) {
             TlsRequired::ExceptHttp
-        } else if go_bool(&v).map_err(|e| {
-            ConfigError::Invalid(format!(
-                "invalid value \"{}\" for flag -tls-required: {e}",
-                self.tls_required
-            ))
-        })? {
+        } else if is(&["1", "t", "true"]) {
             TlsRequired::Yes
-        } else {
+        } else if is(&["0", "f", "false"]) {
             TlsRequired::No
+        } else {
+            // Go's ParseBool after ToLower: nothing else is a boolean.
+            return Err(ConfigError::Invalid(format!(
+                "invalid value \"{v}\" for flag -tls-required: parse error"
+            )));
         };
         if mode == TlsRequired::No && !self.tls_client_auth_policy.is_empty() {
             return Ok(TlsRequired::Yes);
@@ -710,6 +712,33 @@ mod tests {
             o.inert_flags_set(),
             vec!["--queue-scan-worker-pool-max"]
         );
+    }
+
+    #[test]
+    fn tls_required_as_nsqd_reads_it() {
+        assert_eq!(parse(&[]).tls_required_mode().unwrap(), TlsRequired::No);
+        assert_eq!(
+            parse(&["--tls-required"]).tls_required_mode().unwrap(),
+            TlsRequired::Yes
+        );
+        assert_eq!(
+            parse(&["--tls-required=TRUE"]).tls_required_mode().unwrap(),
+            TlsRequired::Yes
+        );
+        let o = parse(&["--tls-required=TCP-HTTPS"]);
+        assert_eq!(o.tls_required_mode().unwrap(), TlsRequired::ExceptHttp);
+        let o = parse(&["--tls-client-auth-policy=require"]);
+        assert_eq!(o.tls_required_mode().unwrap(), TlsRequired::Yes);
+        let v: Vec<OsString> = ["ringsqd", "--tls-required=maybe"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert!(Options::parse_from_args(v).is_err());
+        let v: Vec<OsString> = ["ringsqd", "--tls-min-version=tls9"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert!(Options::parse_from_args(v).is_err());
     }
 
     #[test]

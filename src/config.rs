@@ -318,10 +318,7 @@ pub enum TlsMinVersion {
 
 /// Flags accepted for nsqd's command lines that do nothing yet (their help
 /// says "accepted, not yet in effect"); the security issue implements them.
-pub const INERT_FLAGS: &[&str] = &[
-    "queue-scan-worker-pool-max",
-    "queue-scan-selection-count",
-];
+pub const INERT_FLAGS: &[&str] = &["queue-scan-worker-pool-max", "queue-scan-selection-count"];
 
 const EXPORT_ABOUT: &str =
     "Rewrites every queue of a stopped ringsqd's --data-path into nsqd 1.3's \
@@ -708,10 +705,7 @@ mod tests {
             "--auth-http-address=127.0.0.1:4181",
             "--https-address=0.0.0.0:4152",
         ]);
-        assert_eq!(
-            o.inert_flags_set(),
-            vec!["--queue-scan-worker-pool-max"]
-        );
+        assert_eq!(o.inert_flags_set(), vec!["--queue-scan-worker-pool-max"]);
     }
 
     #[test]

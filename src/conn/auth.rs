@@ -83,9 +83,14 @@ impl<S: ByteStream> Connection<S> {
         !self.broker.opts.auth_http_address.is_empty()
     }
 
-    /// TLS state of the connection; plain until TLS is wired in here.
+    /// TLS state of the connection for the auth query. The client
+    /// certificate's CN is not read yet (it needs an X.509 parser): a
+    /// certificate-based grant sees an empty common_name.
     pub(super) fn tls_peer(&self) -> TlsPeer {
-        TlsPeer::default()
+        TlsPeer {
+            tls: self.info.settings.borrow().tls.is_some(),
+            common_name: String::new(),
+        }
     }
 
     /// T21, after the decoder's checks of state, parameters and body.

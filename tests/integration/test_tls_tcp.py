@@ -302,3 +302,25 @@ def test_pipelined_tls_publisher_moves_with_unread_records(brokers, certs):
         c.cmd("RDY 100")
         want = [x for tt, x in sent if tt == t]
         assert [c.read_message()["body"] for _ in want] == want
+
+
+def test_auth_query_says_tls_for_a_tls_connection(brokers, certs, authd):
+    """T21/A1: the auth server's query carries tls=true for a client that upgraded to TLS
+    and tls=false for a plain one; common_name is present (empty: no client certificate)."""
+    s = authd()
+    s.grant()
+    args, port = tls_args(certs, f"--auth-http-address={s.address}")
+    b = brokers(args=args)
+    w, resp = tls_wire(b, certs.context())
+    assert resp["auth_required"] is True, resp
+    w.cmd("AUTH", b"over-tls")
+    assert w.read_frame()[0] == FRAME_RESPONSE
+    plain = Wire(b.tcp_address)
+    plain.cmd("AUTH", b"plain")
+    assert plain.read_frame()[0] == FRAME_RESPONSE
+    got = {q.params["secret"][0]: q for q in s.wait_queries(2)}
+    assert got["over-tls"].params["tls"] == ["true"], got["over-tls"].raw_query
+    assert got["plain"].params["tls"] == ["false"], got["plain"].raw_query
+    assert "common_name=" in got["over-tls"].raw_query
+    w.close()
+    plain.close()

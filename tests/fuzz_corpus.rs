@@ -58,3 +58,8 @@ fn meta() {
 fn compress() {
     replay("compress", ringsq::fuzz_targets::compress::compress);
 }
+
+#[test]
+fn auth() {
+    replay("auth", ringsq::fuzz_targets::auth::auth);
+}

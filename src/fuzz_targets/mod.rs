@@ -7,6 +7,7 @@
 //! Not part of the broker; the top layer, so that it may reach every
 //! parser it drives.
 
+pub mod auth;
 pub mod codec;
 pub mod compress;
 pub mod http;

@@ -394,6 +394,11 @@ impl<S: ByteStream> Connection<S> {
             if self.read_buf.len() < self.wanted {
                 return None;
             }
+            // Checked before each command, not after a publish: a client
+            // that waits for each OK has no answer outstanding by then.
+            if let Some(core) = self.publisher_move() {
+                return Some(Flow::MoveTo { core, sub: None });
+            }
             if let Some(e) = self.tls_policy_violation() {
                 self.fail(e).await;
                 return Some(Flow::Close);
@@ -432,11 +437,7 @@ impl<S: ByteStream> Connection<S> {
                 }
             }
             match self.handle(cmd).await {
-                Ok(Flow::Continue) => {
-                    if let Some(core) = self.publisher_move() {
-                        return Some(Flow::MoveTo { core, sub: None });
-                    }
-                }
+                Ok(Flow::Continue) => {}
                 Ok(flow) => return Some(flow),
                 Err(e) if e.is_fatal() => {
                     self.fail(e).await;

@@ -12,12 +12,18 @@ pub fn auth(data: &[u8]) {
     assert!(!state.ttl.is_zero(), "a grant with no TTL");
     for (topic, channel) in [("t", ""), ("t", "c"), ("", ""), ("a.b#ephemeral", "x_y")] {
         let allowed = state.is_allowed(topic, channel);
-        assert!(!allowed || state.has_authorizations(), "allowed with no grant");
+        assert!(
+            !allowed || state.has_authorizations(),
+            "allowed with no grant"
+        );
     }
     let body = state.ok_response();
     let value: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => panic!("AUTH response is not JSON ({e}): {:?}", String::from_utf8_lossy(&body)),
+        Err(e) => panic!(
+            "AUTH response is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&body)
+        ),
     };
     assert_eq!(
         value.get("identity").and_then(|v| v.as_str()),

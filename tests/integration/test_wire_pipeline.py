@@ -172,3 +172,33 @@ def test_pipelining_past_the_per_connection_limits_loses_nothing(brokers):
     for k, t in enumerate(topics):
         want = singles[k::2] + [x for batch in bigs[k::2] for x in batch]
         assert consume(b, t, len(want)) == want
+
+
+def test_a_publisher_that_waits_for_each_ok_moves_to_its_topics_core(brokers):
+    """Issue 11: single PUBs, each waiting for its OK, to the other core's topic move the
+    connection there after 16 (MOVE_PUBLISHER_AFTER), decided between answers; every
+    publish is answered once and every body arrives, in order."""
+    from helpers.http_api import get
+
+    b = brokers(cores=CORES)
+    topics = [topic_on(0, "mv_a"), topic_on(1, "mv_b")]
+    for t in topics:
+        w = Wire(b.tcp_address)
+        w.cmd(f"SUB {t} ch")
+        assert w.read_frame() == (FRAME_RESPONSE, b"OK")
+        w.close()
+    w = Wire(b.tcp_address)
+    for t in topics:  # one of them is on the other core
+        for i in range(24):
+            w.send(pub(t, b"%s-%02d" % (t.encode(), i)))
+            assert w.read_frame() == (FRAME_RESPONSE, b"OK")
+    metrics = get(b, "/metrics").body.decode()
+    moved = sum(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("ringsq_core_handoffs_in_total")
+    )
+    assert moved >= 1, "the publisher did not move"
+    w.close()
+    for t in topics:
+        assert consume(b, t, 24) == [b"%s-%02d" % (t.encode(), i) for i in range(24)]

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -232,8 +233,6 @@ def test_pipelined_durable_publishes_on_a_full_disk(small_disk, brokers):
     `E_PUB_FAILED PUB failed <reason>` (T30, fatal: T11), then the close: no frame after
     the error, and no PUB started after the failure was known is answered. Every
     acknowledged message is delivered once space is back, exactly once, byte for byte."""
-    import threading
-
     mnt, how = small_disk
     data = os.path.join(mnt, "data")
     os.mkdir(data)

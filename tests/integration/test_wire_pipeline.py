@@ -4,9 +4,11 @@ order, with nsqd's close-on-fatal rule (T10-T15). With --cores 2 every connectio
 to topics of both cores, so answers that come back over the ring race local ones."""
 
 import struct
+import threading
 import zlib
 
-from helpers.wire import FRAME_ERROR, FRAME_MESSAGE, FRAME_RESPONSE, Wire
+from helpers.http_api import metric
+from helpers.wire import FRAME_ERROR, FRAME_MESSAGE, FRAME_RESPONSE, Wire, cmd_bytes, mpub_body
 
 CORES = 2
 
@@ -23,6 +25,15 @@ def topic_on(core, prefix):
 
 def pub(topic, body):
     return f"PUB {topic}\n".encode() + struct.pack(">i", len(body)) + body
+
+
+def keep_messages(b, topics):
+    """A channel on each topic (SUB, then gone), so every message published is kept."""
+    for t in topics:
+        w = Wire(b.tcp_address)
+        w.cmd(f"SUB {t} ch")
+        assert w.read_frame() == (FRAME_RESPONSE, b"OK")
+        w.close()
 
 
 def read_answers(w, n):
@@ -46,11 +57,7 @@ def consume(broker, topic, n):
 def test_pipelined_pubs_to_both_cores_answer_in_order(brokers):
     b = brokers(cores=CORES)
     topics = [topic_on(0, "pipe_a"), topic_on(1, "pipe_b")]
-    for t in topics:  # a channel first, so every message is kept
-        w = Wire(b.tcp_address)
-        w.cmd(f"SUB {t} ch")
-        assert w.read_frame() == (FRAME_RESPONSE, b"OK")
-        w.close()
+    keep_messages(b, topics)
     n = 400
     w = Wire(b.tcp_address)
     # One write: every command is in the broker's buffer before any answer.
@@ -139,8 +146,7 @@ def test_pipelined_mpub_and_dpub_keep_their_place(brokers):
 
 
 def mpub(topic, bodies):
-    data = struct.pack(">i", len(bodies)) + b"".join(struct.pack(">i", len(x)) + x for x in bodies)
-    return f"MPUB {topic}\n".encode() + struct.pack(">i", len(data)) + data
+    return cmd_bytes(f"MPUB {topic}", mpub_body(bodies))
 
 
 def test_pipelining_past_the_per_connection_limits_loses_nothing(brokers):
@@ -150,18 +156,12 @@ def test_pipelining_past_the_per_connection_limits_loses_nothing(brokers):
     answered OK in order and all kept, exactly once."""
     b = brokers(cores=CORES, args=["--sync-every=1", "--mem-queue-size=0"])
     topics = [topic_on(0, "limit_a"), topic_on(1, "limit_b")]
-    for t in topics:
-        w = Wire(b.tcp_address)
-        w.cmd(f"SUB {t} ch")
-        assert w.read_frame() == (FRAME_RESPONSE, b"OK")
-        w.close()
+    keep_messages(b, topics)
     singles = [b"s%05d" % i for i in range(1000)]  # past the count limit
     bigs = [[b"%d-%d|" % (i, k) + b"x" * (256 << 10) for k in range(4)] for i in range(12)]
     stream = b"".join(pub(topics[i % 2], x) for i, x in enumerate(singles))
     stream += b"".join(mpub(topics[i % 2], batch) for i, batch in enumerate(bigs))  # 12 MiB
     w = Wire(b.tcp_address, timeout=30)
-    import threading
-
     sender = threading.Thread(target=w.send, args=(stream,), daemon=True)
     sender.start()
     assert read_answers(w, len(singles) + len(bigs)) == [(FRAME_RESPONSE, b"OK")] * (
@@ -178,27 +178,15 @@ def test_a_publisher_that_waits_for_each_ok_moves_to_its_topics_core(brokers):
     """Issue 11: single PUBs, each waiting for its OK, to the other core's topic move the
     connection there after 16 (MOVE_PUBLISHER_AFTER), decided between answers; every
     publish is answered once and every body arrives, in order."""
-    from helpers.http_api import get
-
     b = brokers(cores=CORES)
     topics = [topic_on(0, "mv_a"), topic_on(1, "mv_b")]
-    for t in topics:
-        w = Wire(b.tcp_address)
-        w.cmd(f"SUB {t} ch")
-        assert w.read_frame() == (FRAME_RESPONSE, b"OK")
-        w.close()
+    keep_messages(b, topics)
     w = Wire(b.tcp_address)
     for t in topics:  # one of them is on the other core
         for i in range(24):
             w.send(pub(t, b"%s-%02d" % (t.encode(), i)))
             assert w.read_frame() == (FRAME_RESPONSE, b"OK")
-    metrics = get(b, "/metrics").body.decode()
-    moved = sum(
-        float(line.split()[-1])
-        for line in metrics.splitlines()
-        if line.startswith("ringsq_core_handoffs_in_total")
-    )
-    assert moved >= 1, "the publisher did not move"
+    assert metric(b, "ringsq_core_handoffs_in_total") >= 1, "the publisher did not move"
     w.close()
     for t in topics:
         assert consume(b, t, 24) == [b"%s-%02d" % (t.encode(), i) for i in range(24)]

@@ -248,6 +248,7 @@ impl SnappyFrameDecoder {
                     self.raw
                         .decompress(block, &mut out[start..])
                         .map_err(|e| CompressError::Snappy(e.to_string()))?;
+                    check_snappy_crc(chunk, &out[start..])?;
                 }
                 // uncompressed data: crc, then the bytes
                 0x01 => {
@@ -257,6 +258,7 @@ impl SnappyFrameDecoder {
                     if data.len() > SNAPPY_MAX_UNCOMPRESSED {
                         return Err(CompressError::Snappy("uncompressed chunk too large".into()));
                     }
+                    check_snappy_crc(chunk, data)?;
                     out.extend_from_slice(data);
                 }
                 0x02..=0x7f => {
@@ -271,6 +273,21 @@ impl SnappyFrameDecoder {
         self.pending.drain(..pos);
         Ok(())
     }
+}
+
+/// The framing format's checksum: crc32c, rotated and offset so that a
+/// crc of data holding crcs is not itself trivial.
+fn masked_crc(data: &[u8]) -> u32 {
+    crc32c::crc32c(data).rotate_right(15).wrapping_add(0xa282_ead8)
+}
+
+/// A data chunk's first 4 bytes are the masked crc32c of what it decodes
+/// to; Go's snappy reader (and so nsqd) refuses a chunk that does not match.
+fn check_snappy_crc(chunk: &[u8], data: &[u8]) -> Result<(), CompressError> {
+    if chunk[..4] != masked_crc(data).to_le_bytes() {
+        return Err(CompressError::Snappy("corrupt input (checksum)".into()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -303,6 +320,37 @@ mod tests {
     #[test]
     fn snappy_round_trip() {
         round_trip(Encoder::snappy(), Decoder::snappy());
+    }
+
+    /// Go's snappy reader checks each data chunk's masked crc32c; so does ours,
+    /// for compressed (0x00) and uncompressed (0x01) chunks alike.
+    #[test]
+    fn snappy_chunk_with_a_bad_checksum_is_refused() {
+        let identifier = b"\xff\x06\x00\x00sNaPpY";
+        let data = b"PUB t\n\x00\x00\x00\x01x";
+        let crc = crc32c::crc32c(data)
+            .rotate_right(15)
+            .wrapping_add(0xa282_ead8);
+        let chunk = |kind: u8, crc: u32, payload: &[u8]| {
+            let len = (4 + payload.len()) as u32;
+            let mut c = vec![kind, len as u8, (len >> 8) as u8, (len >> 16) as u8];
+            c.extend_from_slice(&crc.to_le_bytes());
+            c.extend_from_slice(payload);
+            c
+        };
+        let compressed = snap::raw::Encoder::new().compress_vec(data).unwrap();
+        for (kind, payload) in [(0x01, &data[..]), (0x00, &compressed[..])] {
+            let mut plain = BytesMut::new();
+            let good = [&identifier[..], &chunk(kind, crc, payload)].concat();
+            Decoder::snappy().decode(&good, &mut plain, 1000).unwrap();
+            assert_eq!(&plain[..], data);
+            let bad = [&identifier[..], &chunk(kind, crc ^ 1, payload)].concat();
+            let e = Decoder::snappy().decode(&bad, &mut BytesMut::new(), 1000);
+            assert!(
+                matches!(e, Err(CompressError::Snappy(_))),
+                "kind {kind:#x}: {e:?}"
+            );
+        }
     }
 
     #[test]
@@ -346,7 +394,8 @@ mod tests {
     fn snappy_bad_header_left_by_the_budget_is_pending() {
         let mut raw = vec![0xff, 6, 0, 0];
         raw.extend_from_slice(b"sNaPpY");
-        raw.extend_from_slice(&[0x01, 8, 0, 0, 0, 0, 0, 0]);
+        raw.extend_from_slice(&[0x01, 8, 0, 0]);
+        raw.extend_from_slice(&masked_crc(b"NOP\n").to_le_bytes());
         raw.extend_from_slice(b"NOP\n");
         raw.extend_from_slice(&[0x00, 0xff, 0xff, 0xff]);
         let mut dec = Decoder::snappy();

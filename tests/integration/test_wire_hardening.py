@@ -7,7 +7,11 @@ import struct
 import time
 import zlib
 
-from helpers.wire import mpub_body, Wire
+import snappy
+
+from helpers.http_api import find_topic, stats
+from helpers.wait import wait_for
+from helpers.wire import Wire, cmd_bytes, mpub_body
 
 
 def negotiate(w, **features):
@@ -36,6 +40,27 @@ def test_snappy_chunk_claiming_4gib_is_refused(broker):
     w.send(b"\x00\x09\x00\x00" + b"\x00\x00\x00\x00" + b"\xff\xff\xff\xff\x0f")
     assert w.is_closed(timeout=3)
     assert_serves(broker)
+
+
+def test_snappy_chunk_with_a_bad_checksum_closes_the_connection(broker):
+    """T19: Go's snappy reader checks each chunk's masked crc32c and nsqd closes a
+    connection whose chunk fails it; the PUB inside is never run. The same stream with
+    its checksum intact publishes."""
+    def stream(topic):
+        return bytearray(snappy.StreamCompressor().compress(cmd_bytes(f"PUB {topic}", b"body")))
+
+    w = Wire(broker.tcp_address)
+    assert negotiate(w, snappy=True)["snappy"] is True
+    bad = stream("crc_bad")
+    bad[14] ^= 0x01  # the first data chunk's crc: after the identifier and its header
+    w.send(bytes(bad))
+    assert w.is_closed(timeout=3)
+    ok = Wire(broker.tcp_address)
+    assert negotiate(ok, snappy=True)["snappy"] is True
+    ok.send(bytes(stream("crc_good")))
+    wait_for(lambda: find_topic(stats(broker), "crc_good") is not None, what="crc_good published")
+    assert find_topic(stats(broker), "crc_good")["message_count"] == 1
+    assert find_topic(stats(broker), "crc_bad") is None
 
 
 def test_deflate_bomb_does_not_stall_the_core(broker):

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::authd::{self, Timeouts};
+use super::authd;
 use super::stream::ByteStream;
 use super::Connection;
 use crate::protocol::auth::{AuthQuery, AuthState};
@@ -83,13 +83,14 @@ impl<S: ByteStream> Connection<S> {
         !self.broker.opts.auth_http_address.is_empty()
     }
 
-    /// TLS state of the connection for the auth query. The client
-    /// certificate's CN is not read yet (it needs an X.509 parser): a
-    /// certificate-based grant sees an empty common_name.
+    /// TLS state of the connection for the auth query.
     pub(super) fn tls_peer(&self) -> TlsPeer {
-        TlsPeer {
-            tls: self.info.settings.borrow().tls.is_some(),
-            common_name: String::new(),
+        match &self.info.settings.borrow().tls {
+            Some(t) => TlsPeer {
+                tls: true,
+                common_name: t.peer_common_name.clone(),
+            },
+            None => TlsPeer::default(),
         }
     }
 
@@ -201,11 +202,12 @@ impl<S: ByteStream> Connection<S> {
             common_name: &tls.common_name,
         };
         let o = &self.broker.opts;
-        let timeouts = Timeouts {
-            connect: o.http_client_connect_timeout,
-            request: o.http_client_request_timeout,
+        let client = authd::Client {
+            connect_timeout: o.http_client_connect_timeout,
+            request_timeout: o.http_client_request_timeout,
+            tls: self.broker.auth_tls.clone(),
         };
-        let state = match authd::query_any(&o.auth_http_address, &query, timeouts).await {
+        let state = match authd::query_any(&o.auth_http_address, &query, &client).await {
             Ok(state) => state,
             Err(e) => {
                 tracing::warn!(error = %e, "AUTH failed");

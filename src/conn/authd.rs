@@ -2,21 +2,27 @@
 //! TcpStream, run inside the connection's task, so the core serves its
 //! other tasks while the answer is awaited. nsqd's http client timeouts:
 //! `--http-client-connect-timeout` for the dial (name lookup included),
-//! `--http-client-request-timeout` for the whole exchange.
+//! `--http-client-request-timeout` for each exchange. `https://` servers
+//! are asked over rustls with nsqd's client TLS config, and a plain server
+//! that answers 403 with an `https_port` is asked again there, as nsqd's
+//! `GETV1` does.
 //!
-//! Left out: `https://` addresses, redirects, and nsqd's retry over HTTPS
-//! when an auth server answers 403 with an `https_port`.
+//! Left out: redirects (nsqd's Go client follows up to 10).
 
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::Either;
+use futures::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use http_body_util::BodyExt;
-use hyper::Uri;
+use hyper::{StatusCode, Uri};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
 use smol_hyper::rt::FuturesIo;
 use thiserror::Error;
 
@@ -38,6 +44,12 @@ pub enum AuthdError {
     Connect { addr: SocketAddr, source: io::Error },
     #[error("dial tcp {0}: i/o timeout")]
     ConnectTimeout(String),
+    #[error("tls: {0}")]
+    Tls(io::Error),
+    #[error("address {0}: missing port in address")]
+    MissingPort(String),
+    #[error("403 answer: {0}")]
+    ForbiddenBody(serde_json::Error),
     #[error("{0}")]
     Http(#[from] hyper::Error),
     #[error("{0}")]
@@ -73,11 +85,12 @@ impl fmt::Display for AuthdFailures {
 
 impl std::error::Error for AuthdFailures {}
 
-/// nsqd's timeouts for its HTTP client.
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    pub connect: Duration,
-    pub request: Duration,
+/// nsqd's HTTP client: its timeouts and its TLS config.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub tls: Arc<ClientConfig>,
 }
 
 /// nsqd's `QueryAnyAuthd`: the servers in turn from a random one until
@@ -85,14 +98,14 @@ pub struct Timeouts {
 pub async fn query_any(
     addresses: &[String],
     query: &AuthQuery<'_>,
-    timeouts: Timeouts,
+    client: &Client,
 ) -> Result<AuthState, AuthdFailures> {
     let n = addresses.len();
     let start = if n > 1 { fastrand::usize(..n) } else { 0 };
     let mut failures = Vec::new();
     for i in 0..n {
         let address = &addresses[(start + i) % n];
-        match query_one(address, query, timeouts).await {
+        match query_one(address, query, client).await {
             Ok(state) => return Ok(state),
             Err(e) => failures.push((address.clone(), e)),
         }
@@ -103,19 +116,53 @@ pub async fn query_any(
 async fn query_one(
     address: &str,
     query: &AuthQuery<'_>,
-    timeouts: Timeouts,
+    client: &Client,
 ) -> Result<AuthState, AuthdError> {
-    let url = query.url(address);
-    let request = futures_lite::future::or(get(&url, timeouts.connect), async {
-        glommio::timer::sleep(timeouts.request).await;
-        Err(AuthdError::Timeout(timeouts.request))
-    });
-    let body = request.await?;
-    Ok(auth::parse(&body)?)
+    let mut url = query.url(address);
+    loop {
+        let request = futures_lite::future::or(get(&url, client), async {
+            glommio::timer::sleep(client.request_timeout).await;
+            Err(AuthdError::Timeout(client.request_timeout))
+        });
+        match request.await {
+            // The server wants HTTPS: ask again on the port it names.
+            Err(AuthdError::Status { status, body })
+                if status == StatusCode::FORBIDDEN && !url.starts_with("https") =>
+            {
+                url = https_endpoint(&url, &body)?;
+            }
+            answer => return Ok(auth::parse(&answer?)?),
+        }
+    }
+}
+
+/// nsqd's `httpsEndpoint`: `url` with scheme https and the port of the 403
+/// answer's `https_port` (0 when it names none, Go's zero value).
+fn https_endpoint(url: &str, body: &[u8]) -> Result<String, AuthdError> {
+    #[derive(serde::Deserialize)]
+    struct Forbidden {
+        #[serde(default)]
+        https_port: i64,
+    }
+    let forbidden: Forbidden = serde_json::from_slice(body).map_err(AuthdError::ForbiddenBody)?;
+    let uri: Uri = url.parse().map_err(|_| AuthdError::Url(url.to_string()))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| AuthdError::Url(url.to_string()))?;
+    if authority.port().is_none() {
+        return Err(AuthdError::MissingPort(authority.to_string()));
+    }
+    let path_and_query = uri.path_and_query().map_or("", |p| p.as_str());
+    Ok(format!(
+        "https://{}:{}{path_and_query}",
+        authority.host(),
+        forbidden.https_port
+    ))
 }
 
 /// Where to connect for `url`, and what to ask there.
 struct Target {
+    https: bool,
     host: String,
     port: u16,
     /// The Host header: the URL's authority.
@@ -125,10 +172,11 @@ struct Target {
 
 fn target(url: &str) -> Result<Target, AuthdError> {
     let uri: Uri = url.parse().map_err(|_| AuthdError::Url(url.to_string()))?;
-    let scheme = uri.scheme_str().unwrap_or_default();
-    if scheme != "http" {
-        return Err(AuthdError::Scheme(scheme.to_string()));
-    }
+    let https = match uri.scheme_str().unwrap_or_default() {
+        "http" => false,
+        "https" => true,
+        scheme => return Err(AuthdError::Scheme(scheme.to_string())),
+    };
     let authority = uri
         .authority()
         .ok_or_else(|| AuthdError::Url(url.to_string()))?;
@@ -142,26 +190,44 @@ fn target(url: &str) -> Result<Target, AuthdError> {
         None => "/".to_string(),
     };
     Ok(Target {
+        https,
         host: host.to_string(),
-        port: authority.port_u16().unwrap_or(80),
+        port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
         authority: authority.as_str().to_string(),
         path_and_query,
     })
 }
 
 /// The 200 answer's body for `GET url`.
-async fn get(url: &str, connect_timeout: Duration) -> Result<Bytes, AuthdError> {
+async fn get(url: &str, client: &Client) -> Result<Bytes, AuthdError> {
     let t = target(url)?;
     let stream = futures_lite::future::or(connect(&t), async {
-        glommio::timer::sleep(connect_timeout).await;
+        glommio::timer::sleep(client.connect_timeout).await;
         Err(AuthdError::ConnectTimeout(format!("{}:{}", t.host, t.port)))
     })
     .await?;
     let _ = stream.set_nodelay(true);
+    if !t.https {
+        return exchange(stream, &t).await;
+    }
+    let name =
+        ServerName::try_from(t.host.clone()).map_err(|_| AuthdError::Url(url.to_string()))?;
+    let stream = futures_rustls::TlsConnector::from(client.tls.clone())
+        .connect(name, stream)
+        .await
+        .map_err(AuthdError::Tls)?;
+    exchange(stream, &t).await
+}
+
+/// One GET over `io`, plain or TLS.
+async fn exchange<IO>(io: IO, t: &Target) -> Result<Bytes, AuthdError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + 'static,
+{
     // Header names as Go writes them (`Accept`, not `accept`).
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .title_case_headers(true)
-        .handshake(FuturesIo::new(stream))
+        .handshake(FuturesIo::new(io))
         .await?;
     let request = hyper::Request::get(t.path_and_query.as_str())
         .header(hyper::header::HOST, t.authority.as_str())
@@ -244,11 +310,35 @@ mod tests {
         let t = target("http://[::1]:9?q").expect("valid");
         assert_eq!((t.host.as_str(), t.port), ("::1", 9));
         assert_eq!(t.path_and_query, "/?q");
+        let t = target("https://h/auth?q").expect("valid");
+        assert!(t.https);
+        assert_eq!((t.host.as_str(), t.port), ("h", 443));
         assert!(matches!(
-            target("https://h/auth?q"),
-            Err(AuthdError::Scheme(s)) if s == "https"
+            target("ftp://h/auth?q"),
+            Err(AuthdError::Scheme(s)) if s == "ftp"
         ));
         assert!(target("http://bad host/?q").is_err());
+    }
+
+    #[test]
+    fn a_403_names_the_https_port() {
+        let url = "http://127.0.0.1:4181/auth?secret=a+b&tls=false";
+        assert_eq!(
+            https_endpoint(url, br#"{"message":"TLS_REQUIRED","https_port":4182}"#).expect("valid"),
+            "https://127.0.0.1:4182/auth?secret=a+b&tls=false"
+        );
+        assert_eq!(
+            https_endpoint("http://[::1]:1/x?q", b"{}").expect("valid"),
+            "https://[::1]:0/x?q"
+        );
+        assert!(matches!(
+            https_endpoint("http://auth.example/x?q", b"{}"),
+            Err(AuthdError::MissingPort(a)) if a == "auth.example"
+        ));
+        assert!(matches!(
+            https_endpoint(url, b"not json"),
+            Err(AuthdError::ForbiddenBody(_))
+        ));
     }
 
     #[test]

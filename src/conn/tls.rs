@@ -20,8 +20,8 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    CipherSuite, DistinguishedName, ProtocolVersion, RootCertStore, ServerConfig, ServerConnection,
-    SignatureScheme,
+    CipherSuite, ClientConfig, DistinguishedName, ProtocolVersion, RootCertStore, ServerConfig,
+    ServerConnection, SignatureScheme,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -50,6 +50,8 @@ pub enum TlsConfigError {
     RequiredWithoutCert,
     #[error("failed to build TLS config - {0}")]
     Build(String),
+    #[error("failed to build client TLS config - {0}")]
+    ClientBuild(String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 }
@@ -77,27 +79,29 @@ pub fn server_config(opts: &Options) -> Result<Option<Arc<ServerConfig>>, TlsCon
     // only to clients that ask for it.
     #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let versions: &[&rustls::SupportedProtocolVersion] = match opts.tls_min_version()? {
-        TlsMinVersion::Tls13 => &[&rustls::version::TLS13],
-        older => {
-            if older < TlsMinVersion::Tls12 {
-                tracing::info!(
-                    "TLS: --tls-min-version {:?}: rustls speaks TLS 1.2 and 1.3 only, so older clients are refused",
-                    opts.tls_min_version
-                );
-            }
-            &[&rustls::version::TLS13, &rustls::version::TLS12]
-        }
-    };
+    if opts.tls_min_version()? < TlsMinVersion::Tls12 {
+        tracing::info!(
+            "TLS: --tls-min-version {:?}: rustls speaks TLS 1.2 and 1.3 only, so older clients are refused",
+            opts.tls_min_version
+        );
+    }
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions)
+        .with_protocol_versions(protocol_versions(opts)?)
         .map_err(build_err)?;
+    // nsqd reads the roots whatever the policy.
+    let roots = match opts.tls_root_ca_file.as_str() {
+        "" => None,
+        file => Some(root_store(file)?),
+    };
     let builder = match opts.tls_client_auth_policy.as_str() {
         "require" => builder.with_client_cert_verifier(Arc::new(AnyClientCert {
             algs: provider.signature_verification_algorithms,
         })),
         "require-verify" => {
-            let roots = root_store(&opts.tls_root_ca_file)?;
+            let roots = match roots {
+                Some(roots) => roots,
+                None => root_store("")?,
+            };
             let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
                 .build()
                 .map_err(build_err)?;
@@ -108,6 +112,39 @@ pub fn server_config(opts: &Options) -> Result<Option<Arc<ServerConfig>>, TlsCon
     };
     let config = builder.with_single_cert(certs, key).map_err(build_err)?;
     Ok(Some(Arc::new(config)))
+}
+
+/// nsqd's `buildClientTLSConfig`, for `https://` auth servers (A1): the
+/// roots of `--tls-root-ca-file`, or the system's without it; no client
+/// certificate. Built at start-up whatever the flags, as nsqd does, so a
+/// bad `--tls-root-ca-file` stops the start with nsqd's text.
+pub fn auth_client_config(opts: &Options) -> Result<Arc<ClientConfig>, TlsConfigError> {
+    let client_err = |e| match e {
+        TlsConfigError::Build(text) => TlsConfigError::ClientBuild(text),
+        e => e,
+    };
+    #[allow(deprecated)] // ring: see server_config
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(protocol_versions(opts)?)
+        .map_err(build_err)
+        .map_err(client_err)?
+        .with_root_certificates(root_store(&opts.tls_root_ca_file).map_err(client_err)?)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// `--tls-min-version` as rustls' versions (it speaks 1.2 and 1.3 only).
+fn protocol_versions(
+    opts: &Options,
+) -> Result<&'static [&'static rustls::SupportedProtocolVersion], TlsConfigError> {
+    static TLS13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+    static TLS12_13: [&rustls::SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
+    Ok(match opts.tls_min_version()? {
+        TlsMinVersion::Tls13 => &TLS13,
+        _ => &TLS12_13,
+    })
 }
 
 /// A PEM file; a failure in Go's words (`open <path>: no such file or directory`).
@@ -131,15 +168,17 @@ fn root_store(file: &str) -> Result<RootCertStore, TlsConfigError> {
         vec![file]
     };
     for f in files {
-        let certs = match CertificateDer::pem_file_iter(f) {
-            Ok(it) => it.collect::<Result<Vec<_>, _>>(),
+        let pem = match read_pem(f) {
+            Ok(pem) => pem,
             Err(e) if file.is_empty() => {
                 tracing::debug!(file = f, error = %e, "no system CA bundle here");
                 continue;
             }
-            Err(e) => Err(e),
-        }
-        .map_err(|e| build_err(format!("{f}: {e}")))?;
+            Err(e) => return Err(e),
+        };
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| build_err(format!("{f}: {e}")))?;
         let (added, _) = roots.add_parsable_certificates(certs);
         if added == 0 && !file.is_empty() {
             return Err(build_err("failed to append certificate to pool"));
@@ -230,6 +269,30 @@ pub fn summary(s: &ServerConnection) -> TlsSummary {
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .unwrap_or_default(),
         negotiated_protocol_is_mutual: true,
+        peer_common_name: peer_common_name(s),
+    }
+}
+
+/// The subject CN of the client's certificate as Go reads it
+/// (`Subject.CommonName`: the last CN attribute wins); empty without a
+/// certificate. rustls has already parsed the certificate, so a CN that
+/// x509-parser cannot read is only logged.
+fn peer_common_name(s: &ServerConnection) -> String {
+    let Some(der) = s.peer_certificates().and_then(|c| c.first()) else {
+        return String::new();
+    };
+    match x509_parser::parse_x509_certificate(der.as_ref()) {
+        Ok((_, cert)) => cert
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok())
+            .last()
+            .unwrap_or_default()
+            .to_string(),
+        Err(e) => {
+            tracing::info!(error = %e, "client certificate unreadable: empty common_name");
+            String::new()
+        }
     }
 }
 

@@ -67,6 +67,9 @@ pub struct TlsSummary {
     pub cipher_suite: String,
     pub negotiated_protocol: String,
     pub negotiated_protocol_is_mutual: bool,
+    /// The client certificate's subject CN, empty without one: not in
+    /// /stats, only the auth query's common_name (T21).
+    pub peer_common_name: String,
 }
 
 impl ClientSettings {

@@ -39,6 +39,8 @@ pub struct BrokerParts {
     pub data_path: PathBuf,
     /// nsqd's tlsConfig: set when --tls-cert/--tls-key are (T18).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// nsqd's clientTLSConfig: set when --auth-http-address is (A1).
+    pub auth_tls: Arc<rustls::ClientConfig>,
 }
 
 pub struct Broker {
@@ -54,6 +56,7 @@ pub struct Broker {
     /// Live connections, for /stats, forced disconnects and shutdown.
     pub clients: RefCell<HashMap<u64, Rc<ClientInfo>>>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub auth_tls: Arc<rustls::ClientConfig>,
     client_ids: Arc<AtomicU64>,
     data_path: PathBuf,
     /// Publishes forwarded to other cores, waiting for their answer.
@@ -77,6 +80,7 @@ impl Broker {
             counters: CoreCounters::default(),
             clients: RefCell::new(HashMap::new()),
             tls: p.tls,
+            auth_tls: p.auth_tls,
             client_ids: p.client_ids,
             data_path: p.data_path,
             pending: Pending::default(),

@@ -185,6 +185,7 @@ async fn build_core(
         client_ids: shared.client_ids.clone(),
         data_path: shared.data_path.clone(),
         tls: shared.tls.clone(),
+        auth_tls: shared.auth_tls.clone(),
     }));
     Rc::new(Core {
         id,

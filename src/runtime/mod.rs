@@ -86,6 +86,8 @@ pub struct Shared {
     pub https_port: Option<u16>,
     /// nsqd's tlsConfig (T18), for the TCP upgrade and HTTPS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// nsqd's clientTLSConfig, for `https://` auth servers (A1).
+    pub auth_tls: Arc<rustls::ClientConfig>,
     /// What the layers above plug in (nsqlookupd, HTTP, statsd).
     pub services: Arc<dyn Services>,
     /// Changed at run time through PUT /config (H21).
@@ -191,6 +193,7 @@ struct Prepared {
     /// Opened only with a certificate, as nsqd.
     https_addr: Option<ListenAddr>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    auth_tls: Arc<rustls::ClientConfig>,
 }
 
 /// The started cores, waiting for the word to serve.
@@ -289,6 +292,7 @@ fn prepare(opts: &Options) -> Result<Prepared, StartError> {
     metadata::add_queues_found_on_disk(&mut restored, &data_path);
     system::ignore_file_size_signal();
     let tls = crate::conn::tls::server_config(opts)?;
+    let auth_tls = crate::conn::tls::auth_client_config(opts)?;
     let tcp_addr = check_listen_address(&opts.tcp_address)?;
     let http_addr = if opts.http_address.is_empty() {
         None
@@ -323,6 +327,7 @@ fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         http_addr,
         https_addr,
         tls,
+        auth_tls,
     })
 }
 
@@ -342,6 +347,7 @@ fn shared_state(
         http_port: p.http_addr.as_ref().and_then(ListenAddr::port),
         https_port: p.https_addr.as_ref().and_then(ListenAddr::port),
         tls: p.tls.clone(),
+        auth_tls: p.auth_tls.clone(),
         log_level: std::sync::Mutex::new(opts.log_level.to_ascii_lowercase()),
         data_path: p.data_path.clone(),
         // C3: nsqd persists the metadata right after loading it.

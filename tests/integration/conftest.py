@@ -102,11 +102,11 @@ def loop():
 
 @pytest.fixture
 def authd():
-    """authd() -> a new AuthServer; every one is shut down at teardown."""
+    """authd(**kw) -> a new AuthServer(**kw); every one is shut down at teardown."""
     servers = []
 
-    def make():
-        s = AuthServer()
+    def make(**kw):
+        s = AuthServer(**kw)
         servers.append(s)
         return s
 

@@ -318,3 +318,24 @@ def test_auth_query_says_tls_for_a_tls_connection(brokers, certs, authd):
     assert "common_name=" in got["over-tls"].raw_query
     w.close()
     plain.close()
+
+
+@pytest.mark.parametrize("policy", ["require", "require-verify"])
+def test_auth_query_carries_the_client_certificate_cn(brokers, certs, authd, policy):
+    """T21/A1: with a client certificate, common_name is its subject CN, as nsqd's
+    PeerCertificates[0].Subject.CommonName; a TLS client without one (no policy) sends
+    an empty common_name."""
+    s = authd()
+    s.grant()
+    extra = [f"--auth-http-address={s.address}", f"--tls-client-auth-policy={policy}"]
+    if policy == "require-verify":
+        extra.append(f"--tls-root-ca-file={certs.ca_file}")
+    args, _ = tls_args(certs, *extra)
+    b = brokers(args=args)
+    w, _ = tls_wire(b, certs.context(client=certs.client))
+    w.cmd("AUTH", b"with-cert")
+    assert w.read_frame()[0] == FRAME_RESPONSE
+    (q,) = s.wait_queries(1)
+    assert q.params["common_name"] == [certs.client_cn], q.raw_query
+    assert q.params["tls"] == ["true"], q.raw_query
+    w.close()

@@ -4,6 +4,7 @@ http.server on 127.0.0.1 and a free port, recording every query it gets.
 Its answer is set by the test: `grant(...)` (200 and an nsqd auth JSON reply),
 `answer(status, body)` (anything raw), or `hold()` / `release()` to keep queries
 waiting. `queries` lists `Query(path, raw_query, params, headers)` in arrival order.
+With `ssl_context` it serves HTTPS; `url` is then its `https://` address.
 """
 
 import json
@@ -30,7 +31,7 @@ EVERYTHING = [authorization(".*", [".*"], ["publish", "subscribe"])]
 
 
 class AuthServer:
-    def __init__(self):
+    def __init__(self, ssl_context=None):
         self.queries = []
         self._lock = threading.Lock()
         self._answer = (200, json.dumps(reply(EVERYTHING)).encode())
@@ -61,8 +62,11 @@ class AuthServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        if ssl_context:
+            self.httpd.socket = ssl_context.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self.address = f"127.0.0.1:{self.port}"
+        self.url = f"{'https' if ssl_context else 'http'}://{self.address}/auth"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 

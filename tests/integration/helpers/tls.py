@@ -25,7 +25,9 @@ class Certs:
         self.cert = self._write("server.pem", server.cert_chain_pems[0].bytes())
         self.key = self._write("server.key", server.private_key_pem.bytes())
         self.ca_file = self._write("ca.pem", self.ca.cert_pem.bytes())
-        self.client = self._pair("client", self.ca.issue_cert("client.test"))
+        # The subject CN is what nsqd passes to the auth server as common_name.
+        self.client_cn = "ringsq test client"
+        self.client = self._pair("client", self.ca.issue_cert("client.test", common_name=self.client_cn))
         self.stranger = self._pair("stranger", self.other_ca.issue_cert("stranger.test"))
 
     def _write(self, name, data):

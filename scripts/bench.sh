@@ -39,11 +39,17 @@ options:
   --data-dir DIR         where the brokers' --data-path directories and logs go (default
                          \$TMPDIR or /tmp); must not be tmpfs for the disk-*/durable-* scenarios
   --broker-arg ARG       extra argument for every broker (repeatable)
+  --tls                  every connection over TLS: a CA and a certificate for 127.0.0.1 are
+                         made with openssl for this run, the brokers get --tls-cert/--tls-key
+                         (and --https-address= so no HTTPS port opens), and nsq-load's
+                         publishers and consumers upgrade after IDENTIFY (--tls-ca)
   --port P               first TCP port (HTTP = P+1; default 24650)
   --out FILE             raw JSON lines (default: \$TMPDIR/ringsq-bench-<time>.jsonl)
   --loadgen PATH         nsq-load binary (default: build scripts/loadgen in release mode)
   --progress             show nsq-load's live progress line
   --list                 list the scenarios (the default set, then the opt-in ones) and exit
+  --summarize FILE       print the summary of earlier runs' JSON lines (one or more --out
+                         files concatenated) and exit; brokers and scenarios in file order
 
 scenarios:
   pub-100B     MPUB x200, 4 connections, 100 B, topic with one channel (messages queue up)
@@ -98,6 +104,8 @@ PORT=24650
 OUT=""
 LOADGEN=""
 PROGRESS=0
+TLS=0
+SUMMARIZE=""
 
 while [[ $# -gt 0 ]]; do
     # --flag=value means --flag value (so --broker-arg=--sync-every=1 works).
@@ -123,11 +131,68 @@ while [[ $# -gt 0 ]]; do
         --out) OUT="$2"; shift 2 ;;
         --loadgen) LOADGEN="$2"; shift 2 ;;
         --progress) PROGRESS=1; shift ;;
+        --tls) TLS=1; shift ;;
+        --summarize) SUMMARIZE="$2"; shift 2 ;;
         --list) printf '%s\n' "${ALL_SCENARIOS[@]}" "${OPT_IN_SCENARIOS[@]}"; exit 0 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
 done
+
+# Median per scenario and broker, ratio to the first broker, of the JSON lines in $1
+# (NAMES and SCENARIOS give the order).
+summarize() {
+    names_json="$(printf '%s\n' "${NAMES[@]}" | jq -R . | jq -sc .)"
+    scen_json="$(printf '%s\n' "${SCENARIOS[@]}" | jq -R . | jq -sc .)"
+    jq -rs --argjson names "$names_json" --argjson scens "$scen_json" '
+      def median: map(select(. != null)) | sort | if length == 0 then null
+          elif length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+      def k: if . == null then "-" elif . < 10000 then (. | round | tostring) else (. / 1000 | floor | tostring) + "k" end;
+      def f0: if . == null then "-" else (. | round | tostring) end;
+      def us: if . == null then "-" elif . >= 1e6 then ((. / 1e5 | round) / 10 | tostring) + "ms"
+          else ((. / 1e3 | round) | tostring) + "us" end;
+      . as $all
+      | (["scenario", "broker", "ok/runs", "msgs/s (median)", "ratio", "MiB/s", "consumed msgs/s",
+          "e2e p99", "pub RTT p99", "broker CPU%", "errors", "notes"] | @tsv),
+        ($scens[] as $s
+         | ([$all[] | select(.scenario == $s and .broker == $names[0]) | .msgs_per_s] | median) as $base
+         | $names[] as $b
+         | [$all[] | select(.scenario == $s and .broker == $b)] as $r
+         | ($r | map(.msgs_per_s) | median) as $m
+         | [ $s, $b,
+             "\($r | map(select(.ok == true)) | length)/\($r | length)",
+             ($m | k),
+             (if $m != null and $base != null and $base > 0 then ($m / $base * 100 | round / 100 | tostring) else "-" end),
+             (if ($s | test("drain")) then ($r | map(.consumed.mib_per_s) | median) else ($r | map(.published.mib_per_s) | median) end | f0),
+             (if ($r | map(.config.sub_conns // 0) | max // 0) > 0 then ($r | map(if ($s | test("drain")) then .consumed.msgs_per_s else .consumed.msgs_per_s_during_publish end) | median | k) else "-" end),
+             ($r | map(.consumed.e2e.p99_ns) | median | us),
+             ($r | map(.published.rtt.p99_ns) | median | us),
+             ($r | map(.server.cpu_pct) | median | f0),
+             ($r | map(.errors.total // 0) | add // 0 | tostring),
+             ([ (if ($r | map(select(.failed == true)) | length) > 0
+                 then "\($r | map(select(.failed == true)) | length) failed: \($r | map(select(.failed == true) | .error) | first)"
+                 else empty end),
+                (if $s == "idle-10k" and ($r | map(.idle.rss_bytes_per_conn) | median) != null
+                 then "RSS/idle conn " + ($r | map(.idle.rss_bytes_per_conn) | median | f0) + " B" else empty end),
+                (if ($s | test("^(disk|durable)-")) then
+                   ($r | map(if .server.disk_write_bytes != null and (.published.count // 0) > 0
+                             then .server.disk_write_bytes / .published.count else null end) | median) as $w
+                   | ($r | map(.server.disk_read_bytes) | median) as $rd
+                   | (if $w != null then "disk write \($w | f0) B/msg" else empty end),
+                     (if $rd != null and $rd >= 16777216 then "disk read \($rd / 1048576 | f0) MiB" else empty end)
+                 else empty end)
+              ] | if length == 0 then "-" else join("; ") end)
+           ] | @tsv)
+    ' "$1" | column -t -s $'\t'
+}
+
+if [[ -n "$SUMMARIZE" ]]; then
+    command -v jq >/dev/null || { echo "bench.sh needs jq (apt-get install jq)" >&2; exit 2; }
+    mapfile -t NAMES < <(jq -r .broker "$SUMMARIZE" | awk '!seen[$0]++')
+    mapfile -t SCENARIOS < <(jq -r .scenario "$SUMMARIZE" | awk '!seen[$0]++')
+    summarize "$SUMMARIZE"
+    exit 0
+fi
 
 [[ ${#BROKERS[@]} -gt 0 ]] || { usage >&2; exit 2; }
 [[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=("${ALL_SCENARIOS[@]}")
@@ -170,6 +235,22 @@ if [[ $NEED_DISK == 1 ]]; then
     fi
 fi
 : >"$OUT"
+
+# --tls: a throwaway CA and server certificate (ECDSA P-256), the same for every broker.
+LOAD_TLS=()
+if [[ $TLS == 1 ]]; then
+    command -v openssl >/dev/null || { echo "--tls needs openssl" >&2; exit 2; }
+    T="$WORK/tls"
+    mkdir -p "$T"
+    ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout "$T/ca.key" -out "$T/ca.pem" -days 2 -subj /CN=bench-ca 2>/dev/null
+    openssl req "${ec[@]}" -keyout "$T/server.key" -out "$T/server.csr" -subj /CN=127.0.0.1 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$T/ext"
+    openssl x509 -req -in "$T/server.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" -CAcreateserial \
+        -out "$T/server.pem" -days 2 -extfile "$T/ext" 2>/dev/null
+    BROKER_ARGS+=("--tls-cert=$T/server.pem" "--tls-key=$T/server.key" "--https-address=")
+    LOAD_TLS=(--tls-ca "$T/ca.pem")
+fi
 
 # 10,000 idle connections need file descriptors on both sides.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -254,6 +335,7 @@ stop_broker() {
 HEADER="$WORK/header.txt"
 {
     echo "# bench.sh $(date '+%Y-%m-%d %H:%M:%S %Z')  $(nproc) CPUs, $(uname -sr); runs $RUNS, duration $DURATION"
+    [[ $TLS == 1 ]] && echo "# TLS: every connection (--tls; ECDSA P-256 certificate made for this run)"
     echo "# data path $WORK: $FS_TYPE on $FS_DEV (mounted on $FS_MOUNT), $((FS_AVAIL_KB / 1024 / 1024)) GiB free$(
         [[ $DROP_CACHES == 1 ]] && echo "; page cache dropped before each disk drain")"
     for bi in "${!NAMES[@]}"; do
@@ -290,7 +372,8 @@ for scen in "${SCENARIOS[@]}"; do
                 errf="$WORK/$scen-$name-$run.nsq-load.txt"
                 json="$(timeout 1800 "$LOADGEN" "${sargs[@]}" --tcp-address "127.0.0.1:$tcp" \
                     --http-address "127.0.0.1:$http" --server-pid "$BPID" --json --label "$scen" \
-                    ${pre_drain[@]+"${pre_drain[@]}"} "${extra[@]}" 2> >(tee "$errf" >&2))"
+                    ${pre_drain[@]+"${pre_drain[@]}"} ${LOAD_TLS[@]+"${LOAD_TLS[@]}"} "${extra[@]}" \
+                    2> >(tee "$errf" >&2))"
                 rc=$?
                 set -e
                 sleep 0.1 # let tee finish
@@ -312,50 +395,9 @@ for scen in "${SCENARIOS[@]}"; do
     done
 done
 
-# ---- summary: median per scenario and broker, ratio to the first broker
-names_json="$(printf '%s\n' "${NAMES[@]}" | jq -R . | jq -sc .)"
-scen_json="$(printf '%s\n' "${SCENARIOS[@]}" | jq -R . | jq -sc .)"
+# ---- summary
 SUMMARY="${OUT%.jsonl}.summary.txt"
-jq -rs --argjson names "$names_json" --argjson scens "$scen_json" '
-  def median: map(select(. != null)) | sort | if length == 0 then null
-      elif length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-  def k: if . == null then "-" elif . < 10000 then (. | round | tostring) else (. / 1000 | floor | tostring) + "k" end;
-  def f0: if . == null then "-" else (. | round | tostring) end;
-  def us: if . == null then "-" elif . >= 1e6 then ((. / 1e5 | round) / 10 | tostring) + "ms"
-      else ((. / 1e3 | round) | tostring) + "us" end;
-  . as $all
-  | (["scenario", "broker", "ok/runs", "msgs/s (median)", "ratio", "MiB/s", "consumed msgs/s",
-      "e2e p99", "pub RTT p99", "broker CPU%", "errors", "notes"] | @tsv),
-    ($scens[] as $s
-     | ([$all[] | select(.scenario == $s and .broker == $names[0]) | .msgs_per_s] | median) as $base
-     | $names[] as $b
-     | [$all[] | select(.scenario == $s and .broker == $b)] as $r
-     | ($r | map(.msgs_per_s) | median) as $m
-     | [ $s, $b,
-         "\($r | map(select(.ok == true)) | length)/\($r | length)",
-         ($m | k),
-         (if $m != null and $base != null and $base > 0 then ($m / $base * 100 | round / 100 | tostring) else "-" end),
-         (if ($s | test("drain")) then ($r | map(.consumed.mib_per_s) | median) else ($r | map(.published.mib_per_s) | median) end | f0),
-         (if ($r | map(.config.sub_conns // 0) | max // 0) > 0 then ($r | map(if ($s | test("drain")) then .consumed.msgs_per_s else .consumed.msgs_per_s_during_publish end) | median | k) else "-" end),
-         ($r | map(.consumed.e2e.p99_ns) | median | us),
-         ($r | map(.published.rtt.p99_ns) | median | us),
-         ($r | map(.server.cpu_pct) | median | f0),
-         ($r | map(.errors.total // 0) | add // 0 | tostring),
-         ([ (if ($r | map(select(.failed == true)) | length) > 0
-             then "\($r | map(select(.failed == true)) | length) failed: \($r | map(select(.failed == true) | .error) | first)"
-             else empty end),
-            (if $s == "idle-10k" and ($r | map(.idle.rss_bytes_per_conn) | median) != null
-             then "RSS/idle conn " + ($r | map(.idle.rss_bytes_per_conn) | median | f0) + " B" else empty end),
-            (if ($s | test("^(disk|durable)-")) then
-               ($r | map(if .server.disk_write_bytes != null and (.published.count // 0) > 0
-                         then .server.disk_write_bytes / .published.count else null end) | median) as $w
-               | ($r | map(.server.disk_read_bytes) | median) as $rd
-               | (if $w != null then "disk write \($w | f0) B/msg" else empty end),
-                 (if $rd != null and $rd >= 16777216 then "disk read \($rd / 1048576 | f0) MiB" else empty end)
-             else empty end)
-          ] | if length == 0 then "-" else join("; ") end)
-       ] | @tsv)
-' "$OUT" | column -t -s $'\t' | cat "$HEADER" - | tee "$SUMMARY"
+summarize "$OUT" | cat "$HEADER" - | tee "$SUMMARY"
 echo >&2
 echo "raw results: $OUT" >&2
 echo "summary:     $SUMMARY" >&2

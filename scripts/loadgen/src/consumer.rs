@@ -9,6 +9,7 @@ use hdrhistogram::Histogram;
 
 use crate::common::{new_hist, parse_header, Shared, Verifier};
 use crate::proto::{self, RecvBuf, FRAME_ERROR, FRAME_MESSAGE, FRAME_RESPONSE};
+use crate::tls::{self, Stream};
 
 pub struct SubCfg {
     pub id: usize,
@@ -20,6 +21,8 @@ pub struct SubCfg {
     pub identify: Vec<u8>,
     /// Messages with a send timestamp before this are leftovers of an earlier run.
     pub run_start_ns: u64,
+    /// `--tls-ca`: upgrade to TLS after IDENTIFY (tls_v1 is in `identify`)
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 pub struct SubResult {
@@ -42,12 +45,17 @@ fn consume(cfg: &SubCfg, sh: &Shared, ver: Option<&Verifier>, res: &mut SubResul
     let t = Duration::from_secs(10);
     let mut rb = RecvBuf::new(1 << 20);
     let setup = (|| {
-        let mut s = proto::tcp_connect(&cfg.tcp_addr, t)?;
-        proto::handshake(&mut s, &mut rb, &cfg.identify, t)?;
+        let mut raw = proto::tcp_connect(&cfg.tcp_addr, t)?;
+        let answer = proto::handshake(&mut raw, &mut rb, &cfg.identify, t)?;
+        // The socket's read timeout is set on `raw`; `s` may be TLS over it.
+        let mut s = match &cfg.tls {
+            None => Stream::plain(raw.try_clone()?),
+            Some(config) => tls::upgrade_answered(raw.try_clone()?, &cfg.tcp_addr, &answer, config.clone(), &mut rb)?,
+        };
         proto::subscribe(&mut s, &mut rb, &cfg.topic, &cfg.channel, t)?;
-        Ok::<_, io::Error>(s)
+        Ok::<_, io::Error>((raw, s))
     })();
-    let mut s = match setup {
+    let (raw, mut s) = match setup {
         Ok(s) => s,
         Err(e) => {
             sh.sub_failed.fetch_add(1, SeqCst);
@@ -55,10 +63,10 @@ fn consume(cfg: &SubCfg, sh: &Shared, ver: Option<&Verifier>, res: &mut SubResul
         }
     };
     sh.subscribed.fetch_add(1, SeqCst);
-    let mut w = BufWriter::with_capacity(256 * 1024, s.try_clone()?);
+    let mut w = BufWriter::with_capacity(256 * 1024, s.clone());
     let mut rdy_sent = false;
     // Poll the RDY gate often so the drain timing is not skewed by the read timeout.
-    s.set_read_timeout(Some(Duration::from_millis(2)))?;
+    raw.set_read_timeout(Some(Duration::from_millis(2)))?;
     let mut fin = *b"FIN 0123456789abcdef\n";
     // local counters, published to `sh` before each blocking read
     let mut n_cons = 0u64;
@@ -164,7 +172,7 @@ fn consume(cfg: &SubCfg, sh: &Shared, ver: Option<&Verifier>, res: &mut SubResul
             w.write_all(format!("RDY {}\n", cfg.rdy).as_bytes())?;
             w.flush()?;
             rdy_sent = true;
-            s.set_read_timeout(Some(proto::READ_POLL))?;
+            raw.set_read_timeout(Some(proto::READ_POLL))?;
         }
         rb.fill(&mut s)?;
         now = proto::now_ns();

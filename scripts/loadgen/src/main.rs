@@ -130,8 +130,8 @@ struct Cli {
     #[arg(long, allow_hyphen_values = true)]
     heartbeat_interval: Option<i64>,
 
-    /// publishers upgrade to TLS after IDENTIFY (tls_v1), trusting this CA (PEM); the
-    /// broker needs --tls-cert/--tls-key
+    /// publishers and consumers upgrade to TLS after IDENTIFY (tls_v1), trusting this CA
+    /// (PEM); the broker needs --tls-cert/--tls-key
     #[arg(long)]
     tls_ca: Option<String>,
 
@@ -413,6 +413,13 @@ fn run(cli: Cli) -> Result<i32, String> {
     if let Some(v) = cli.heartbeat_interval {
         sub_ident_extra.push(("heartbeat_interval".to_string(), json!(v)));
     }
+    let sub_tls = match &cli.tls_ca {
+        Some(ca) => {
+            sub_ident_extra.push(("tls_v1".to_string(), json!(true)));
+            Some(tls::client_config(ca)?)
+        }
+        None => None,
+    };
     let verifier = if verify { Some(Arc::new(Verifier::new(channels.len(), cli.pub_conns))) } else { None };
     let mut sub_handles = Vec::with_capacity(cli.sub_conns);
     for j in 0..cli.sub_conns {
@@ -426,6 +433,7 @@ fn run(cli: Cli) -> Result<i32, String> {
             tcp_addr: cli.tcp_address.clone(),
             identify: proto::identify_body("sub", &sub_ident_extra),
             run_start_ns,
+            tls: sub_tls.clone(),
         };
         let (s2, v2) = (sh.clone(), verifier.clone());
         sub_handles.push(

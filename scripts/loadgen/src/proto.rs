@@ -151,7 +151,7 @@ pub fn tcp_connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
 }
 
 /// Reads one frame, blocking up to `timeout`; answers heartbeats.
-pub fn read_frame_blocking(s: &mut TcpStream, rb: &mut RecvBuf, timeout: Duration) -> io::Result<(u32, Vec<u8>)> {
+pub fn read_frame_blocking<S: Read + Write>(s: &mut S, rb: &mut RecvBuf, timeout: Duration) -> io::Result<(u32, Vec<u8>)> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some((ty, data)) = rb.next_frame()? {
@@ -194,7 +194,7 @@ pub fn handshake(s: &mut TcpStream, rb: &mut RecvBuf, ident: &[u8], timeout: Dur
     Ok(data)
 }
 
-pub fn subscribe(s: &mut TcpStream, rb: &mut RecvBuf, topic: &str, channel: &str, timeout: Duration) -> io::Result<()> {
+pub fn subscribe<S: Read + Write>(s: &mut S, rb: &mut RecvBuf, topic: &str, channel: &str, timeout: Duration) -> io::Result<()> {
     s.write_all(format!("SUB {topic} {channel}\n").as_bytes())?;
     let (ty, data) = read_frame_blocking(s, rb, timeout)?;
     if ty != FRAME_RESPONSE || data != b"OK" {

@@ -165,14 +165,7 @@ fn connect(cfg: &PubCfg) -> io::Result<Conn> {
     let answer = proto::handshake(&mut s, &mut rb, &cfg.identify, t)?;
     let s = match &cfg.tls {
         None => Stream::plain(s),
-        Some(config) => {
-            let said: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
-            if said["tls_v1"] != serde_json::Value::Bool(true) {
-                return Err(proto::io_err("--tls-ca: the broker did not agree to TLS (no --tls-cert?)"));
-            }
-            let host = cfg.tcp_addr.rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1");
-            tls::upgrade(s, host, config.clone(), &mut rb)?
-        }
+        Some(config) => tls::upgrade_answered(s, &cfg.tcp_addr, &answer, config.clone(), &mut rb)?,
     };
     let w = BufWriter::with_capacity(256 * 1024, s.clone());
     Ok(Conn { s, w, rb })

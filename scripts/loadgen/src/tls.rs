@@ -61,6 +61,23 @@ pub fn client_config(ca_file: &str) -> Result<Arc<ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
+/// After the IDENTIFY `answer` of a connection to `addr` (host:port): checks that the
+/// broker agreed to TLS, then upgrades.
+pub fn upgrade_answered(
+    s: TcpStream,
+    addr: &str,
+    answer: &[u8],
+    config: Arc<ClientConfig>,
+    rb: &mut RecvBuf,
+) -> io::Result<Stream> {
+    let said: serde_json::Value = serde_json::from_slice(answer).unwrap_or_default();
+    if said["tls_v1"] != serde_json::Value::Bool(true) {
+        return Err(proto::io_err("--tls-ca: the broker did not agree to TLS (no --tls-cert?)"));
+    }
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1");
+    upgrade(s, host, config, rb)
+}
+
 /// After an IDENTIFY answer that said tls_v1:true: the handshake, then the framed OK.
 pub fn upgrade(s: TcpStream, host: &str, config: Arc<ClientConfig>, rb: &mut RecvBuf) -> io::Result<Stream> {
     let name = ServerName::try_from(host.to_string()).map_err(|e| proto::io_err(e.to_string()))?;

@@ -12,6 +12,7 @@ pub mod conn;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod http;
+pub mod hugepages;
 pub mod logging;
 pub mod lookup;
 pub mod metrics;

@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use ringsq::config::{ConfigError, Options, NSQD_COMPAT_VERSION};
 use ringsq::storage::nsqd_export::{self, ExportConfig};
 
+/// Huge pages for blocks of 2 MiB and more (see the module).
+#[global_allocator]
+static ALLOCATOR: ringsq::hugepages::HugeBlocks = ringsq::hugepages::HugeBlocks;
+
 /// The subcommand word; only as the first argument, so that no nsqd
 /// command line (flags only) can be taken for it.
 const EXPORT_NSQD: &str = "export-nsqd";

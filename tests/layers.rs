@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 /// Lowest first. Modules on one line are one layer: they may use each
 /// other. Keep README.md's architecture section in step.
 const LAYERS: &[&[&str]] = &[
-    &["system", "logging"],
+    &["system", "logging", "hugepages"],
     &["config"],
     &["protocol"],
     &["storage"],

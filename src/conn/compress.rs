@@ -278,7 +278,9 @@ impl SnappyFrameDecoder {
 /// The framing format's checksum: crc32c, rotated and offset so that a
 /// crc of data holding crcs is not itself trivial.
 fn masked_crc(data: &[u8]) -> u32 {
-    crc32c::crc32c(data).rotate_right(15).wrapping_add(0xa282_ead8)
+    crc32c::crc32c(data)
+        .rotate_right(15)
+        .wrapping_add(0xa282_ead8)
 }
 
 /// A data chunk's first 4 bytes are the masked crc32c of what it decodes

@@ -39,7 +39,8 @@ pub struct BrokerParts {
     pub data_path: PathBuf,
     /// nsqd's tlsConfig: set when --tls-cert/--tls-key are (T18).
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// nsqd's clientTLSConfig: set when --auth-http-address is (A1).
+    /// nsqd's clientTLSConfig, for https:// auth servers (A1); built at
+    /// start-up whatever the flags, as nsqd does.
     pub auth_tls: Arc<rustls::ClientConfig>,
 }
 

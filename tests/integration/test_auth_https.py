@@ -9,10 +9,10 @@ import ssl
 
 import pytest
 
-from helpers.authd import auth_broker
+from helpers.authd import auth_broker, do_auth
 from helpers.broker import Broker
 from helpers.tls import Certs
-from helpers.wire import FRAME_RESPONSE, OK, Conn, expect_error
+from helpers.wire import OK, Conn, expect_error
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +33,7 @@ def test_https_auth_server_trusted_by_root_ca_file(brokers, authd, certs):
     s = authd(ssl_context=server_context(certs))
     b = auth_broker(brokers, s.url, args=[f"--tls-root-ca-file={certs.ca_file}"])
     w = Conn(b)
-    w.cmd("AUTH", b"s3cret")
-    ft, data = w.read_frame()
-    assert ft == FRAME_RESPONSE, (ft, data)
-    assert json.loads(data)["permission_count"] == 1
+    assert do_auth(w)["permission_count"] == 1
     [q] = s.wait_queries(1)
     assert q.path == "/auth"
     assert q.raw_query == "common_name=&remote_ip=127.0.0.1&secret=s3cret&tls=false"
@@ -65,10 +62,7 @@ def test_forbidden_with_https_port_is_asked_again_over_https(brokers, authd, cer
     plain = authd()
     plain.answer(403, json.dumps({"message": "TLS_REQUIRED", "https_port": secure.port}).encode())
     b = auth_broker(brokers, plain.address, args=[f"--tls-root-ca-file={certs.ca_file}"])
-    w = Conn(b)
-    w.cmd("AUTH", b"s3cret")
-    ft, data = w.read_frame()
-    assert ft == FRAME_RESPONSE, (ft, data)
+    do_auth(Conn(b))
     [first] = plain.wait_queries(1)
     [second] = secure.wait_queries(1)
     assert second.path == first.path == "/auth"

@@ -7,18 +7,11 @@ import json
 
 import pytest
 
-from helpers.authd import EVERYTHING, auth_broker, authorization
+from helpers.authd import EVERYTHING, auth_broker, authorization, do_auth
 from helpers.clients import Collector
 from helpers.http_api import stats
 from helpers.wait import wait_for
 from helpers.wire import FRAME_RESPONSE, OK, Conn, cmd_bytes, expect_error, read_message_within
-
-
-def do_auth(w, secret=b"s3cret"):
-    w.cmd("AUTH", secret)
-    ft, data = w.read_frame()
-    assert ft == FRAME_RESPONSE, (ft, data)
-    return json.loads(data)
 
 
 def publish_until(w, pred, topic="t", timeout=10.0):

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from helpers.authd import EVERYTHING, AuthServer, auth_broker, authorization
+from helpers.authd import EVERYTHING, AuthServer, auth_broker, authorization, do_auth
 from helpers.broker import free_port
 from helpers.wire import (
     FRAME_RESPONSE,
@@ -27,12 +27,6 @@ from helpers.wire import (
 def send_auth(w, secret=b"s3cret"):
     w.cmd("AUTH", secret)
     return w.read_frame()
-
-
-def do_auth(w, secret=b"s3cret"):
-    ft, data = send_auth(w, secret)
-    assert ft == FRAME_RESPONSE, (ft, data)
-    return json.loads(data)
 
 
 # ---------------------------------------------------------------- IDENTIFY and AUTH itself

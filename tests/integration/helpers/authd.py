@@ -14,6 +14,7 @@ from collections import namedtuple
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from helpers.wait import wait_for
+from helpers.wire import FRAME_RESPONSE
 
 Query = namedtuple("Query", "path raw_query params headers")
 
@@ -110,3 +111,11 @@ class AuthServer:
 def auth_broker(brokers, *addresses, args=()):
     """A broker asking the auth servers at `addresses` (--auth-http-address each)."""
     return brokers(args=[f"--auth-http-address={a}" for a in addresses] + list(args))
+
+
+def do_auth(w, secret=b"s3cret"):
+    """AUTH on `w`, which must succeed; returns the answer's JSON."""
+    w.cmd("AUTH", secret)
+    ft, data = w.read_frame()
+    assert ft == FRAME_RESPONSE, (ft, data)
+    return json.loads(data)

@@ -32,7 +32,7 @@ use glommio::net::TcpStream;
 use glommio::Task;
 use tracing::Instrument;
 
-use crate::protocol::codec::{decode_eof, wanted_len};
+use crate::protocol::codec::{decode_eof, Wanted};
 use crate::protocol::identify::{apply_identify, ClientSettings, StreamCompression};
 use crate::protocol::message::{CLOSE_WAIT, OK};
 use crate::protocol::{
@@ -112,8 +112,8 @@ struct Connection<S: ByteStream> {
     pub_streak: (usize, u32),
     /// A publisher moves between cores at most once.
     publisher_moved: bool,
-    /// Do not decode again before `read_buf` holds this many bytes.
-    wanted: usize,
+    /// What `read_buf` must hold before decoding again.
+    wanted: Wanted,
     auth: auth::AuthSession,
 }
 
@@ -250,7 +250,7 @@ impl<S: ByteStream> Connection<S> {
             sub: None,
             pub_streak: (0, 0),
             publisher_moved: id.publisher_moved,
-            wanted: 0,
+            wanted: Wanted::default(),
             auth: id.auth,
         }
     }
@@ -407,7 +407,7 @@ impl<S: ByteStream> Connection<S> {
             if self.replies.is_failing() {
                 return Some(Flow::Close);
             }
-            if self.read_buf.len() < self.wanted {
+            if !self.wanted.is_met(&self.read_buf) {
                 return None;
             }
             // Checked before each command, not after a publish: a client
@@ -429,7 +429,7 @@ impl<S: ByteStream> Connection<S> {
                 Ok(None) => {
                     // Re-parse once enough bytes are there for it to finish
                     // (a 5 MiB MPUB arriving in small pieces).
-                    self.wanted = wanted_len(&self.read_buf, &ctx);
+                    self.wanted = Wanted::after_incomplete(&self.read_buf, &ctx);
                     return None;
                 }
                 Err(DecodeError::Client(e)) => {
@@ -442,7 +442,7 @@ impl<S: ByteStream> Connection<S> {
                     return Some(Flow::Close);
                 }
             };
-            self.wanted = 0;
+            self.wanted = Wanted::default();
             self.auth_command_decoded();
             tracing::trace!(command = cmd.name(), "command");
             if !is_publish(&cmd) {

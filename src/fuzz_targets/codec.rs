@@ -1,13 +1,13 @@
 //! The V2 command decoder over a stream of commands, with the connection
 //! state each command leaves behind (SUB, CLS), parsed at once and in
-//! pieces as `conn` feeds it (re-parsing only once `wanted_len` bytes are
-//! there); both must agree, and no input may panic.
+//! pieces as `conn` feeds it (re-parsing only once the bytes `Wanted` asks
+//! for are there); both must agree, and no input may panic.
 
 use bytes::BytesMut;
 
 use super::{pieces, Choices};
 use crate::protocol::codec::{
-    decode, decode_eof, wanted_len, Command, ConnState, DecodeContext, DecodeError,
+    decode, decode_eof, Command, ConnState, DecodeContext, DecodeError, Wanted,
 };
 use crate::protocol::ClientError;
 
@@ -86,7 +86,7 @@ fn at_once(data: &[u8], mut ctx: DecodeContext) -> Run {
 }
 
 /// The bytes as `conn` receives them: decode after each piece, but only
-/// once the buffer holds what `wanted_len` asked for (if `use_wanted`).
+/// once the buffer holds what `Wanted` asks for (if `use_wanted`).
 fn in_pieces(
     data: &[u8],
     mut ctx: DecodeContext,
@@ -95,27 +95,27 @@ fn in_pieces(
 ) -> Run {
     let mut buf = BytesMut::new();
     let mut commands = Vec::new();
-    let mut wanted = 0;
+    let mut wanted = Wanted::default();
     for (i, cut) in cuts.iter().enumerate() {
         buf.extend_from_slice(&data[cut.clone()]);
         let last = i + 1 == cuts.len();
         loop {
-            if use_wanted && buf.len() < wanted {
+            if use_wanted && !wanted.is_met(&buf) {
                 if !last {
                     break;
                 }
                 // All bytes are in and `conn` would wait for more.
-                mpub_wait_is_the_known_gap(&buf, &ctx, wanted);
+                waiting_is_right(&buf, &ctx, wanted.target());
             }
             match step(&mut buf, &ctx) {
                 Ok(Some(cmd)) => {
-                    wanted = 0;
+                    wanted = Wanted::default();
                     after(&mut ctx, &cmd);
                     commands.push(cmd);
                 }
                 Ok(None) => {
-                    wanted = wanted_len(&buf, &ctx);
-                    assert!(wanted > buf.len(), "wanted_len asks for nothing more");
+                    wanted = Wanted::after_incomplete(&buf, &ctx);
+                    assert!(wanted.target() > buf.len(), "Wanted asks for nothing more");
                     break;
                 }
                 Err(e) => {
@@ -133,17 +133,13 @@ fn in_pieces(
     }
 }
 
-/// `wanted_len` waits for the whole declared body of an MPUB, whose
-/// messages may end earlier (T31 does not cross-check the size). Any
-/// other command that could finish before `wanted` is a bug.
-fn mpub_wait_is_the_known_gap(buf: &BytesMut, ctx: &DecodeContext, wanted: usize) {
+/// `conn` waits for more only while decoding cannot finish (an MPUB's
+/// declared size is not waited for, T31).
+fn waiting_is_right(buf: &BytesMut, ctx: &DecodeContext, wanted: usize) {
     let mut probe = buf.clone();
-    if let Ok(None) = decode(&mut probe, ctx) {
-        return;
-    }
     assert!(
-        buf.starts_with(b"MPUB "),
-        "a command finishes at {} bytes but wanted_len asked for {wanted}",
+        matches!(decode(&mut probe, ctx), Ok(None)),
+        "a command finishes at {} bytes but conn waits for {wanted}",
         buf.len()
     );
 }
@@ -168,6 +164,6 @@ pub fn v2_codec(data: &[u8]) {
     assert_eq!(
         in_pieces(stream, ctx, &cuts, flags & 0x20 == 0),
         whole,
-        "in pieces, with wanted_len"
+        "in pieces, with Wanted"
     );
 }

@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use super::commands::{body_limit, mpub_topic, parse, read_i32, Parsed};
 use super::error::ClientError;
 use super::message::MessageId;
+use super::mpub::{MpubLimits, Walk};
 
 /// nsqd reads command lines with a 16 KiB `bufio.Reader`; a longer line
 /// fails the read and the connection is closed without an error frame.
@@ -195,25 +196,83 @@ fn into_command(parsed: Parsed, frame: Bytes) -> Command {
     }
 }
 
-/// After `decode` found `buf` incomplete: the length at which it can
-/// finish. For a body whose length is already known that is the body's end
-/// (for MPUB the declared body size, which honest clients fill exactly), so
-/// that a large command arriving in small pieces is parsed once, not once
-/// per piece.
-pub fn wanted_len(buf: &[u8], ctx: &DecodeContext) -> usize {
-    let next = buf.len() + 1;
-    let Some(nl) = memchr::memchr(b'\n', buf) else {
-        return next;
-    };
-    let body_at = nl + 1;
-    let name = buf[..nl].split(|&b| b == b' ').next().unwrap_or_default();
-    let Some(limit) = body_limit(name, ctx) else {
-        return next;
-    };
-    match read_i32(buf, body_at) {
-        Some(len) if len > 0 && i64::from(len) <= limit => next.max(body_at + 4 + len as usize),
-        _ => next,
+/// After `decode` found a command incomplete: how long the buffer must
+/// grow before decoding again can finish it, so that a large command
+/// arriving in small pieces is parsed once, not once per piece. The
+/// connection keeps one across reads; for an MPUB it walks the messages
+/// as they arrive (`mpub::Walk`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wanted {
+    len: usize,
+    mpub: Option<Walk>,
+}
+
+impl Wanted {
+    /// What the incomplete command at the start of `buf` waits for: the
+    /// end of a body whose length is known, for MPUB the end of the
+    /// message in progress (its declared size is not waited for, T31),
+    /// else one more byte.
+    pub fn after_incomplete(buf: &[u8], ctx: &DecodeContext) -> Self {
+        let mut wanted = Wanted {
+            len: buf.len() + 1,
+            mpub: None,
+        };
+        let Some(nl) = memchr::memchr(b'\n', buf) else {
+            return wanted;
+        };
+        let body_at = nl + 1;
+        let name = buf[..nl].split(|&b| b == b' ').next().unwrap_or_default();
+        let Some(limit) = body_limit(name, ctx) else {
+            return wanted;
+        };
+        let Some(len) = read_i32(buf, body_at).filter(|&l| l > 0 && i64::from(l) <= limit) else {
+            return wanted;
+        };
+        if name == b"MPUB" {
+            let limits = MpubLimits {
+                max_msg_size: ctx.max_msg_size,
+                max_body_size: ctx.max_body_size,
+            };
+            let mut walk = Walk::new(body_at + 4, limits);
+            if let Some(need) = walk.advance(buf) {
+                wanted.len = need;
+                wanted.mpub = Some(walk);
+            }
+        } else {
+            wanted.len = wanted.len.max(body_at + 4 + len as usize);
+        }
+        wanted
     }
+
+    /// The length decoding waits for.
+    pub fn target(&self) -> usize {
+        self.len
+    }
+
+    /// Whether `buf` (the same command's bytes, grown) is worth decoding.
+    pub fn is_met(&mut self, buf: &[u8]) -> bool {
+        if buf.len() < self.len {
+            return false;
+        }
+        let Some(walk) = self.mpub.as_mut() else {
+            return true;
+        };
+        match walk.advance(buf) {
+            Some(need) => {
+                self.len = need;
+                false
+            }
+            None => {
+                self.mpub = None;
+                true
+            }
+        }
+    }
+}
+
+/// `Wanted::after_incomplete(buf, ctx).target()`.
+pub fn wanted_len(buf: &[u8], ctx: &DecodeContext) -> usize {
+    Wanted::after_incomplete(buf, ctx).target()
 }
 
 /// The client closed its side with `buf` holding the start of a command
@@ -252,6 +311,43 @@ mod tests {
             Err(DecodeError::Client(e)) => e.to_string(),
             other => panic!("expected an error, got {other:?}"),
         }
+    }
+
+    /// T31: an MPUB declaring more than its messages take finishes at its
+    /// last message; the connection must not wait for the surplus.
+    #[test]
+    fn mpub_waits_for_its_messages_not_its_declared_size() {
+        let mut raw = b"MPUB t\n".to_vec();
+        raw.extend_from_slice(&1000i32.to_be_bytes());
+        raw.extend_from_slice(&2i32.to_be_bytes());
+        for m in [&b"ab"[..], b"cde"] {
+            raw.extend_from_slice(&(m.len() as i32).to_be_bytes());
+            raw.extend_from_slice(m);
+        }
+        let c = ctx(ConnState::Init);
+        let mut wanted = Wanted::after_incomplete(&raw[..12], &c);
+        for cut in 12..raw.len() {
+            assert_eq!(dec(&raw[..cut], ConnState::Init), Ok(None));
+            assert!(wanted_len(&raw[..cut], &c) <= raw.len(), "at {cut}");
+            assert!(!wanted.is_met(&raw[..cut]), "at {cut}");
+            assert!(wanted.target() > cut && wanted.target() <= raw.len());
+        }
+        assert!(wanted.is_met(&raw));
+        raw.extend_from_slice(b"NOP\n");
+        let mut b = BytesMut::from(&raw[..]);
+        let cmd = decode(&mut b, &c).unwrap().unwrap();
+        assert!(matches!(cmd, Command::Mpub { ref bodies, .. } if bodies.len() == 2));
+        assert_eq!(&b[..], b"NOP\n");
+    }
+
+    #[test]
+    fn pub_waits_for_its_declared_body() {
+        let raw = b"PUB t\n\0\0\0\x05hel";
+        let c = ctx(ConnState::Init);
+        let mut wanted = Wanted::after_incomplete(raw, &c);
+        assert_eq!(wanted.target(), 15);
+        assert!(!wanted.is_met(raw));
+        assert!(wanted.is_met(b"PUB t\n\0\0\0\x05hello"));
     }
 
     #[test]

@@ -129,6 +129,63 @@ pub fn split(buf: &[u8], at: usize, limits: &MpubLimits) -> Result<MpubRanges, M
     Ok((bodies, pos))
 }
 
+/// An MPUB's messages walked as their bytes arrive, so that a connection
+/// waits for the end of the message in progress and no further: nsqd reads
+/// the count and then message by message, never the declared body size
+/// (T31), so a client that declares more than it sends still gets its OK.
+/// The walk keeps its place, so each size header is read once however
+/// many pieces the body comes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Walk {
+    /// The offset of the next header to read (the count, then each size).
+    at: usize,
+    /// Messages not yet walked; `None` until the count is read.
+    left: Option<i32>,
+    limits: MpubLimits,
+}
+
+impl Walk {
+    /// A walk of the body whose count starts at `count_at`.
+    pub fn new(count_at: usize, limits: MpubLimits) -> Self {
+        Walk {
+            at: count_at,
+            left: None,
+            limits,
+        }
+    }
+
+    /// Walks on over `buf`: `Some(len)` if the buffer must reach `len`
+    /// before the MPUB can finish, `None` once it is whole or has reached a
+    /// header that `split` refuses (the error is `split`'s to word).
+    pub fn advance(&mut self, buf: &[u8]) -> Option<usize> {
+        loop {
+            if self.left == Some(0) {
+                return None;
+            }
+            let Some(header) = read_i32(buf, self.at) else {
+                return Some(self.at + 4);
+            };
+            let Some(left) = self.left else {
+                if header <= 0 || i64::from(header) > self.limits.max_messages() {
+                    return None;
+                }
+                self.left = Some(header);
+                self.at += 4;
+                continue;
+            };
+            if header <= 0 || i64::from(header) > self.limits.max_msg_size {
+                return None;
+            }
+            let end = self.at + 4 + header as usize;
+            if buf.len() < end {
+                return Some(end);
+            }
+            self.at = end;
+            self.left = Some(left - 1);
+        }
+    }
+}
+
 /// A whole binary body (HTTP's form, without TCP's leading body size) as
 /// slices of it.
 pub fn split_bytes(body: &Bytes, limits: &MpubLimits) -> Result<Vec<Bytes>, MpubError> {
@@ -215,5 +272,30 @@ mod tests {
         let b = Bytes::from_static(b"a\r\n\nbc\n");
         assert_eq!(split_lines(&b, 10).unwrap(), vec![&b"a\r"[..], b"bc"]);
         assert_eq!(split_lines(&b, 1), Err(LineTooLong { len: 2, max: 1 }));
+    }
+
+    #[test]
+    fn walk_waits_for_the_message_in_progress_only() {
+        // count 2, "ab", "cde": headers at 0, 4 and 10; the end at 17.
+        let b = frame(2, &[b"ab", b"cde"]);
+        let mut w = Walk::new(0, LIMITS);
+        assert_eq!(w.advance(&b[..2]), Some(4));
+        assert_eq!(w.advance(&b[..4]), Some(8));
+        assert_eq!(w.advance(&b[..9]), Some(10));
+        assert_eq!(w.advance(&b[..12]), Some(14));
+        assert_eq!(w.advance(&b[..14]), Some(17));
+        assert_eq!(w.advance(&b), None);
+        // Bytes after the last message are the next command's.
+        let mut more = b.to_vec();
+        more.extend_from_slice(b"NOP\n");
+        assert_eq!(Walk::new(0, LIMITS).advance(&more), None);
+    }
+
+    #[test]
+    fn walk_stops_at_what_split_refuses() {
+        assert_eq!(Walk::new(0, LIMITS).advance(&frame(0, &[])), None);
+        assert_eq!(Walk::new(0, LIMITS).advance(&frame(20, &[])), None);
+        let big = frame(1, &[b"0123456789A"]);
+        assert_eq!(Walk::new(0, LIMITS).advance(&big[..8]), None);
     }
 }

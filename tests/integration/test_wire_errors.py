@@ -489,3 +489,22 @@ def test_mpub_body_size_not_cross_checked(broker, connect):
     assert w.read_frame() == OK
     c.cmd("RDY 10")
     assert sorted(m["body"] for m in read_messages(c, 3)) == [b"one", b"three", b"two"]
+
+
+def test_mpub_declaring_more_than_it_sends_is_answered(broker, connect):
+    """T31: nsqd reads the count and then each message, never the declared body size:
+    an MPUB declaring 1000 bytes more than its messages is answered at its last
+    message, and what follows it is the next command."""
+    c = connect(broker)
+    sub(c, "t", "c")
+    w = connect(broker)
+    content = mpub_body([b"one", b"two", b"three"])
+    w.send(b"MPUB t\n" + i32(len(content) + 1000) + content)
+    assert w.read_frame() == OK
+    w.send(b"MPUB t\n" + i32(len(content) + 1000) + content + b"PUB t\n" + i32(4) + b"four")
+    assert w.read_frame() == OK
+    assert w.read_frame() == OK
+    c.cmd("RDY 10")
+    bodies = [m["body"] for m in read_messages(c, 7)]
+    assert sorted(bodies) == sorted([b"one", b"two", b"three"] * 2 + [b"four"])
+    expect_no_frame(c, 0.3)

@@ -5,9 +5,8 @@
 //! `--http-client-request-timeout` for each exchange. `https://` servers
 //! are asked over rustls with nsqd's client TLS config, and a plain server
 //! that answers 403 with an `https_port` is asked again there, as nsqd's
-//! `GETV1` does.
-//!
-//! Left out: redirects (nsqd's Go client follows up to 10).
+//! `GETV1` does. Redirects are followed as Go's client does: at most 10
+//! requests in all, within one request timeout.
 
 use std::fmt;
 use std::io;
@@ -30,6 +29,9 @@ use crate::protocol::auth::{self, AuthQuery, AuthReplyError, AuthState};
 
 /// An auth server's answer larger than this is refused (nsqd reads any size).
 const MAX_REPLY: usize = 16 << 20;
+
+/// Go's default redirect policy: at most this many requests in a row.
+const MAX_REQUESTS: usize = 10;
 
 /// Why one auth server gave no usable answer; only logged.
 #[derive(Debug, Error)]
@@ -61,6 +63,10 @@ pub enum AuthdError {
     },
     #[error("reply larger than {MAX_REPLY} bytes")]
     TooLarge,
+    #[error("failed to parse Location header {0:?}")]
+    Location(String),
+    #[error("stopped after {MAX_REQUESTS} redirects")]
+    TooManyRedirects,
     #[error("Client.Timeout exceeded ({0:?})")]
     Timeout(Duration),
     #[error(transparent)]
@@ -120,7 +126,7 @@ async fn query_one(
 ) -> Result<AuthState, AuthdError> {
     let mut url = query.url(address);
     loop {
-        let request = futures_lite::future::or(get(&url, client), async {
+        let request = futures_lite::future::or(get_following(&url, client), async {
             glommio::timer::sleep(client.request_timeout).await;
             Err(AuthdError::Timeout(client.request_timeout))
         });
@@ -198,8 +204,57 @@ fn target(url: &str) -> Result<Target, AuthdError> {
     })
 }
 
-/// The 200 answer's body for `GET url`.
-async fn get(url: &str, client: &Client) -> Result<Bytes, AuthdError> {
+/// The 200 answer's body for `GET url`, following redirects as Go's
+/// client does.
+async fn get_following(url: &str, client: &Client) -> Result<Bytes, AuthdError> {
+    let mut url = url.to_string();
+    for _ in 0..MAX_REQUESTS {
+        let answer = get(&url, client).await?;
+        match answer.redirect() {
+            Some(location) => url = resolve(&url, location)?,
+            None if answer.status == StatusCode::OK => return Ok(answer.body),
+            None => {
+                return Err(AuthdError::Status {
+                    status: answer.status,
+                    body: answer.body,
+                })
+            }
+        }
+    }
+    Err(AuthdError::TooManyRedirects)
+}
+
+/// `location` read against the URL that answered with it (RFC 3986's
+/// reference resolution, as Go's `URL.ResolveReference`).
+fn resolve(base: &str, location: &str) -> Result<String, AuthdError> {
+    let base = url::Url::parse(base).map_err(|_| AuthdError::Url(base.to_string()))?;
+    base.join(location)
+        .map(String::from)
+        .map_err(|_| AuthdError::Location(location.to_string()))
+}
+
+/// One server's answer to one GET.
+struct Answer {
+    status: StatusCode,
+    location: Option<String>,
+    body: Bytes,
+}
+
+impl Answer {
+    /// Where a redirect points: Go follows 301, 302, 303, 307 and 308 for
+    /// a GET, and returns one without a Location as it is.
+    fn redirect(&self) -> Option<&str> {
+        let code = self.status.as_u16();
+        if matches!(code, 301 | 302 | 303 | 307 | 308) {
+            self.location.as_deref().filter(|l| !l.is_empty())
+        } else {
+            None
+        }
+    }
+}
+
+/// One `GET url`, without following redirects.
+async fn get(url: &str, client: &Client) -> Result<Answer, AuthdError> {
     let t = target(url)?;
     let stream = futures_lite::future::or(connect(&t), async {
         glommio::timer::sleep(client.connect_timeout).await;
@@ -220,7 +275,7 @@ async fn get(url: &str, client: &Client) -> Result<Bytes, AuthdError> {
 }
 
 /// One GET over `io`, plain or TLS.
-async fn exchange<IO>(io: IO, t: &Target) -> Result<Bytes, AuthdError>
+async fn exchange<IO>(io: IO, t: &Target) -> Result<Answer, AuthdError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + 'static,
 {
@@ -236,6 +291,10 @@ where
     let exchange = async {
         let response = sender.send_request(request).await?;
         let status = response.status();
+        let location = response
+            .headers()
+            .get(hyper::header::LOCATION)
+            .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
         let body = http_body_util::Limited::new(response.into_body(), MAX_REPLY)
             .collect()
             .await
@@ -244,10 +303,11 @@ where
                 Err(_) => AuthdError::TooLarge,
             })?
             .to_bytes();
-        if status != hyper::StatusCode::OK {
-            return Err(AuthdError::Status { status, body });
-        }
-        Ok(body)
+        Ok(Answer {
+            status,
+            location,
+            body,
+        })
     };
     // The connection is driven here, not in a task of its own, so that a
     // timeout drops the socket with the request.
@@ -338,6 +398,21 @@ mod tests {
         assert!(matches!(
             https_endpoint(url, b"not json"),
             Err(AuthdError::ForbiddenBody(_))
+        ));
+    }
+
+    #[test]
+    fn locations_resolve_against_the_answering_url() {
+        let base = "http://127.0.0.1:4181/v1/auth?secret=s";
+        let r = |l| resolve(base, l).expect("valid");
+        assert_eq!(r("/auth?x=1"), "http://127.0.0.1:4181/auth?x=1");
+        assert_eq!(r("other?y"), "http://127.0.0.1:4181/v1/other?y");
+        assert_eq!(r("../up"), "http://127.0.0.1:4181/up");
+        assert_eq!(r("https://h:9/a"), "https://h:9/a");
+        assert_eq!(r("//h2:8/b"), "http://h2:8/b");
+        assert!(matches!(
+            resolve(base, "http://[bad"),
+            Err(AuthdError::Location(_))
         ));
     }
 

@@ -50,9 +50,11 @@ class AuthServer:
                     server.queries.append(q)
                     answer = server._answer
                 server._released.wait(30)
-                status, body = answer(q) if callable(answer) else answer
+                status, body, *headers = answer(q) if callable(answer) else answer
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                for name, value in (headers[0] if headers else {}).items():
+                    self.send_header(name, value)
                 if server.content_length:
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -77,7 +79,8 @@ class AuthServer:
 
     def answer(self, status, body):
         """Answer every query with `status` and raw `body` (bytes), or, when `status`
-        is callable, with what `status(query)` returns as (status, body)."""
+        is callable, with what `status(query)` returns as (status, body) or
+        (status, body, {header: value})."""
         with self._lock:
             self._answer = status if callable(status) else (status, body)
 

@@ -10,10 +10,17 @@
 //! size for that reason. Under THP `never`, or without huge pages free,
 //! the kernel falls back to 4 KiB pages: the same cost as malloc's.
 //!
+//! Freed blocks of exactly one huge page are kept (up to `SPARE_BLOCKS`)
+//! and handed out again: once a backlog is written to disk or consumed,
+//! its read blocks are freed while the publishers keep asking for new
+//! ones, and a reused block costs neither a fault nor the kernel's zeroing
+//! of a fresh page.
+//!
 //! The lowest layer: it imports nothing from the crate.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr;
+use std::sync::Mutex;
 
 /// The x86-64 and aarch64 (4 KiB granule) transparent huge page size.
 pub const HUGE_PAGE: usize = 2 << 20;
@@ -22,6 +29,54 @@ pub struct HugeBlocks;
 
 fn is_huge(layout: &Layout) -> bool {
     layout.size() >= HUGE_PAGE && layout.align() <= HUGE_PAGE
+}
+
+/// Freed one-page blocks kept for reuse: 32 MiB at most stays mapped
+/// after a burst, enough for the blocks that cycle between publishers and
+/// the queues that free them.
+const SPARE_BLOCKS: usize = 16;
+
+/// The spare blocks' addresses. A lock, not a lock-free stack: it is taken
+/// once per 2 MiB block, and `Mutex` neither allocates nor can be
+/// re-entered from here.
+struct Spares {
+    blocks: [usize; SPARE_BLOCKS],
+    len: usize,
+}
+
+static SPARES: Mutex<Spares> = Mutex::new(Spares {
+    blocks: [0; SPARE_BLOCKS],
+    len: 0,
+});
+
+fn spares() -> std::sync::MutexGuard<'static, Spares> {
+    // Nothing panics while it is held; a poisoned lock is still consistent.
+    SPARES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A spare block, if `size` fits one page and one is kept.
+fn take_spare(size: usize) -> Option<*mut u8> {
+    if mapped_len(size) != Some(HUGE_PAGE) {
+        return None;
+    }
+    let mut s = spares();
+    s.len = s.len.checked_sub(1)?;
+    Some(s.blocks[s.len] as *mut u8)
+}
+
+/// Keeps a freed one-page block for reuse; false if it must be unmapped.
+fn keep_spare(ptr: *mut u8, size: usize) -> bool {
+    if mapped_len(size) != Some(HUGE_PAGE) {
+        return false;
+    }
+    let mut s = spares();
+    if s.len == SPARE_BLOCKS {
+        return false;
+    }
+    let at = s.len;
+    s.blocks[at] = ptr as usize;
+    s.len += 1;
+    true
 }
 
 /// `size` rounded up to whole huge pages; None on overflow.
@@ -79,7 +134,7 @@ unsafe fn unmap(ptr: *mut u8, size: usize) {
 unsafe impl GlobalAlloc for HugeBlocks {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if is_huge(&layout) {
-            map(layout.size())
+            take_spare(layout.size()).unwrap_or_else(|| map(layout.size()))
         } else {
             System.alloc(layout)
         }
@@ -87,7 +142,8 @@ unsafe impl GlobalAlloc for HugeBlocks {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if is_huge(&layout) {
-            // A fresh anonymous mapping reads as zeros already.
+            // A fresh anonymous mapping reads as zeros already; a spare
+            // would need zeroing by hand, which is what it saves.
             map(layout.size())
         } else {
             System.alloc_zeroed(layout)
@@ -96,7 +152,9 @@ unsafe impl GlobalAlloc for HugeBlocks {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if is_huge(&layout) {
-            unmap(ptr, layout.size())
+            if !keep_spare(ptr, layout.size()) {
+                unmap(ptr, layout.size())
+            }
         } else {
             System.dealloc(ptr, layout)
         }
@@ -151,6 +209,36 @@ mod tests {
             let small_layout = Layout::from_size_align(100, 1).unwrap();
             a.dealloc(small, small_layout);
         }
+    }
+
+    #[test]
+    fn a_freed_block_is_handed_out_again_but_never_as_zeroed() {
+        let a = HugeBlocks;
+        let layout = Layout::from_size_align(HUGE_PAGE, 1).unwrap();
+        unsafe {
+            let p = a.alloc(layout);
+            assert!(!p.is_null());
+            p.write(9);
+            a.dealloc(p, layout);
+            // Spares are shared by every thread, so which block comes back
+            // is not asserted; it is aligned whichever it is.
+            let q = a.alloc(layout);
+            assert_eq!(q as usize % HUGE_PAGE, 0);
+            let z = a.alloc_zeroed(layout);
+            assert!(std::slice::from_raw_parts(z, HUGE_PAGE)
+                .iter()
+                .all(|&b| b == 0));
+            a.dealloc(z, layout);
+            a.dealloc(q, layout);
+        }
+        // No more than SPARE_BLOCKS are kept.
+        let blocks: Vec<_> = (0..SPARE_BLOCKS + 4)
+            .map(|_| unsafe { a.alloc(layout) })
+            .collect();
+        for b in blocks {
+            unsafe { a.dealloc(b, layout) };
+        }
+        assert!(spares().len <= SPARE_BLOCKS);
     }
 
     #[test]

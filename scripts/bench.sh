@@ -48,6 +48,10 @@ options:
   --loadgen PATH         nsq-load binary (default: build scripts/loadgen in release mode)
   --progress             show nsq-load's live progress line
   --list                 list the scenarios (the default set, then the opt-in ones) and exit
+  --perf DIR             profile each broker's first run of each scenario: perf record -g
+                         (999 Hz, 3 s from 1.5 s into the load; drains: from the drain's
+                         start) into DIR/<scenario>-<broker>.perf, and the top symbols
+                         (perf report --sort sym) into DIR/<scenario>-<broker>.top.txt
   --summarize FILE       print the summary of earlier runs' JSON lines (one or more --out
                          files concatenated) and exit; brokers and scenarios in file order
 
@@ -106,6 +110,7 @@ LOADGEN=""
 PROGRESS=0
 TLS=0
 SUMMARIZE=""
+PERF_DIR=""
 
 while [[ $# -gt 0 ]]; do
     # --flag=value means --flag value (so --broker-arg=--sync-every=1 works).
@@ -133,6 +138,7 @@ while [[ $# -gt 0 ]]; do
         --progress) PROGRESS=1; shift ;;
         --tls) TLS=1; shift ;;
         --summarize) SUMMARIZE="$2"; shift 2 ;;
+        --perf) PERF_DIR="$2"; shift 2 ;;
         --list) printf '%s\n' "${ALL_SCENARIOS[@]}" "${OPT_IN_SCENARIOS[@]}"; exit 0 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -186,6 +192,10 @@ summarize() {
     ' "$1" | column -t -s $'\t'
 }
 
+if [[ -n "$PERF_DIR" ]]; then
+    command -v perf >/dev/null || { echo "--perf needs perf (linux-perf)" >&2; exit 2; }
+    mkdir -p "$PERF_DIR"
+fi
 if [[ -n "$SUMMARIZE" ]]; then
     command -v jq >/dev/null || { echo "bench.sh needs jq (apt-get install jq)" >&2; exit 2; }
     mapfile -t NAMES < <(jq -r .broker "$SUMMARIZE" | awk '!seen[$0]++')
@@ -315,6 +325,32 @@ start_broker() { # path tcp_port http_port data_dir log; flags: SB_ARGS, BROKER_
     return 1
 }
 
+# perf record of the broker BPID for scenario $1 into $2: for a drain from its start
+# (nsq-load's --before-drain, after any page-cache drop), else from 1.5 s into the load.
+start_profile() {
+    local rec="perf record -F 999 -g -p $BPID -o $2 -- sleep 3 >/dev/null 2>&1"
+    if [[ "$1" == *drain* ]]; then
+        local before="$rec &"
+        [[ ${#pre_drain[@]} -gt 0 ]] && before="${pre_drain[1]}; $before"
+        pre_drain=(--before-drain "$before")
+    else
+        (sleep 1.5; eval "$rec") &
+    fi
+}
+
+# The top symbols of profile $1, once its perf record (which ends with the broker)
+# has written it.
+report_profile() {
+    local i
+    for i in $(seq 1 100); do
+        pgrep -f "perf record .* -o $1 " >/dev/null || break
+        sleep 0.1
+    done
+    [[ -s "$1" ]] || { echo "no profile in $1" >&2; return 0; }
+    perf report -i "$1" --no-children --sort sym --stdio -g none 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -40 >"${1%.perf}.top.txt" || true
+}
+
 stop_broker() {
     [[ -n "$BPID" ]] || return 0
     kill -TERM "$BPID" 2>/dev/null || true
@@ -366,6 +402,11 @@ for scen in "${SCENARIOS[@]}"; do
             rec=""
             loadgen_err="broker did not start"
             if start_broker "$path" "$tcp" "$http" "$data" "$log"; then
+                perf_file=""
+                if [[ -n "$PERF_DIR" && $run == 1 ]]; then
+                    perf_file="$PERF_DIR/$scen-$name.perf"
+                    start_profile "$scen" "$perf_file"
+                fi
                 extra=(--quiet)
                 [[ $PROGRESS == 1 ]] && extra=()
                 set +e
@@ -379,6 +420,7 @@ for scen in "${SCENARIOS[@]}"; do
                 sleep 0.1 # let tee finish
                 loadgen_err="$(grep '^nsq-load:' "$errf" 2>/dev/null | tail -1 || true)"
                 stop_broker
+                [[ -n "$perf_file" ]] && report_profile "$perf_file"
                 if [[ -n "$json" ]] && jq -e . >/dev/null 2>&1 <<<"$json"; then
                     rec="$(jq -c --arg b "$name" --arg s "$scen" --argjson r "$run" --argjson rc "$rc" \
                         '. + {broker: $b, scenario: $s, run: $r, exit_code: $rc}' <<<"$json")"

@@ -331,7 +331,7 @@ start_profile() {
     local rec="perf record -F 999 -g -p $BPID -o $2 -- sleep 3 >/dev/null 2>&1"
     if [[ "$1" == *drain* ]]; then
         local before="$rec &"
-        [[ ${#pre_drain[@]} -gt 0 ]] && before="${pre_drain[1]}; $before"
+        [[ ${#scen_pre_drain[@]} -gt 0 ]] && before="${scen_pre_drain[1]}; $before"
         pre_drain=(--before-drain "$before")
     else
         (sleep 1.5; eval "$rec") &
@@ -386,9 +386,9 @@ echo "results: $OUT" >&2
 for scen in "${SCENARIOS[@]}"; do
     read -r -a sargs <<<"$(scenario_args "$scen")"
     scenario_broker_args "$scen"
-    pre_drain=()
+    scen_pre_drain=()
     if [[ $DROP_CACHES == 1 && "$scen" == disk-drain-* ]]; then
-        pre_drain=(--before-drain "sync; echo 3 > /proc/sys/vm/drop_caches")
+        scen_pre_drain=(--before-drain "sync; echo 3 > /proc/sys/vm/drop_caches")
     fi
     for run in $(seq 1 "$RUNS"); do
         for bi in "${!NAMES[@]}"; do
@@ -401,6 +401,8 @@ for scen in "${SCENARIOS[@]}"; do
             echo "=== $scen  run $run/$RUNS  $name (127.0.0.1:$tcp)" >&2
             rec=""
             loadgen_err="broker did not start"
+            # The scenario's own hook, plus this run's profile (start_profile).
+            pre_drain=(${scen_pre_drain[@]+"${scen_pre_drain[@]}"})
             if start_broker "$path" "$tcp" "$http" "$data" "$log"; then
                 perf_file=""
                 if [[ -n "$PERF_DIR" && $run == 1 ]]; then

@@ -586,8 +586,9 @@ impl<S: ByteStream> Connection<S> {
 
     /// T20: with TLS required, a plain connection may only IDENTIFY.
     fn tls_policy_violation(&self) -> Option<ClientError> {
-        let required = self.broker.opts.tls_required_mode().ok()?;
-        if required == crate::config::TlsRequired::No || self.info.settings.borrow().tls.is_some() {
+        if self.broker.tls_required == crate::config::TlsRequired::No
+            || self.info.settings.borrow().tls.is_some()
+        {
             return None;
         }
         tls::policy_violation(&self.read_buf)

@@ -20,7 +20,7 @@ use super::msg::{
 };
 use super::publish::{Pending, PublishError, PublishResult, PublishSink, ReplyTo};
 use super::ring::Router;
-use crate::config::Options;
+use crate::config::{Options, TlsRequired};
 use crate::shard::ClientInfo;
 use crate::shard::{AdminError, Channel, Shard, Subscriber};
 use crate::stats::CoreCounters;
@@ -58,6 +58,9 @@ pub struct Broker {
     pub clients: RefCell<HashMap<u64, Rc<ClientInfo>>>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub auth_tls: Arc<rustls::ClientConfig>,
+    /// `--tls-required`, read once: it is checked before every command of
+    /// a plain connection.
+    pub tls_required: TlsRequired,
     client_ids: Arc<AtomicU64>,
     data_path: PathBuf,
     /// Publishes forwarded to other cores, waiting for their answer.
@@ -72,6 +75,8 @@ pub struct Broker {
 impl Broker {
     pub fn new(p: BrokerParts) -> Broker {
         let cores = p.router.cores;
+        // Validated at start-up; should it ever fail, fail closed.
+        let tls_required = p.opts.tls_required_mode().unwrap_or(TlsRequired::Yes);
         Broker {
             id: p.id,
             opts: p.opts,
@@ -82,6 +87,7 @@ impl Broker {
             clients: RefCell::new(HashMap::new()),
             tls: p.tls,
             auth_tls: p.auth_tls,
+            tls_required,
             client_ids: p.client_ids,
             data_path: p.data_path,
             pending: Pending::default(),

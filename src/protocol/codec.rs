@@ -313,17 +313,23 @@ mod tests {
         }
     }
 
+    /// `MPUB t` with a declared body size and the messages.
+    fn mpub_raw(declared: i32, messages: &[&[u8]]) -> Vec<u8> {
+        let mut raw = b"MPUB t\n".to_vec();
+        raw.extend_from_slice(&declared.to_be_bytes());
+        raw.extend_from_slice(&(messages.len() as i32).to_be_bytes());
+        for m in messages {
+            raw.extend_from_slice(&(m.len() as i32).to_be_bytes());
+            raw.extend_from_slice(m);
+        }
+        raw
+    }
+
     /// T31: an MPUB declaring more than its messages take finishes at its
     /// last message; the connection must not wait for the surplus.
     #[test]
     fn mpub_waits_for_its_messages_not_its_declared_size() {
-        let mut raw = b"MPUB t\n".to_vec();
-        raw.extend_from_slice(&1000i32.to_be_bytes());
-        raw.extend_from_slice(&2i32.to_be_bytes());
-        for m in [&b"ab"[..], b"cde"] {
-            raw.extend_from_slice(&(m.len() as i32).to_be_bytes());
-            raw.extend_from_slice(m);
-        }
+        let mut raw = mpub_raw(1000, &[b"ab", b"cde"]);
         let c = ctx(ConnState::Init);
         let mut wanted = Wanted::after_incomplete(&raw[..12], &c);
         for cut in 12..raw.len() {
@@ -411,13 +417,7 @@ mod tests {
 
     #[test]
     fn mpub_bodies() {
-        let mut raw = b"MPUB t\n".to_vec();
-        raw.extend_from_slice(&100i32.to_be_bytes());
-        raw.extend_from_slice(&2i32.to_be_bytes());
-        for m in [&b"ab"[..], b"cde"] {
-            raw.extend_from_slice(&(m.len() as i32).to_be_bytes());
-            raw.extend_from_slice(m);
-        }
+        let raw = mpub_raw(100, &[b"ab", b"cde"]);
         match dec(&raw, ConnState::Init).unwrap().unwrap() {
             Command::Mpub { bodies, .. } => assert_eq!(bodies, vec![&b"ab"[..], b"cde"]),
             other => panic!("{other:?}"),

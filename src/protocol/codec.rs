@@ -44,6 +44,16 @@ pub struct DecodeContext {
     pub max_req_timeout_ms: i64,
 }
 
+impl DecodeContext {
+    /// The limits an MPUB body is checked against.
+    pub fn mpub_limits(&self) -> MpubLimits {
+        MpubLimits {
+            max_msg_size: self.max_msg_size,
+            max_body_size: self.max_body_size,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Identify(Bytes),
@@ -229,11 +239,7 @@ impl Wanted {
             return wanted;
         };
         if name == b"MPUB" {
-            let limits = MpubLimits {
-                max_msg_size: ctx.max_msg_size,
-                max_body_size: ctx.max_body_size,
-            };
-            let mut walk = Walk::new(body_at + 4, limits);
+            let mut walk = Walk::new(body_at + 4, ctx.mpub_limits());
             if let Some(need) = walk.advance(buf) {
                 wanted.len = need;
                 wanted.mpub = Some(walk);
@@ -270,7 +276,8 @@ impl Wanted {
     }
 }
 
-/// `Wanted::after_incomplete(buf, ctx).target()`.
+/// `Wanted::after_incomplete(buf, ctx).target()`, for the tests.
+#[cfg(test)]
 pub fn wanted_len(buf: &[u8], ctx: &DecodeContext) -> usize {
     Wanted::after_incomplete(buf, ctx).target()
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::codec::{ConnState, DecodeContext, DecodeError};
 use super::error::{ClientError, ErrorCode};
 use super::message::MessageId;
-use super::mpub::{self, MpubLimits};
+use super::mpub;
 use super::names::{go_quote, is_valid_name};
 
 /// A fully read command with its bodies as ranges of the buffer.
@@ -170,7 +170,7 @@ struct Rule {
     /// SUB needs heartbeats (T23), checked after the state.
     needs_heartbeats: bool,
     arity: Arity,
-    /// The body after the line, if any (for `wanted_len`).
+    /// The body after the line, if any (for `codec::Wanted`).
     body: Option<&'static BodyRule>,
     parse: fn(&Input) -> Step,
 }
@@ -558,11 +558,7 @@ fn parse_mpub(i: &Input) -> Step {
         return i.cut_short(MPUB_BODY.code, MPUB_BODY.no_size);
     };
     MPUB_BODY.check(len, i.ctx)?;
-    let limits = MpubLimits {
-        max_msg_size: i.ctx.max_msg_size,
-        max_body_size: i.ctx.max_body_size,
-    };
-    match mpub::split(i.buf, i.body_at + 4, &limits) {
+    match mpub::split(i.buf, i.body_at + 4, &i.ctx.mpub_limits()) {
         Ok((bodies, end)) => Ok(Some((Parsed::Mpub(topic, bodies), end))),
         Err(e) if e.is_incomplete() && !i.eof => Ok(None),
         Err(e) => Err(ClientError::from(e).into()),

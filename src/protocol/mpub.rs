@@ -24,6 +24,28 @@ impl MpubLimits {
     pub fn max_messages(&self) -> i64 {
         (self.max_body_size - 4) / 5
     }
+
+    /// The message count's check (T31).
+    fn check_count(&self, count: i32) -> Result<(), MpubError> {
+        if count <= 0 || i64::from(count) > self.max_messages() {
+            return Err(MpubError::BadCount(count));
+        }
+        Ok(())
+    }
+
+    /// One message size's checks, in nsqd's order (T31).
+    fn check_size(&self, index: i32, size: i32) -> Result<(), MpubError> {
+        if size <= 0 {
+            return Err(MpubError::BadSize { index, size });
+        }
+        if i64::from(size) > self.max_msg_size {
+            return Err(MpubError::TooBig {
+                size,
+                max: self.max_msg_size,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Where a binary MPUB body stops being valid. The `*Missing` variants
@@ -101,23 +123,13 @@ fn read_i32(buf: &[u8], at: usize) -> Option<i32> {
 /// count, then each size, in nsqd's order.
 pub fn split(buf: &[u8], at: usize, limits: &MpubLimits) -> Result<MpubRanges, MpubError> {
     let count = read_i32(buf, at).ok_or(MpubError::CountMissing)?;
-    if count <= 0 || i64::from(count) > limits.max_messages() {
-        return Err(MpubError::BadCount(count));
-    }
+    limits.check_count(count)?;
     // Sized by what can be in the buffer, not by the client's count.
     let mut bodies = Vec::with_capacity((count as usize).min(buf.len() / 5 + 1));
     let mut pos = at + 4;
     for index in 0..count {
         let size = read_i32(buf, pos).ok_or(MpubError::SizeMissing(index))?;
-        if size <= 0 {
-            return Err(MpubError::BadSize { index, size });
-        }
-        if i64::from(size) > limits.max_msg_size {
-            return Err(MpubError::TooBig {
-                size,
-                max: limits.max_msg_size,
-            });
-        }
+        limits.check_size(index, size)?;
         let start = pos + 4;
         let end = start + size as usize;
         if buf.len() < end {
@@ -166,16 +178,13 @@ impl Walk {
                 return Some(self.at + 4);
             };
             let Some(left) = self.left else {
-                if header <= 0 || i64::from(header) > self.limits.max_messages() {
-                    return None;
-                }
+                self.limits.check_count(header).ok()?;
                 self.left = Some(header);
                 self.at += 4;
                 continue;
             };
-            if header <= 0 || i64::from(header) > self.limits.max_msg_size {
-                return None;
-            }
+            // The index only words split's error; any refusal ends the walk.
+            self.limits.check_size(0, header).ok()?;
             let end = self.at + 4 + header as usize;
             if buf.len() < end {
                 return Some(end);

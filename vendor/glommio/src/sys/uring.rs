@@ -37,7 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
+        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
@@ -1069,31 +1069,30 @@ impl SleepableRing {
                 &mut self.source_map.borrow_mut(),
             );
 
-            // We have now prepared the SQE that links the two rings. We now need to submit
-            // it successfully to be able to safely sleep.
-
-            if self
-                .submit_sqes()
-                .or_else(Reactor::busy_ok)
-                .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok)?
-                != 1
-            {
-                // We failed to submit the `SQE` that links the rings. Just can't sleep.
-                // Waiting here is unsafe because we could end up waiting much longer than
-                // needed.
-                // We make the SQE a no-op and return
-                unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
-                Err(io::Error::from_raw_os_error(libc::EBUSY))
-            } else {
-                // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
+            // We have now prepared the SQE that links the two rings. ringsq:
+            // submit it and wait in one syscall (upstream: two). The kernel
+            // waits only once the submission went through; if it did not,
+            // the SQE becomes a no-op and we don't sleep.
+            match self.ring.submit_sqes_and_wait(1) {
+                Ok(n) if n >= 1 => {
+                    self.in_kernel += n as usize;
+                    Ok(1)
+                }
+                Ok(_) => {
+                    unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
+                    Err(io::Error::from_raw_os_error(libc::EBUSY))
+                }
+                Err(e) => {
+                    // Nothing was submitted (a kernel that submitted
+                    // returns the count even if the wait was cut short).
+                    unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
+                    match e.raw_os_error() {
+                        Some(libc::EINTR) | Some(libc::EAGAIN) => {
+                            Err(io::Error::from_raw_os_error(libc::EBUSY))
+                        }
+                        _ => Err(e),
+                    }
+                }
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
@@ -1222,6 +1221,9 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    // ringsq: when the pending latency timer expires, so that a timer that
+    // still fits is kept instead of cancelled and re-armed on every loop.
+    latency_preemption_expiry: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1353,6 +1355,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_expiry: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1814,22 +1817,25 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // ringsq: the throughput timer counts completions, so a pending one
+        // stays valid; it is re-prepared only once it fired. Upstream cancels
+        // and re-prepares it (three SQEs) on every call.
+        let throughput = self.throughput_preemption_timeout_src.take();
+        let throughput = match throughput {
+            Some(src) if src.result().is_none() => src,
+            _ => main_ring
+                .prepare_throughput_preemption_timer(self.ring_depth() as u32, self.eventfd_src.raw()),
+        };
+        self.throughput_preemption_timeout_src.set(Some(throughput));
 
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // ringsq: arm the preempt timer before the flush, so that it goes to
+        // the kernel with everything else, and keep a pending one that fires
+        // no later (an early preemption costs one more loop). Upstream
+        // cancels and re-arms it with a syscall of its own on every call.
+        let preempt = preempt_timer();
+        if let Some(dur) = preempt {
+            self.arm_latency_timer(&mut lat_ring, dur);
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1841,29 +1847,30 @@ impl Reactor {
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let should_sleep = preempt_timer().is_none()
+        let should_sleep = preempt.is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
             && lat_ring.can_sleep();
 
         if should_sleep {
-            // We are about to go to sleep. It's ok to sleep, but if there
-            // is a timer set, we need to make sure we wake up to handle it.
+            // We are about to go to sleep. A user timer must wake us in time;
+            // a pending preempt timer that fires earlier only wakes us once,
+            // which is cheaper than cancelling it on every sleep (ringsq).
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+                self.arm_latency_timer(&mut lat_ring, dur);
+                flush_rings!(lat_ring)?;
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
             // last time until now it could be that something happened in a remote executor
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
-            // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            // ringsq: a SeqCst fence here and one before the waker's flag
+            // check (`SleepNotifier::notify`) order the two sides, where
+            // upstream pays a `membarrier` (IPIs to every core of the
+            // process, costly in a VM) on every sleep.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
@@ -1879,12 +1886,6 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
-        }
-
         // A Note about `need_preempt`:
         //
         // If in the last call to consume_rings! some events completed, the tail and
@@ -1897,6 +1898,28 @@ impl Reactor {
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
         self.blocking_thread.flush()
+    }
+
+    /// ringsq: makes the latency ring's timer fire within `dur` from now,
+    /// keeping the pending one if it does so; otherwise cancels it and
+    /// prepares a new one. The timer only ever wakes us or asks the running
+    /// task queue to yield, so firing early is safe; firing late is not.
+    fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, dur: Duration) {
+        let now = Instant::now();
+        let want = now.checked_add(dur);
+        let pending = self.latency_preemption_timeout_src.take();
+        if let (Some(src), Some(expiry), Some(want)) =
+            (pending.as_ref(), self.latency_preemption_expiry.get(), want)
+        {
+            if expiry <= want && src.result().is_none() {
+                self.latency_preemption_timeout_src.set(pending);
+                return;
+            }
+        }
+        drop(pending);
+        self.latency_preemption_timeout_src
+            .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+        self.latency_preemption_expiry.set(want);
     }
 
     pub(crate) fn preempt_pointers(&self) -> (*const u32, *const u32) {

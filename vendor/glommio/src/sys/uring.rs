@@ -1817,10 +1817,6 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // ringsq: arm the preempt timer before the flush, so that it goes to
-        // the kernel with everything else, and keep a pending one that fires
-        // no later (an early preemption costs one more loop). Upstream
-        // cancels and re-arms it with a syscall of its own on every call.
         let preempt = preempt_timer();
 
         // The throughput timer fires after as many completions as the ring
@@ -1841,6 +1837,11 @@ impl Reactor {
             }
         };
         self.throughput_preemption_timeout_src.set(Some(throughput));
+
+        // ringsq: arm the preempt timer before the flush, so that it goes to
+        // the kernel with everything else, and keep a pending one that fires
+        // no later (an early preemption costs one more loop). Upstream
+        // cancels and re-arms it with a syscall of its own on every call.
         if let Some(dur) = preempt {
             self.arm_latency_timer(&mut lat_ring, dur);
         }

@@ -5,7 +5,10 @@
 # then a wait for its OK, as applications do. Brokers run A/B/A/B, fresh each
 # run, with --mem-queue-size=1000000 (as bench.sh). Per run: messages/s over
 # the wall time of the producers, the broker's CPU per PUB (utime+stime from
-# /proc), and a check that the topic holds every message (no loss).
+# /proc), the producers' CPU per PUB (the to_nsq processes' utime+stime), how
+# busy the machine's CPUs were over the run (from /proc/stat: 100% means no CPU
+# was idle, so the rate is bound by CPU, not by latency), and a check that the
+# topic holds every message (no loss).
 #
 # usage: scripts/to-nsq-ab.sh --to-nsq PATH --broker NAME=PATH [--broker ...]
 #            [--producers 4] [--lines 50000] [--size 100] [--runs 3]
@@ -44,6 +47,13 @@ awk -v n="$LINES" -v s="$SIZE" 'BEGIN { pad = sprintf("%" s "s", ""); gsub(/ /, 
     >"$WORK/lines"
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# CPU seconds of this shell's waited-for children (the producers of a run);
+# `times` goes to a file, since in a command substitution it would report the
+# substitution's own subshell.
+children_cpu() { times >"$WORK/times"
+    awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, t, "m"); s += t[1] * 60 + t[2] } print s }' "$WORK/times"; }
+# busy and total ticks of all CPUs
+machine_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
 
 one_run() { # name path run
     local data="$WORK/data-$1-$3"
@@ -57,8 +67,10 @@ one_run() { # name path run
         sleep 0.1
     done
     curl -sf -o /dev/null -X POST "http://127.0.0.1:$HTTP/topic/create?topic=single"
-    local c0 t0 t1 c1 pids=()
+    local c0 t0 t1 c1 p0 p1 m0 m1 pids=()
     c0=$(cpu_ticks "$BPID")
+    children_cpu >"$WORK/p0"; p0=$(<"$WORK/p0")
+    m0=$(machine_ticks)
     t0=$(date +%s.%N)
     for i in $(seq 1 "$PRODUCERS"); do
         "$TO_NSQ" --topic=single --nsqd-tcp-address="127.0.0.1:$PORT" <"$WORK/lines" \
@@ -68,6 +80,8 @@ one_run() { # name path run
     wait "${pids[@]}"
     t1=$(date +%s.%N)
     c1=$(cpu_ticks "$BPID")
+    m1=$(machine_ticks)
+    children_cpu >"$WORK/p1"; p1=$(<"$WORK/p1")
     local count
     count=$(curl -sf "http://127.0.0.1:$HTTP/stats?format=json&topic=single" |
         jq '[.topics[] | select(.topic_name == "single") | .message_count] | add // 0')
@@ -75,8 +89,10 @@ one_run() { # name path run
     rm -rf "$data"
     local total=$((PRODUCERS * LINES))
     awk -v b="$1" -v r="$3" -v n="$total" -v got="$count" -v t0="$t0" -v t1="$t1" \
-        -v c="$((c1 - c0))" -v hz="$TICKS" 'BEGIN {
-        printf "%s\t%d\t%.0f\t%.1f\t%s\n", b, r, n / (t1 - t0), c / hz * 1e6 / n,
+        -v c="$((c1 - c0))" -v hz="$TICKS" -v p="$(awk -v a="$p0" -v b="$p1" 'BEGIN { print b - a }')" \
+        -v m0="$m0" -v m1="$m1" 'BEGIN { split(m0, x, " "); split(m1, y, " ")
+        printf "%s\t%d\t%.0f\t%.1f\t%.1f\t%.0f%%\t%s\n", b, r, n / (t1 - t0), c / hz * 1e6 / n,
+            p * 1e6 / n, 100 * (y[1] - x[1]) / (y[2] - x[2]),
             (got == n ? "all " n : "LOST: " got " of " n) }'
 }
 
@@ -84,19 +100,21 @@ echo "# to-nsq-ab $(date '+%Y-%m-%d %H:%M:%S %Z')  $(nproc) CPUs; $PRODUCERS x t
 for bi in "${!NAMES[@]}"; do
     echo "# broker ${NAMES[$bi]}: ${PATHS[$bi]} ($("${PATHS[$bi]}" --version 2>&1 | head -1))"
 done
-printf 'broker\trun\tmsgs/s\tbroker CPU us/PUB\tmessages\n'
+printf 'broker\trun\tmsgs/s\tbroker CPU us/PUB\tproducers CPU us/PUB\tCPUs busy\tmessages\n'
 for run in $(seq 1 "$RUNS"); do
     for bi in "${!NAMES[@]}"; do
         one_run "${NAMES[$bi]}" "${PATHS[$bi]}" "$run"
     done
 done | tee "$WORK/runs.tsv"
 echo
-printf 'broker\tmsgs/s (median)\tratio\tbroker CPU us/PUB (median)\n'
+printf 'broker\tmsgs/s (median)\tratio\tbroker CPU us/PUB (median)\tproducers CPU us/PUB (median)\tCPUs busy (median)\n'
 awk -F'\t' -v order="${NAMES[*]}" '
     function median(s,   a, n, i, j, t) { n = split(s, a, " ")
         for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
         return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
-    { rate[$1] = rate[$1] " " $3; cpu[$1] = cpu[$1] " " $4 }
+    { rate[$1] = rate[$1] " " $3; cpu[$1] = cpu[$1] " " $4; pcpu[$1] = pcpu[$1] " " $5
+      busy[$1] = busy[$1] " " $6 + 0 }
     END { n = split(order, names, " "); base = median(rate[names[1]])
         for (i = 1; i <= n; i++) { b = names[i]; m = median(rate[b])
-            printf "%s\t%.0f\t%.2f\t%.1f\n", b, m, m / base, median(cpu[b]) } }' "$WORK/runs.tsv"
+            printf "%s\t%.0f\t%.2f\t%.1f\t%.1f\t%.0f%%\n", b, m, m / base, median(cpu[b]),
+                median(pcpu[b]), median(busy[b]) } }' "$WORK/runs.tsv"

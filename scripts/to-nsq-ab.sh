@@ -28,11 +28,11 @@ while [[ $# -gt 0 ]]; do
         --runs) RUNS="$2"; shift 2 ;;
         --data-dir) DATA_DIR="$2"; shift 2 ;;
         --port) PORT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
-[[ -x "$TO_NSQ" && ${#NAMES[@]} -gt 0 ]] || { sed -n '11,14p' "$0" >&2; exit 2; }
+[[ -x "$TO_NSQ" && ${#NAMES[@]} -gt 0 ]] || { sed -n '/^# usage:/,/^# The first/p' "$0" >&2; exit 2; }
 for t in curl jq; do command -v $t >/dev/null || { echo "needs $t" >&2; exit 2; }; done
 
 WORK="$(mktemp -d "${DATA_DIR:-${TMPDIR:-/tmp}}/to-nsq-ab.XXXXXX")"
@@ -47,11 +47,11 @@ awk -v n="$LINES" -v s="$SIZE" 'BEGIN { pad = sprintf("%" s "s", ""); gsub(/ /, 
     >"$WORK/lines"
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-# CPU seconds of this shell's waited-for children (the producers of a run);
-# `times` goes to a file, since in a command substitution it would report the
-# substitution's own subshell.
+# Sets CHILDREN_CPU to the CPU seconds of this shell's waited-for children (the
+# producers of a run). `times` must run in this shell: in a command
+# substitution it would report the substitution's own subshell.
 children_cpu() { times >"$WORK/times"
-    awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, t, "m"); s += t[1] * 60 + t[2] } print s }' "$WORK/times"; }
+    CHILDREN_CPU=$(awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, t, "m"); s += t[1] * 60 + t[2] } print s }' "$WORK/times"); }
 # busy and total ticks of all CPUs
 machine_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
 
@@ -69,7 +69,7 @@ one_run() { # name path run
     curl -sf -o /dev/null -X POST "http://127.0.0.1:$HTTP/topic/create?topic=single"
     local c0 t0 t1 c1 p0 p1 m0 m1 pids=()
     c0=$(cpu_ticks "$BPID")
-    children_cpu >"$WORK/p0"; p0=$(<"$WORK/p0")
+    children_cpu; p0=$CHILDREN_CPU
     m0=$(machine_ticks)
     t0=$(date +%s.%N)
     for i in $(seq 1 "$PRODUCERS"); do
@@ -81,7 +81,7 @@ one_run() { # name path run
     t1=$(date +%s.%N)
     c1=$(cpu_ticks "$BPID")
     m1=$(machine_ticks)
-    children_cpu >"$WORK/p1"; p1=$(<"$WORK/p1")
+    children_cpu; p1=$CHILDREN_CPU
     local count
     count=$(curl -sf "http://127.0.0.1:$HTTP/stats?format=json&topic=single" |
         jq '[.topics[] | select(.topic_name == "single") | .message_count] | add // 0')
@@ -89,10 +89,10 @@ one_run() { # name path run
     rm -rf "$data"
     local total=$((PRODUCERS * LINES))
     awk -v b="$1" -v r="$3" -v n="$total" -v got="$count" -v t0="$t0" -v t1="$t1" \
-        -v c="$((c1 - c0))" -v hz="$TICKS" -v p="$(awk -v a="$p0" -v b="$p1" 'BEGIN { print b - a }')" \
+        -v c="$((c1 - c0))" -v hz="$TICKS" -v p0="$p0" -v p1="$p1" \
         -v m0="$m0" -v m1="$m1" 'BEGIN { split(m0, x, " "); split(m1, y, " ")
         printf "%s\t%d\t%.0f\t%.1f\t%.1f\t%.0f%%\t%s\n", b, r, n / (t1 - t0), c / hz * 1e6 / n,
-            p * 1e6 / n, 100 * (y[1] - x[1]) / (y[2] - x[2]),
+            (p1 - p0) * 1e6 / n, 100 * (y[1] - x[1]) / (y[2] - x[2]),
             (got == n ? "all " n : "LOST: " got " of " n) }'
 }
 
